@@ -1,0 +1,23 @@
+//! Compiles every proto under proto/ with protox (pure Rust), so a fresh machine builds the
+//! wire protocol with cargo alone: no system protoc. The encoded descriptor set is kept for
+//! gRPC reflection, so grpcurl works against every Arbiter server without proto files.
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &["arbiter/supervisor/v1/supervisor.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(PROTOS)?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("arbiter_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
+    // tonic-prost-build 0.14 does not pass its own rerun-if-changed on: say it here.
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

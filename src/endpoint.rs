@@ -1,0 +1,133 @@
+//! Where the supervisor listens and how every other process reaches it.
+//!
+//! All Arbiter processes agree on one default Unix socket, so a tts-service or a video
+//! worker started with no flags finds the supervisor. The socket (not TCP) is the default
+//! because the kernel tells the supervisor who is on the other end (pid and uid), which is
+//! how a lease is tied to a process that can die.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+/// The supervisor's default socket: `$XDG_RUNTIME_DIR/arbiter/supervisor.sock` when that
+/// variable is set (a user session), else `/run/arbiter/supervisor.sock` (a system service).
+pub fn default_supervisor_socket() -> PathBuf {
+    runtime_dir().join("supervisor.sock")
+}
+
+/// `$XDG_RUNTIME_DIR/arbiter`, else `/run/arbiter`: where Arbiter's sockets live.
+pub fn runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("arbiter"),
+        _ => PathBuf::from("/run/arbiter"),
+    }
+}
+
+/// An address a client can dial: a Unix socket path or a TCP `host:port` / `http://…` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Address {
+    /// Reads `unix:/path`, `unix:///path`, a bare path (`/run/…`, `./x.sock`), `http://h:p`
+    /// or `host:port`.
+    pub fn parse(text: &str) -> Address {
+        if let Some(path) = text.strip_prefix("unix://") {
+            return Address::Unix(PathBuf::from(path));
+        }
+        if let Some(path) = text.strip_prefix("unix:") {
+            return Address::Unix(PathBuf::from(path));
+        }
+        if text.starts_with("http://") || text.starts_with("https://") {
+            return Address::Tcp(text.to_string());
+        }
+        if text.starts_with('/') || text.starts_with('.') || text.ends_with(".sock") {
+            return Address::Unix(PathBuf::from(text));
+        }
+        Address::Tcp(format!("http://{text}"))
+    }
+
+    pub fn unix(path: impl AsRef<Path>) -> Address {
+        Address::Unix(path.as_ref().to_path_buf())
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Unix(path) => write!(f, "unix:{}", path.display()),
+            Address::Tcp(url) => f.write_str(url),
+        }
+    }
+}
+
+/// Opens a channel to an Arbiter server. Connection errors say which address was tried,
+/// since "connection refused" alone does not tell an operator which socket is missing.
+pub async fn connect(address: &Address) -> Result<Channel, ConnectError> {
+    let endpoint = match address {
+        // The authority is a placeholder: h2 rejects a socket path as `:authority`.
+        Address::Unix(path) => Endpoint::from_shared(format!("unix://{}", path.display())),
+        Address::Tcp(url) => Endpoint::from_shared(url.clone()),
+    }
+    .map_err(|source| ConnectError::BadAddress {
+        address: address.to_string(),
+        reason: source.to_string(),
+    })?
+    .connect_timeout(Duration::from_secs(5))
+    .tcp_nodelay(true);
+    endpoint
+        .connect()
+        .await
+        .map_err(|source| ConnectError::Unreachable {
+            address: address.to_string(),
+            reason: error_chain(&source),
+        })
+}
+
+/// Why no channel could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("`{address}` is not a usable address: {reason}")]
+    BadAddress { address: String, reason: String },
+    #[error(
+        "cannot reach an Arbiter server at {address}: {reason} (is it running? pass its socket or address explicitly if it listens elsewhere)"
+    )]
+    Unreachable { address: String, reason: String },
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_address_form() {
+        assert_eq!(Address::parse("/run/a.sock"), Address::unix("/run/a.sock"));
+        assert_eq!(
+            Address::parse("unix:///run/a.sock"),
+            Address::unix("/run/a.sock")
+        );
+        assert_eq!(Address::parse("unix:rel.sock"), Address::unix("rel.sock"));
+        assert_eq!(
+            Address::parse("127.0.0.1:50051"),
+            Address::Tcp("http://127.0.0.1:50051".into())
+        );
+        assert_eq!(
+            Address::parse("http://h:1"),
+            Address::Tcp("http://h:1".into())
+        );
+    }
+}

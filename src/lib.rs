@@ -1,0 +1,29 @@
+//! The root crate of Arbiter: the wire protocol and the few types every process shares.
+//!
+//! Layout:
+//! - [`pb`]: the generated gRPC protocol (from `proto/`), the one definition of the wire;
+//! - [`bytesize`]: byte counts as operators write them (`80GiB`, `512MiB`);
+//! - [`endpoint`]: where the supervisor listens by default and how a client connects to it;
+//! - [`listen`]: the listeners every Arbiter server shares (a Unix socket with a mode and a
+//!   group, optional TCP) and the reflection and health services that make grpcurl work.
+//!
+//! Nothing here touches a GPU or links libtorch, so the supervisor can depend on it freely.
+
+pub mod bytesize;
+pub mod endpoint;
+pub mod listen;
+
+/// The generated protocol. Messages are prost types; they stay at the edge of each crate
+/// and are converted to domain types there.
+pub mod pb {
+    pub mod supervisor {
+        pub mod v1 {
+            tonic::include_proto!("arbiter.supervisor.v1");
+        }
+    }
+    /// Every proto file, encoded, for the reflection service.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("arbiter_descriptor");
+}
+
+pub use bytesize::ByteSize;

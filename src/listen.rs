@@ -1,0 +1,146 @@
+//! The listeners every Arbiter server shares.
+//!
+//! A server listens on a Unix socket (created with a mode and optionally a group, so only
+//! the right users may ask for GPU memory) and optionally on TCP. Both carry gRPC reflection
+//! (v1 and v1alpha, since grpcurl releases differ) and grpc.health.v1.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio::net::UnixListener;
+
+/// How the Unix socket is created.
+#[derive(Clone, Debug)]
+pub struct UnixSocket {
+    pub path: PathBuf,
+    /// Permission bits of the socket file (0660: owner and group may connect).
+    pub mode: u32,
+    /// The group that owns the socket, so its members may connect; None keeps ours.
+    pub group: Option<String>,
+}
+
+/// Why a listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("another server is already answering on {0}: stop it, or pass a different socket path")]
+    InUse(PathBuf),
+    #[error(
+        "cannot create the socket directory {path}: {source} (create it, or pass a socket path in a writable directory)"
+    )]
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot bind the Unix socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set mode {mode:o} on {path}: {source}")]
+    Mode {
+        path: PathBuf,
+        mode: u32,
+        source: std::io::Error,
+    },
+    #[error("unknown group `{0}`: create it (groupadd) or name an existing group")]
+    UnknownGroup(String),
+    #[error("cannot give {path} to group `{group}`: {source}")]
+    Chown {
+        path: PathBuf,
+        group: String,
+        source: nix::Error,
+    },
+    #[error("cannot listen on TCP {address}: {source}")]
+    Tcp {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+impl UnixSocket {
+    /// Binds the socket. A stale socket file left by a crash is removed; a live one (some
+    /// server answers on it) is an error rather than something to steal.
+    pub fn bind(&self) -> Result<UnixListener, ListenError> {
+        let path = &self.path;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| ListenError::Directory {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        remove_stale(path)?;
+        let listener = UnixListener::bind(path).map_err(|source| ListenError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.mode)).map_err(
+            |source| ListenError::Mode {
+                path: path.clone(),
+                mode: self.mode,
+                source,
+            },
+        )?;
+        if let Some(group) = &self.group {
+            let gid = nix::unistd::Group::from_name(group)
+                .ok()
+                .flatten()
+                .ok_or_else(|| ListenError::UnknownGroup(group.clone()))?
+                .gid;
+            nix::unistd::chown(path.as_path(), None, Some(gid)).map_err(|source| {
+                ListenError::Chown {
+                    path: path.clone(),
+                    group: group.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(listener)
+    }
+}
+
+fn remove_stale(path: &Path) -> Result<(), ListenError> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ListenError::InUse(path.to_path_buf()));
+    }
+    std::fs::remove_file(path).map_err(|source| ListenError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Binds a TCP listener for `address` (`127.0.0.1:50051`; port 0 picks a free one).
+pub async fn bind_tcp(address: &str) -> Result<tokio::net::TcpListener, ListenError> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ListenError::Tcp {
+            address: address.to_string(),
+            source,
+        })
+}
+
+/// Reflection services, v1 and v1alpha, describing Arbiter's protos and health's.
+pub fn reflection() -> (
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+) {
+    let configure = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Building from our own embedded descriptors cannot fail unless the build is broken.
+    let v1 = configure()
+        .build_v1()
+        .expect("embedded descriptor sets are valid");
+    let v1alpha = configure()
+        .build_v1alpha()
+        .expect("embedded descriptor sets are valid");
+    (v1, v1alpha)
+}

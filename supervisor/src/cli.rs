@@ -1,0 +1,146 @@
+//! Command-line flags. Each flag that overrides the config also reads an environment
+//! variable (`ARBITER_…`), so precedence is: flag, then variable, then file, then default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arbiter::ByteSize;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "arbiter-supervisor",
+    version,
+    about = "Owns each GPU's memory budget and lends it out as leases over gRPC."
+)]
+pub struct Cli {
+    /// A TOML config file (default: /etc/arbiter/supervisor.toml if it exists).
+    #[arg(long, short, env = "ARBITER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+pub struct Overrides {
+    /// The Unix socket to serve on (clients: to connect to).
+    #[arg(long, env = "ARBITER_SOCKET", global = true)]
+    pub socket: Option<PathBuf>,
+    /// Give the socket to this group, so its members may ask for memory.
+    #[arg(long, env = "ARBITER_SOCKET_GROUP", global = true)]
+    pub socket_group: Option<String>,
+    /// Also serve on TCP, such as 127.0.0.1:50051.
+    #[arg(long, env = "ARBITER_LISTEN", global = true)]
+    pub listen: Option<SocketAddr>,
+    /// Run on simulated GPUs of these capacities instead of NVML: 80GiB,24GiB.
+    #[arg(
+        long,
+        env = "ARBITER_SIMULATED_GPUS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub simulated_gpus: Option<Vec<ByteSize>>,
+    /// Where simulated GPUs keep their process tables.
+    #[arg(long, env = "ARBITER_SIMULATED_DIR", global = true)]
+    pub simulated_dir: Option<PathBuf>,
+    /// Memory on each GPU that is never lent out.
+    #[arg(long, env = "ARBITER_RESERVE", global = true)]
+    pub reserve: Option<ByteSize>,
+    /// How often GPUs are sampled, such as 1s or 250ms.
+    #[arg(long, env = "ARBITER_SAMPLE_INTERVAL", value_parser = humantime::parse_duration, global = true)]
+    pub sample_interval: Option<Duration>,
+    /// Log as human-readable lines or JSON.
+    #[arg(long, env = "ARBITER_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve (the default).
+    Run,
+    /// Check the configuration and print the effective settings.
+    CheckConfig,
+    /// What is on each GPU: budget, grants, processes, queue.
+    Status(ClientArgs),
+    /// Every lease granted now.
+    Leases(ClientArgs),
+    /// Follow the event feed.
+    Events {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Also print every NVML sample.
+        #[arg(long)]
+        samples: bool,
+    },
+    /// Hold a streaming lease until interrupted, giving memory back when asked.
+    Hold(HoldArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The supervisor to ask: a socket path or host:port (default: the configured socket).
+    #[arg(long)]
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The holder's name.
+    #[arg(long, default_value = "arbiter-supervisor hold")]
+    pub holder: String,
+    /// How much memory, such as 8GiB.
+    #[arg(long)]
+    pub bytes: ByteSize,
+    /// A GPU uuid or index (default: any).
+    #[arg(long, default_value = "")]
+    pub gpu: String,
+    /// batch, normal, interactive or critical.
+    #[arg(long, default_value = "normal")]
+    pub priority: String,
+    /// Agree to give memory back when a higher class needs it.
+    #[arg(long)]
+    pub preemptible: bool,
+    /// Ignore reclaim requests (and be revoked at the deadline) instead of giving memory back.
+    #[arg(long)]
+    pub ignore_reclaim: bool,
+    /// Give up waiting after this long, such as 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_wait: Option<Duration>,
+}
+
+impl Overrides {
+    /// Applies the flags (and their variables) over a config read from file.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(socket) = &self.socket {
+            config.server.socket = socket.clone();
+        }
+        if let Some(group) = &self.socket_group {
+            config.server.socket_group = Some(group.clone());
+        }
+        if let Some(listen) = self.listen {
+            config.server.listen = Some(listen);
+        }
+        if let Some(gpus) = &self.simulated_gpus {
+            config.gpu.simulated = gpus.clone();
+        }
+        if let Some(dir) = &self.simulated_dir {
+            config.gpu.simulated_dir = Some(dir.clone());
+        }
+        if let Some(reserve) = self.reserve {
+            config.gpu.reserve = reserve;
+        }
+        if let Some(interval) = self.sample_interval {
+            config.gpu.sample_interval = interval;
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The operator's commands: `status`, `leases`, `events` and `hold`, spoken over the same
+//! gRPC API any client uses (like `nvidia-smi` for what Arbiter lends out).
+
+use std::time::{Duration, SystemTime};
+
+use arbiter::ByteSize;
+use arbiter::endpoint::{Address, connect};
+use arbiter::pb::supervisor::v1 as pb;
+use pb::supervisor_client::SupervisorClient;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::cli::{ClientArgs, HoldArgs};
+use crate::config::Config;
+
+pub type ClientError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn client(
+    args: &ClientArgs,
+    config: &Config,
+) -> Result<SupervisorClient<Channel>, ClientError> {
+    let address = match &args.address {
+        Some(text) => Address::parse(text),
+        None => Address::unix(&config.server.socket),
+    };
+    Ok(SupervisorClient::new(connect(&address).await?))
+}
+
+fn status_error(status: tonic::Status) -> ClientError {
+    format!("{:?}: {}", status.code(), status.message()).into()
+}
+
+pub async fn status(args: &ClientArgs, config: &Config) -> Result<(), ClientError> {
+    let mut client = client(args, config).await?;
+    let status = client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let leases = client
+        .list_leases(pb::ListLeasesRequest::default())
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .leases;
+    println!(
+        "arbiter-supervisor {}{}, up {}",
+        status.version,
+        if status.simulated {
+            " (simulated GPUs)"
+        } else {
+            ""
+        },
+        status.uptime.map(|d| human(d, true)).unwrap_or_default()
+    );
+    println!();
+    println!(
+        "{:<4} {:<28} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "GPU", "NAME", "TOTAL", "USED", "UNLEASED", "BUDGET", "GRANTED", "AVAILABLE"
+    );
+    for gpu in &status.gpus {
+        println!(
+            "{:<4} {:<28} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            gpu.index,
+            truncate(&gpu.name, 28),
+            ByteSize(gpu.total_bytes).to_string(),
+            ByteSize(gpu.used_bytes).to_string(),
+            ByteSize(gpu.unleased_bytes).to_string(),
+            ByteSize(gpu.budget_bytes).to_string(),
+            ByteSize(gpu.granted_bytes).to_string(),
+            ByteSize(gpu.available_bytes).to_string()
+        );
+        for process in &gpu.processes {
+            let owner = if process.lease_id.is_empty() {
+                "no lease (foreign)"
+            } else {
+                &process.lease_id
+            };
+            println!(
+                "     pid {:<8} {:>10}  {}",
+                process.pid,
+                ByteSize(process.used_bytes).to_string(),
+                owner
+            );
+        }
+    }
+    println!();
+    print_leases(&leases);
+    if !status.queue.is_empty() {
+        println!();
+        println!(
+            "{:<4} {:<24} {:>10} {:<12} {:>8}",
+            "POS", "WAITING", "BYTES", "PRIORITY", "WAITED"
+        );
+        for w in &status.queue {
+            println!(
+                "{:<4} {:<24} {:>10} {:<12} {:>8}",
+                w.position,
+                truncate(&w.holder, 24),
+                ByteSize(w.bytes).to_string(),
+                priority_name(w.priority),
+                w.waited.map(|d| human(d, false)).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn leases(args: &ClientArgs, config: &Config) -> Result<(), ClientError> {
+    let mut client = client(args, config).await?;
+    let leases = client
+        .list_leases(pb::ListLeasesRequest::default())
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .leases;
+    print_leases(&leases);
+    Ok(())
+}
+
+fn print_leases(leases: &[pb::Lease]) {
+    if leases.is_empty() {
+        println!("no leases");
+        return;
+    }
+    println!(
+        "{:<38} {:<24} {:>3} {:>10} {:>10} {:<12} {:<6} {:>8}",
+        "LEASE", "HOLDER", "GPU", "BYTES", "USED", "PRIORITY", "FORM", "PID"
+    );
+    for lease in leases {
+        println!(
+            "{:<38} {:<24} {:>3} {:>10} {:>10} {:<12} {:<6} {:>8}{}",
+            lease.lease_id,
+            truncate(&lease.holder, 24),
+            lease.gpu_index,
+            ByteSize(lease.bytes).to_string(),
+            lease
+                .used_bytes
+                .map(|b| ByteSize(b).to_string())
+                .unwrap_or_else(|| "-".into()),
+            priority_name(lease.priority),
+            if lease.form == pb::LeaseForm::Unary as i32 {
+                "unary"
+            } else {
+                "stream"
+            },
+            lease
+                .pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            match &lease.reclaim {
+                Some(r) => format!("  reclaiming {}", ByteSize(r.bytes)),
+                None => String::new(),
+            }
+        );
+    }
+}
+
+pub async fn events(args: &ClientArgs, config: &Config, samples: bool) -> Result<(), ClientError> {
+    let mut client = client(args, config).await?;
+    let mut stream = client
+        .watch_events(pb::WatchEventsRequest {
+            include_samples: samples,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    while let Some(event) = stream.next().await {
+        let event = event.map_err(status_error)?;
+        println!("{}", describe(&event));
+    }
+    Ok(())
+}
+
+/// One line per event, for people.
+pub fn describe(event: &pb::Event) -> String {
+    use pb::event::Kind;
+    let at = event
+        .at
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .map(|t| humantime::format_rfc3339_millis(t).to_string())
+        .unwrap_or_default();
+    let what = match &event.kind {
+        Some(Kind::Granted(l)) => format!(
+            "granted  {} {} on GPU {} to {}",
+            l.lease_id,
+            ByteSize(l.bytes),
+            l.gpu_index,
+            l.holder
+        ),
+        Some(Kind::Released(r)) => format!(
+            "released {} {} from {} ({})",
+            r.lease_id,
+            ByteSize(r.bytes),
+            r.holder,
+            r.reason
+        ),
+        Some(Kind::Reclaim(r)) => format!(
+            "reclaim  {} give back {}: {}",
+            r.lease_id,
+            ByteSize(r.bytes),
+            r.reason
+        ),
+        Some(Kind::Revoked(r)) => format!("revoked  {}: {}", r.lease_id, r.reason),
+        Some(Kind::WaitStarted(w)) => format!(
+            "queued   {} for {} at position {}",
+            w.holder,
+            ByteSize(w.bytes),
+            w.position
+        ),
+        Some(Kind::WaitEnded(w)) => format!(
+            "waited   {} {} ({})",
+            w.holder,
+            w.waited.map(|d| human(d, false)).unwrap_or_default(),
+            w.reason
+        ),
+        Some(Kind::Sample(g)) => format!(
+            "sample   GPU {} used {} unleased {} granted {} available {}",
+            g.index,
+            ByteSize(g.used_bytes),
+            ByteSize(g.unleased_bytes),
+            ByteSize(g.granted_bytes),
+            ByteSize(g.available_bytes)
+        ),
+        Some(Kind::Overuse(o)) => format!(
+            "overuse  {} {} uses {} on a lease of {}",
+            o.lease_id,
+            o.holder,
+            ByteSize(o.used_bytes),
+            ByteSize(o.lease_bytes)
+        ),
+        None => "unknown event".into(),
+    };
+    format!("{at} {what}")
+}
+
+/// Holds a streaming lease until SIGINT/SIGTERM, answering reclaim requests by shrinking.
+pub async fn hold(args: &HoldArgs, config: &Config) -> Result<(), ClientError> {
+    let mut client = client(&args.client, config).await?;
+    let priority = match args.priority.to_ascii_lowercase().as_str() {
+        "batch" => pb::Priority::Batch,
+        "normal" => pb::Priority::Normal,
+        "interactive" => pb::Priority::Interactive,
+        "critical" => pb::Priority::Critical,
+        other => {
+            return Err(format!(
+                "unknown priority `{other}`: use batch, normal, interactive or critical"
+            )
+            .into());
+        }
+    };
+    let request = pb::LeaseRequest {
+        holder: args.holder.clone(),
+        gpu: args.gpu.clone(),
+        bytes: args.bytes.0,
+        priority: priority as i32,
+        max_wait: args
+            .max_wait
+            .and_then(|d| prost_types::Duration::try_from(d).ok()),
+        preemptible: args.preemptible,
+        ttl: None,
+    };
+    let mut stream = client
+        .hold(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut held = 0u64;
+    let stop = crate::server::signals();
+    tokio::pin!(stop);
+    loop {
+        let update = tokio::select! {
+            () = &mut stop => return Ok(()),
+            update = stream.next() => update,
+        };
+        let Some(update) = update else {
+            return Err("the supervisor ended the lease stream".into());
+        };
+        let update = update.map_err(status_error)?;
+        use pb::lease_update::Update;
+        match update.update {
+            Some(Update::Queued(q)) => {
+                println!("queued at position {} of {}", q.position, q.queue_length)
+            }
+            Some(Update::Granted(l)) => {
+                held = l.bytes;
+                println!(
+                    "granted {} {} on GPU {} ({})",
+                    l.lease_id,
+                    ByteSize(l.bytes),
+                    l.gpu_index,
+                    l.gpu_uuid
+                );
+            }
+            Some(Update::Reclaim(r)) => {
+                println!(
+                    "reclaim requested: give back {} ({})",
+                    ByteSize(r.bytes),
+                    r.reason
+                );
+                if args.ignore_reclaim {
+                    continue;
+                }
+                if r.bytes >= held {
+                    client
+                        .release(pb::ReleaseRequest {
+                            lease_id: r.lease_id.clone(),
+                        })
+                        .await
+                        .map_err(status_error)?;
+                    println!("released {} to make room", r.lease_id);
+                    return Ok(());
+                }
+                let lease = client
+                    .shrink(pb::ShrinkRequest {
+                        lease_id: r.lease_id.clone(),
+                        bytes: held - r.bytes,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                held = lease.bytes;
+                println!("shrunk {} to {}", lease.lease_id, ByteSize(lease.bytes));
+            }
+            Some(Update::Revoked(r)) => {
+                return Err(format!("lease {} revoked: {}", r.lease_id, r.reason).into());
+            }
+            None => {}
+        }
+    }
+}
+
+fn priority_name(value: i32) -> &'static str {
+    match pb::Priority::try_from(value) {
+        Ok(pb::Priority::Batch) => "batch",
+        Ok(pb::Priority::Interactive) => "interactive",
+        Ok(pb::Priority::Critical) => "critical",
+        _ => "normal",
+    }
+}
+
+fn human(d: prost_types::Duration, seconds_only: bool) -> String {
+    let d = Duration::try_from(d).unwrap_or_default();
+    let d = if seconds_only {
+        Duration::from_secs(d.as_secs())
+    } else {
+        Duration::from_millis(d.as_millis() as u64)
+    };
+    humantime::format_duration(d).to_string()
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        let mut out: String = text.chars().take(width - 1).collect();
+        out.push('…');
+        out
+    }
+}

@@ -1,0 +1,278 @@
+//! The supervisor's settings: one TOML file, overridden by environment variables, overridden
+//! by command-line flags (the flags and their variables are declared together in `cli`).
+//!
+//! `arbiter-supervisor check-config` prints the effective result, so an operator can see
+//! what a unit will actually run with.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arbiter::ByteSize;
+use serde::{Deserialize, Serialize};
+
+/// Where the config is looked for when none is named.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/arbiter/supervisor.toml";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub gpu: GpuConfig,
+    pub lease: LeaseConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The Unix socket every local process finds the supervisor at.
+    pub socket: PathBuf,
+    /// Octal permission bits of the socket, as a string ("0660").
+    pub socket_mode: String,
+    /// A group given the socket, so its members may ask for memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// Optional TCP address for remote clients and grpcurl (no peer identity there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// How long shutdown waits for connections to drain.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    /// Simulated GPUs by capacity. Empty: read the real GPUs through NVML.
+    pub simulated: Vec<ByteSize>,
+    /// Where simulated GPUs keep their process table. Default: `<runtime dir>/simulated-gpu`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simulated_dir: Option<PathBuf>,
+    /// Memory on each GPU that is never lent out.
+    pub reserve: ByteSize,
+    /// How often NVML is sampled.
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+    /// A holder using more than its lease by this much raises an overuse event.
+    pub overuse_tolerance: ByteSize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// A waiter gains one priority class for each interval it waits.
+    #[serde(with = "humantime_serde")]
+    pub aging_interval: Duration,
+    /// How long a holder has to give memory back when asked.
+    #[serde(with = "humantime_serde")]
+    pub reclaim_grace: Duration,
+    /// TTL of a unary lease when the request sets none.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// The longest max_wait a request may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter ("info", "arbiter_supervisor=debug"); RUST_LOG overrides it.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            server: ServerConfig::default(),
+            gpu: GpuConfig::default(),
+            lease: LeaseConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            socket: arbiter::endpoint::default_supervisor_socket(),
+            socket_mode: "0660".into(),
+            socket_group: None,
+            listen: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for GpuConfig {
+    fn default() -> GpuConfig {
+        GpuConfig {
+            simulated: Vec::new(),
+            simulated_dir: None,
+            reserve: ByteSize(512 << 20),
+            sample_interval: Duration::from_secs(1),
+            overuse_tolerance: ByteSize(256 << 20),
+        }
+    }
+}
+
+impl Default for LeaseConfig {
+    fn default() -> LeaseConfig {
+        LeaseConfig {
+            aging_interval: Duration::from_secs(30),
+            reclaim_grace: Duration::from_secs(10),
+            default_ttl: Duration::from_secs(30),
+            max_ttl: Duration::from_secs(3600),
+            max_wait: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            format: LogFormat::Human,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path`, or the default path if it exists, or nothing (defaults).
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match path {
+            Some(path) => path.to_path_buf(),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => PathBuf::from(DEFAULT_CONFIG_PATH),
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Parse { path, message })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks rules that types alone do not express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.socket_mode().is_none() {
+            return invalid(format!(
+                "server.socket_mode `{}` is not an octal mode: write it like \"0660\"",
+                self.server.socket_mode
+            ));
+        }
+        if let Some(zero) = self.gpu.simulated.iter().find(|b| b.0 == 0) {
+            return invalid(format!(
+                "gpu.simulated has a GPU of {zero}: give every simulated GPU a capacity such as 80GiB"
+            ));
+        }
+        if self.gpu.sample_interval < Duration::from_millis(10) {
+            return invalid("gpu.sample_interval is under 10ms: NVML sampling that often costs more than it tells; use 1s".into());
+        }
+        if self.lease.default_ttl > self.lease.max_ttl
+            || self.lease.default_ttl < Duration::from_secs(1)
+        {
+            return invalid(
+                "lease.default_ttl must be at least 1s and at most lease.max_ttl".into(),
+            );
+        }
+        if self.lease.reclaim_grace.is_zero() {
+            return invalid(
+                "lease.reclaim_grace is 0: holders need time to give memory back; use 10s".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn socket_mode(&self) -> Option<u32> {
+        let text = self.server.socket_mode.trim_start_matches("0o");
+        u32::from_str_radix(text, 8).ok().filter(|m| *m <= 0o777)
+    }
+
+    /// Where simulated GPUs keep their process tables.
+    pub fn simulated_dir(&self) -> PathBuf {
+        self.gpu
+            .simulated_dir
+            .clone()
+            .unwrap_or_else(|| arbiter::endpoint::runtime_dir().join("simulated-gpu"))
+    }
+
+    /// The effective settings as TOML, for check-config.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses_and_round_trips() {
+        let config = Config::parse(
+            r#"
+            [server]
+            socket = "/tmp/a.sock"
+            listen = "127.0.0.1:50051"
+            [gpu]
+            simulated = ["80GiB", "24GiB"]
+            reserve = "1GiB"
+            sample_interval = "500ms"
+            [lease]
+            aging_interval = "1m"
+            [log]
+            format = "json"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.gpu.simulated,
+            vec![ByteSize(80 << 30), ByteSize(24 << 30)]
+        );
+        assert_eq!(config.gpu.sample_interval, Duration::from_millis(500));
+        assert_eq!(config.log.format, LogFormat::Json);
+        config.validate().unwrap();
+        let again = Config::parse(&config.to_toml()).unwrap();
+        assert_eq!(again.to_toml(), config.to_toml());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = Config::parse("[gpu]\nreserv = \"1GiB\"\n").unwrap_err();
+        assert!(err.contains("reserv"), "{err}");
+        let err = Config::parse("[gpu]\nreserve = \"lots\"\n").unwrap_err();
+        assert!(err.contains("lots"), "{err}");
+        let mut config = Config::default();
+        config.server.socket_mode = "rw-rw----".into();
+        assert!(config.validate().unwrap_err().to_string().contains("octal"));
+    }
+}

@@ -1,0 +1,580 @@
+//! The broker: the ledger made into a shared service.
+//!
+//! It owns the lock around the [`Ledger`], routes each effect to the holder it concerns
+//! (through one channel per request), publishes it on the event feed, watches holder pids
+//! so a dead holder's unary lease is freed at once, and folds NVML samples into the budget.
+//! The lock is a plain mutex held only for bookkeeping, never across an await.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::ledger::{Book, Ledger, Policy, WaiterView};
+use super::{
+    Ask, Effect, Form, GpuChoice, Lease, LeaseError, Peer, ReleaseReason, Ticket, WaitEnd,
+};
+use crate::budget::Budget;
+use crate::events::{EventFeed, EventKind, GpuView, WaitEndReason};
+use crate::gpu::{GpuIdentity, GpuSample, procfs};
+
+/// What a holder is told about its request.
+#[derive(Clone, Debug)]
+pub enum Note {
+    Queued { position: u32, queue_length: u32 },
+    Granted(Lease),
+    Reclaim(Lease),
+    Revoked { lease: Lease, reason: String },
+    WaitEnded { reason: WaitEnd, waited: Duration },
+}
+
+/// Limits on what holders may ask, from configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub max_wait: Duration,
+    /// Use above a lease by more than this raises an overuse event.
+    pub overuse_tolerance: u64,
+}
+
+pub struct Broker {
+    inner: Mutex<Inner>,
+    feed: EventFeed,
+    gpus: Vec<GpuIdentity>,
+    limits: Limits,
+    started: (Instant, SystemTime),
+    closing: AtomicBool,
+    /// The supervisor's own uid: like root, it may act on any lease.
+    own_uid: u32,
+}
+
+struct Inner {
+    ledger: Ledger,
+    routes: HashMap<Ticket, mpsc::UnboundedSender<Note>>,
+    /// Holder pids being watched for exit, and the unary leases each holds.
+    watched: HashMap<u32, HashSet<Ticket>>,
+    /// The last sample of each GPU, for status.
+    samples: Vec<Option<(GpuSample, SystemTime)>>,
+    /// Memory each lease's processes used at the last sample.
+    usage: HashMap<Ticket, u64>,
+    overusing: HashSet<Ticket>,
+}
+
+impl Broker {
+    pub fn new(
+        gpus: Vec<GpuIdentity>,
+        reserve: u64,
+        policy: Policy,
+        limits: Limits,
+        feed: EventFeed,
+    ) -> Arc<Broker> {
+        let books = gpus
+            .iter()
+            .map(|gpu| Book {
+                label: format!("GPU {} ({}, {})", gpu.index, gpu.uuid, gpu.name),
+                budget: Budget {
+                    capacity: gpu.capacity,
+                    reserve,
+                    unleased: 0,
+                },
+                granted: 0,
+            })
+            .collect();
+        Arc::new(Broker {
+            inner: Mutex::new(Inner {
+                ledger: Ledger::new(books, policy),
+                routes: HashMap::new(),
+                watched: HashMap::new(),
+                samples: vec![None; gpus.len()],
+                usage: HashMap::new(),
+                overusing: HashSet::new(),
+            }),
+            feed,
+            gpus,
+            limits,
+            started: (Instant::now(), SystemTime::now()),
+            closing: AtomicBool::new(false),
+            own_uid: nix::unistd::getuid().as_raw(),
+        })
+    }
+
+    pub fn gpus(&self) -> &[GpuIdentity] {
+        &self.gpus
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn feed(&self) -> &EventFeed {
+        &self.feed
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.0.elapsed()
+    }
+
+    /// Wall-clock time of a ledger instant, for the wire.
+    pub fn wall(&self, at: Instant) -> SystemTime {
+        self.started.1 + at.saturating_duration_since(self.started.0)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a bug in the ledger; keep serving the
+        // state it left rather than poisoning every later call.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Resolves a GPU named by uuid or index; empty means any.
+    pub fn resolve_gpu(&self, text: &str) -> Result<GpuChoice, LeaseError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(GpuChoice::Any);
+        }
+        let found = match text.parse::<u32>() {
+            Ok(index) => self.gpus.iter().find(|g| g.index == index),
+            Err(_) => self.gpus.iter().find(|g| g.uuid.eq_ignore_ascii_case(text)),
+        };
+        found
+            .map(|g| GpuChoice::Index(g.index))
+            .ok_or_else(|| LeaseError::UnknownGpu {
+                given: text.to_string(),
+                known: self
+                    .gpus
+                    .iter()
+                    .map(|g| format!("{} ({})", g.index, g.uuid))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Enters a request; the returned [`Holding`] receives its notes and ends the request
+    /// when dropped (the stream closed, the unary call was cancelled).
+    pub fn hold(self: &Arc<Self>, ask: Ask) -> Result<Holding, LeaseError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(LeaseError::ShuttingDown);
+        }
+        let (sender, notes) = mpsc::unbounded_channel();
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let (ticket, effects) = inner.ledger.ask(ask, now)?;
+        inner.routes.insert(ticket, sender);
+        self.dispatch(&mut inner, effects);
+        Ok(Holding {
+            ticket,
+            notes,
+            broker: Some(Arc::clone(self)),
+        })
+    }
+
+    /// A unary lease: waits for the grant (or the deadline), then detaches from the caller.
+    pub async fn acquire(self: &Arc<Self>, ask: Ask) -> Result<Lease, LeaseError> {
+        let mut holding = self.hold(ask)?;
+        loop {
+            match holding.notes.recv().await {
+                Some(Note::Granted(lease)) => {
+                    holding.detach();
+                    return Ok(lease);
+                }
+                Some(Note::WaitEnded {
+                    reason: WaitEnd::DeadlineExceeded,
+                    waited,
+                }) => {
+                    return Err(LeaseError::DeadlineExceeded {
+                        waited: humantime::format_duration(round_ms(waited)).to_string(),
+                    });
+                }
+                Some(Note::Queued { .. }) | Some(Note::Reclaim(_)) => continue,
+                Some(Note::WaitEnded { .. }) | Some(Note::Revoked { .. }) | None => {
+                    return Err(LeaseError::ShuttingDown);
+                }
+            }
+        }
+    }
+
+    /// Ends a request in whatever state it is.
+    pub fn end(self: &Arc<Self>, ticket: Ticket, reason: ReleaseReason) {
+        let mut inner = self.lock();
+        inner.routes.remove(&ticket);
+        let effects = inner.ledger.end(ticket, reason, Instant::now());
+        self.dispatch(&mut inner, effects);
+    }
+
+    /// Finds a lease by id for `caller`, refusing other users' leases.
+    fn owned(&self, inner: &Inner, id: &str, caller: Option<Peer>) -> Result<Ticket, LeaseError> {
+        let ticket = inner.ledger.ticket_of(id)?;
+        let lease = inner
+            .ledger
+            .lease(ticket)
+            .ok_or_else(|| LeaseError::UnknownLease(id.to_string()))?;
+        if let (Some(caller), Some(holder)) = (caller, lease.peer) {
+            if caller.uid != holder.uid && caller.uid != 0 && caller.uid != self.own_uid {
+                return Err(LeaseError::NotOwner(id.to_string()));
+            }
+        }
+        Ok(ticket)
+    }
+
+    pub fn keep_alive(&self, id: &str, caller: Option<Peer>) -> Result<Lease, LeaseError> {
+        let mut inner = self.lock();
+        let ticket = self.owned(&inner, id, caller)?;
+        inner.ledger.renew(ticket, Instant::now())
+    }
+
+    pub fn shrink(
+        self: &Arc<Self>,
+        id: &str,
+        bytes: u64,
+        caller: Option<Peer>,
+    ) -> Result<Lease, LeaseError> {
+        let mut inner = self.lock();
+        let ticket = self.owned(&inner, id, caller)?;
+        let (lease, effects) = inner.ledger.shrink(ticket, bytes, Instant::now())?;
+        self.dispatch(&mut inner, effects);
+        Ok(lease)
+    }
+
+    /// Releases a lease of either form; returns the bytes given back.
+    pub fn release(self: &Arc<Self>, id: &str, caller: Option<Peer>) -> Result<u64, LeaseError> {
+        let mut inner = self.lock();
+        let ticket = self.owned(&inner, id, caller)?;
+        let bytes = inner.ledger.lease(ticket).map_or(0, |l| l.bytes);
+        // A streaming holder learns of it through its stream, which then ends.
+        if let Some(route) = inner.routes.remove(&ticket) {
+            if let Some(lease) = inner.ledger.lease(ticket).cloned() {
+                let _ = route.send(Note::Revoked {
+                    lease,
+                    reason: "released by Release".into(),
+                });
+            }
+        }
+        let effects = inner
+            .ledger
+            .end(ticket, ReleaseReason::Released, Instant::now());
+        self.dispatch(&mut inner, effects);
+        Ok(bytes)
+    }
+
+    /// Lets time pass in the ledger: deadlines, TTLs, reclaim deadlines, aging.
+    pub fn tick(self: &Arc<Self>) {
+        let mut inner = self.lock();
+        let effects = inner.ledger.tick(Instant::now());
+        self.dispatch(&mut inner, effects);
+    }
+
+    /// Folds an NVML sample into the budget: processes descended from a lease holder count
+    /// against that lease; everything else is foreign and shrinks the budget.
+    pub fn observe(self: &Arc<Self>, gpu: u32, sample: GpuSample) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let now = Instant::now();
+        let holders: HashMap<u32, Vec<Ticket>> = inner
+            .ledger
+            .leases()
+            .filter(|l| l.gpu == gpu)
+            .filter_map(|l| l.peer.map(|p| (p.pid, l.ticket)))
+            .fold(HashMap::new(), |mut map, (pid, ticket)| {
+                map.entry(pid).or_default().push(ticket);
+                map
+            });
+        let mut unleased = 0u64;
+        let mut per_holder: HashMap<u32, u64> = HashMap::new();
+        for process in &sample.processes {
+            let used = process.used.unwrap_or(0);
+            match procfs::lineage(process.pid).find(|pid| holders.contains_key(pid)) {
+                Some(holder) => *per_holder.entry(holder).or_default() += used,
+                None => unleased += used,
+            }
+        }
+        inner
+            .usage
+            .retain(|ticket, _| inner.ledger.lease(*ticket).is_some_and(|l| l.gpu != gpu));
+        let mut overuse = Vec::new();
+        for (pid, tickets) in &holders {
+            let used = per_holder.get(pid).copied().unwrap_or(0);
+            let leased: u64 = tickets
+                .iter()
+                .filter_map(|t| inner.ledger.lease(*t))
+                .map(|l| l.bytes)
+                .sum();
+            for &ticket in tickets {
+                inner.usage.insert(ticket, used);
+            }
+            let first = tickets[0];
+            if used > leased.saturating_add(self.limits.overuse_tolerance) {
+                if inner.overusing.insert(first) {
+                    if let Some(lease) = inner.ledger.lease(first).cloned() {
+                        overuse.push((lease, used));
+                    }
+                }
+            } else {
+                inner.overusing.remove(&first);
+            }
+        }
+        inner.samples[gpu as usize] = Some((sample, SystemTime::now()));
+        let effects = inner.ledger.set_unleased(gpu, unleased, now);
+        self.dispatch(inner, effects);
+        let view = self.view(inner, gpu as usize);
+        drop(guard);
+        for (lease, used) in overuse {
+            tracing::warn!(lease = %lease.id, holder = %lease.holder, leased = %arbiter::ByteSize(lease.bytes), used = %arbiter::ByteSize(used), "holder uses more GPU memory than its lease");
+            self.feed.publish(EventKind::Overuse { lease, used });
+        }
+        self.feed.publish(EventKind::Sample(view));
+    }
+
+    /// Every GPU's view and the queue, for status.
+    pub fn status(&self) -> (Vec<GpuView>, Vec<WaiterView>) {
+        let inner = self.lock();
+        let views = (0..self.gpus.len()).map(|g| self.view(&inner, g)).collect();
+        (views, inner.ledger.queue(Instant::now()))
+    }
+
+    /// Granted leases, optionally on one GPU, each with its holder's sampled use.
+    pub fn leases(&self, gpu: Option<u32>) -> Vec<(Lease, Option<u64>)> {
+        let inner = self.lock();
+        inner
+            .ledger
+            .leases()
+            .filter(|l| gpu.is_none_or(|g| l.gpu == g))
+            .map(|l| (l.clone(), inner.usage.get(&l.ticket).copied()))
+            .collect()
+    }
+
+    /// Shutdown: refuse new requests, revoke every lease and end every wait, telling each
+    /// holder why.
+    pub fn close(self: &Arc<Self>) {
+        self.closing.store(true, Ordering::Release);
+        let mut inner = self.lock();
+        let effects = inner.ledger.close(Instant::now());
+        self.dispatch(&mut inner, effects);
+        inner.routes.clear();
+    }
+
+    fn view(&self, inner: &Inner, g: usize) -> GpuView {
+        let gpu = &self.gpus[g];
+        let book = &inner.ledger.books()[g];
+        let (sample, sampled_at) = match &inner.samples[g] {
+            Some((sample, at)) => (sample.clone(), Some(*at)),
+            None => (GpuSample::default(), None),
+        };
+        let holder_of: HashMap<u32, String> = inner
+            .ledger
+            .leases()
+            .filter(|l| l.gpu as usize == g)
+            .filter_map(|l| l.peer.map(|p| (p.pid, l.id.clone())))
+            .collect();
+        GpuView {
+            index: gpu.index,
+            uuid: gpu.uuid.clone(),
+            name: gpu.name.clone(),
+            total: gpu.capacity,
+            used: sample.used,
+            free: if sampled_at.is_some() {
+                sample.free
+            } else {
+                gpu.capacity
+            },
+            reserve: book.budget.reserve,
+            unleased: book.budget.unleased,
+            budget: book.budget.total(),
+            granted: book.granted,
+            available: book.available(),
+            processes: sample
+                .processes
+                .iter()
+                .map(|p| {
+                    let lease = procfs::lineage(p.pid).find_map(|pid| holder_of.get(&pid).cloned());
+                    (p.pid, p.used.unwrap_or(0), lease)
+                })
+                .collect(),
+            sampled_at,
+        }
+    }
+
+    /// Tells holders and operators what the ledger did.
+    fn dispatch(self: &Arc<Self>, inner: &mut Inner, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Queued {
+                    ticket,
+                    position,
+                    queue_length,
+                    new,
+                } => {
+                    if let Some(route) = inner.routes.get(&ticket) {
+                        let _ = route.send(Note::Queued {
+                            position,
+                            queue_length,
+                        });
+                    }
+                    if new {
+                        if let Some(w) = inner
+                            .ledger
+                            .queue(Instant::now())
+                            .into_iter()
+                            .find(|w| w.ticket == ticket)
+                        {
+                            self.feed.publish(EventKind::WaitStarted {
+                                holder: w.ask.holder.clone(),
+                                gpu: match w.ask.gpu {
+                                    GpuChoice::Any => String::new(),
+                                    GpuChoice::Index(i) => self.gpus[i as usize].uuid.clone(),
+                                },
+                                bytes: w.ask.bytes,
+                                priority: w.ask.priority,
+                                position,
+                            });
+                        }
+                    }
+                }
+                Effect::Granted { lease, waited } => {
+                    if let Some(route) = inner.routes.get(&lease.ticket) {
+                        let _ = route.send(Note::Granted(lease.clone()));
+                    }
+                    if let (Form::Unary { .. }, Some(peer)) = (lease.form, lease.peer) {
+                        self.watch(inner, peer.pid, lease.ticket);
+                    }
+                    if !waited.is_zero() {
+                        self.feed.publish(EventKind::WaitEnded {
+                            holder: lease.holder.clone(),
+                            reason: WaitEndReason::Granted,
+                            waited,
+                        });
+                    }
+                    tracing::debug!(lease = %lease.id, holder = %lease.holder, bytes = lease.bytes, gpu = lease.gpu, "granted");
+                    self.feed.publish(EventKind::Granted(lease));
+                }
+                Effect::WaitEnded {
+                    ticket,
+                    holder,
+                    reason,
+                    waited,
+                } => {
+                    if let Some(route) = inner.routes.remove(&ticket) {
+                        let _ = route.send(Note::WaitEnded { reason, waited });
+                    }
+                    self.feed.publish(EventKind::WaitEnded {
+                        holder,
+                        reason: WaitEndReason::Ended(reason),
+                        waited,
+                    });
+                }
+                Effect::ReclaimRequested { lease } => {
+                    if let Some(route) = inner.routes.get(&lease.ticket) {
+                        let _ = route.send(Note::Reclaim(lease.clone()));
+                    }
+                    tracing::info!(lease = %lease.id, holder = %lease.holder, bytes = lease.reclaim.as_ref().map_or(0, |r| r.bytes), "reclaim requested");
+                    self.feed.publish(EventKind::Reclaim(lease));
+                }
+                Effect::Revoked { lease, reason } => {
+                    self.forget(inner, &lease);
+                    if let Some(route) = inner.routes.remove(&lease.ticket) {
+                        let _ = route.send(Note::Revoked {
+                            lease: lease.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
+                    tracing::info!(lease = %lease.id, holder = %lease.holder, %reason, "revoked");
+                    self.feed.publish(EventKind::Revoked { lease, reason });
+                }
+                Effect::Released { lease, reason } => {
+                    self.forget(inner, &lease);
+                    inner.routes.remove(&lease.ticket);
+                    tracing::debug!(lease = %lease.id, holder = %lease.holder, reason = reason.as_str(), "released");
+                    self.feed.publish(EventKind::Released { lease, reason });
+                }
+            }
+        }
+    }
+
+    fn forget(&self, inner: &mut Inner, lease: &Lease) {
+        inner.usage.remove(&lease.ticket);
+        inner.overusing.remove(&lease.ticket);
+        if let Some(peer) = lease.peer {
+            if let Some(tickets) = inner.watched.get_mut(&peer.pid) {
+                tickets.remove(&lease.ticket);
+            }
+        }
+    }
+
+    /// Frees `ticket` when process `pid` exits. One watcher per pid, however many leases.
+    fn watch(self: &Arc<Self>, inner: &mut Inner, pid: u32, ticket: Ticket) {
+        let first = !inner.watched.contains_key(&pid);
+        inner.watched.entry(pid).or_default().insert(ticket);
+        if !first {
+            return;
+        }
+        let broker = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(error) = exited(pid).await {
+                tracing::warn!(pid, %error, "cannot watch holder process; its unary leases will end by TTL");
+                return;
+            }
+            let tickets = {
+                let mut inner = broker.lock();
+                inner.watched.remove(&pid).unwrap_or_default()
+            };
+            for ticket in tickets {
+                tracing::info!(pid, ticket, "holder died; freeing its lease");
+                broker.end(ticket, ReleaseReason::HolderDied);
+            }
+        });
+    }
+}
+
+/// Resolves when process `pid` has exited (at once if it is already gone).
+async fn exited(pid: u32) -> std::io::Result<()> {
+    let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
+        return Ok(());
+    };
+    let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    // SAFETY: the AsyncFd owns the pidfd (an OwnedFd moved in), so the descriptor stays
+    // open for exactly as long as it is registered.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| std::io::Error::from(e))?;
+    let _ = fd.readable().await?;
+    Ok(())
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+/// A request in flight: its notes, and its end when dropped.
+pub struct Holding {
+    pub ticket: Ticket,
+    pub notes: mpsc::UnboundedReceiver<Note>,
+    broker: Option<Arc<Broker>>,
+}
+
+impl Holding {
+    /// Stops tying the request to this value (a granted unary lease lives on by TTL).
+    fn detach(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.lock().routes.remove(&self.ticket);
+        }
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.end(self.ticket, ReleaseReason::StreamClosed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,57 @@
+//! Why a lease request or operation was refused. Each message says what to change; the
+//! mapping to gRPC status codes lives in one place, `crate::status`.
+
+use arbiter::ByteSize;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LeaseError {
+    #[error(
+        "holder is empty: name the process asking for memory (\"tts-service\", \"video job 42\")"
+    )]
+    EmptyHolder,
+    #[error("holder is {0} characters long: use at most 128 printable characters")]
+    BadHolder(usize),
+    #[error("bytes is 0: ask for the GPU memory you need, such as 8589934592 for 8 GiB")]
+    ZeroBytes,
+    #[error(
+        "asked for {asked} but {gpu} can grant at most {limit} ({capacity} capacity minus {reserve} reserve): ask for less{hint}"
+    )]
+    NeverFits {
+        asked: ByteSize,
+        gpu: String,
+        limit: ByteSize,
+        capacity: ByteSize,
+        reserve: ByteSize,
+        hint: &'static str,
+    },
+    #[error(
+        "unknown GPU `{given}`: this supervisor has {known}; pass one of those uuids or indices, or leave gpu empty for any"
+    )]
+    UnknownGpu { given: String, known: String },
+    #[error("{field} is {reason}")]
+    BadDuration { field: &'static str, reason: String },
+    #[error(
+        "no lease `{0}`: it was released, revoked or expired, or never existed; acquire a new one"
+    )]
+    UnknownLease(String),
+    #[error(
+        "lease `{0}` is a streaming lease: it lives as long as its Hold stream and needs no keep-alive"
+    )]
+    NotUnary(String),
+    #[error(
+        "lease `{id}` holds {held}; Shrink needs a smaller size above zero, got {asked} (Release gives everything back)"
+    )]
+    BadShrink {
+        id: String,
+        held: ByteSize,
+        asked: ByteSize,
+    },
+    #[error("lease `{0}` belongs to another user: only its holder (or root) may change it")]
+    NotOwner(String),
+    #[error(
+        "waited {waited} without enough free memory; wait longer (max_wait), ask for less, or free memory on the GPU"
+    )]
+    DeadlineExceeded { waited: String },
+    #[error("the supervisor is shutting down: retry against the new instance")]
+    ShuttingDown,
+}

@@ -1,0 +1,29 @@
+//! The Arbiter supervisor: owns each GPU's memory budget and lends it out as leases.
+//!
+//! Layout, from the inside out:
+//! - [`budget`]: what may be lent on one GPU (capacity − reserve − foreign use);
+//! - [`lease`]: the ledger of grants and waits (pure) and the broker that serves it;
+//! - [`gpu`]: the inventory the budgets come from, NVML or a simulation;
+//! - [`sampler`]: folds periodic GPU readings into the broker;
+//! - [`events`]: the operators' feed;
+//! - [`rpc`]: the gRPC service, the only module that sees prost types;
+//! - [`status`]: domain errors to gRPC status codes, in one place;
+//! - [`server`]: wiring, listeners, shutdown; [`systemd`], [`logging`]: the process's
+//!   surroundings; [`config`], [`cli`]: settings; [`client`]: the operator's commands.
+//!
+//! Invariant: this crate never links libtorch and never creates a CUDA context. It sees
+//! GPUs only through NVML, which is why it can watch every card without holding any of it.
+
+pub mod budget;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod events;
+pub mod gpu;
+pub mod lease;
+pub mod logging;
+pub mod rpc;
+pub mod sampler;
+pub mod server;
+pub mod status;
+pub mod systemd;

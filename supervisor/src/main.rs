@@ -1,0 +1,66 @@
+//! `arbiter-supervisor`: parse settings, pick the GPU inventory, serve; or run an operator
+//! command against a running supervisor.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use arbiter_supervisor::cli::{Cli, Command};
+use arbiter_supervisor::config::Config;
+use arbiter_supervisor::gpu::Inventory;
+use arbiter_supervisor::gpu::nvml::NvmlInventory;
+use arbiter_supervisor::gpu::simulated::SimulatedInventory;
+use arbiter_supervisor::{client, logging, server};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => return fail(error),
+    };
+    cli.overrides.apply(&mut config);
+    let outcome = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            logging::init(&config.log);
+            serve(config).await
+        }
+        Command::CheckConfig => match config.validate() {
+            Ok(()) => {
+                print!("{}", config.to_toml());
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        },
+        Command::Status(args) => client::status(&args, &config).await,
+        Command::Leases(args) => client::leases(&args, &config).await,
+        Command::Events {
+            client: args,
+            samples,
+        } => client::events(&args, &config, samples).await,
+        Command::Hold(args) => client::hold(&args, &config).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(error),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), client::ClientError> {
+    let inventory: Arc<dyn Inventory> = if config.gpu.simulated.is_empty() {
+        Arc::new(NvmlInventory::open()?)
+    } else {
+        let capacities: Vec<u64> = config.gpu.simulated.iter().map(|b| b.0).collect();
+        Arc::new(SimulatedInventory::new(
+            &capacities,
+            &config.simulated_dir(),
+        )?)
+    };
+    server::run(config, inventory, server::signals()).await?;
+    Ok(())
+}
+
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("arbiter-supervisor: {error}");
+    ExitCode::from(2)
+}

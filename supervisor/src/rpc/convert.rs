@@ -1,0 +1,293 @@
+//! Wire messages to validated domain values, and domain values back to the wire.
+//!
+//! Validation lives here, before anything reaches the ledger: every field from outside is
+//! checked and a bad one is refused with a message naming the field and the rule.
+
+use std::time::{Duration, SystemTime};
+
+use arbiter::pb::supervisor::v1 as pb;
+
+use crate::events::{Event, EventKind, GpuView};
+use crate::lease::broker::{Broker, Note};
+use crate::lease::ledger::WaiterView;
+use crate::lease::{Ask, Form, GpuChoice, Lease, LeaseError, Peer, Priority};
+
+const MAX_HOLDER_CHARS: usize = 128;
+const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// Which RPC a request came through, since the two forms accept different fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Hold,
+    Acquire,
+}
+
+/// Validates a lease request and resolves its GPU.
+pub fn ask(
+    request: pb::LeaseRequest,
+    broker: &Broker,
+    via: Via,
+    peer: Option<Peer>,
+) -> Result<Ask, LeaseError> {
+    let holder = request.holder.trim().to_string();
+    if holder.is_empty() {
+        return Err(LeaseError::EmptyHolder);
+    }
+    let chars = holder.chars().count();
+    if chars > MAX_HOLDER_CHARS || holder.chars().any(char::is_control) {
+        return Err(LeaseError::BadHolder(chars));
+    }
+    if request.bytes == 0 {
+        return Err(LeaseError::ZeroBytes);
+    }
+    let limits = broker.limits();
+    let max_wait = duration("max_wait", request.max_wait)?;
+    if let Some(wait) = max_wait {
+        if wait > limits.max_wait {
+            return Err(LeaseError::BadDuration {
+                field: "max_wait",
+                reason: format!(
+                    "{} but this supervisor allows at most {}: wait less, or leave it unset to wait until the call ends",
+                    human(wait),
+                    human(limits.max_wait)
+                ),
+            });
+        }
+    }
+    let ttl = duration("ttl", request.ttl)?;
+    let form = match via {
+        Via::Hold => {
+            if ttl.is_some() {
+                return Err(LeaseError::BadDuration {
+                    field: "ttl",
+                    reason: "set on a streaming lease, which lives as long as its stream: leave ttl unset, or use Acquire".into(),
+                });
+            }
+            Form::Stream
+        }
+        Via::Acquire => {
+            let ttl = ttl.unwrap_or(limits.default_ttl);
+            if ttl < MIN_TTL || ttl > limits.max_ttl {
+                return Err(LeaseError::BadDuration {
+                    field: "ttl",
+                    reason: format!(
+                        "{}: it must be between {} and {}",
+                        human(ttl),
+                        human(MIN_TTL),
+                        human(limits.max_ttl)
+                    ),
+                });
+            }
+            Form::Unary { ttl }
+        }
+    };
+    Ok(Ask {
+        holder,
+        gpu: broker.resolve_gpu(&request.gpu)?,
+        bytes: request.bytes,
+        priority: priority(request.priority),
+        preemptible: request.preemptible,
+        max_wait,
+        form,
+        peer,
+    })
+}
+
+fn duration(
+    field: &'static str,
+    value: Option<prost_types::Duration>,
+) -> Result<Option<Duration>, LeaseError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    Duration::try_from(value).map(Some).map_err(|_| LeaseError::BadDuration {
+        field,
+        reason: format!(
+            "{}s {}ns, which is negative or malformed: give a positive duration such as \"30s\"",
+            value.seconds, value.nanos
+        ),
+    })
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Unknown and unspecified classes are NORMAL: a newer client's class is not an error.
+pub fn priority(value: i32) -> Priority {
+    match pb::Priority::try_from(value).unwrap_or(pb::Priority::Normal) {
+        pb::Priority::Batch => Priority::Batch,
+        pb::Priority::Interactive => Priority::Interactive,
+        pb::Priority::Critical => Priority::Critical,
+        pb::Priority::Normal | pb::Priority::Unspecified => Priority::Normal,
+    }
+}
+
+pub fn priority_to_pb(value: Priority) -> pb::Priority {
+    match value {
+        Priority::Batch => pb::Priority::Batch,
+        Priority::Normal => pb::Priority::Normal,
+        Priority::Interactive => pb::Priority::Interactive,
+        Priority::Critical => pb::Priority::Critical,
+    }
+}
+
+fn timestamp(at: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(at)
+}
+
+fn pb_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or_default()
+}
+
+pub fn lease(broker: &Broker, lease: &Lease, used: Option<u64>) -> pb::Lease {
+    let gpu = &broker.gpus()[lease.gpu as usize];
+    pb::Lease {
+        lease_id: lease.id.clone(),
+        holder: lease.holder.clone(),
+        gpu_uuid: gpu.uuid.clone(),
+        gpu_index: gpu.index,
+        bytes: lease.bytes,
+        priority: priority_to_pb(lease.priority) as i32,
+        preemptible: lease.preemptible,
+        form: match lease.form {
+            Form::Stream => pb::LeaseForm::Stream,
+            Form::Unary { .. } => pb::LeaseForm::Unary,
+        } as i32,
+        pid: lease.peer.map(|p| p.pid),
+        uid: lease.peer.map(|p| p.uid),
+        granted_at: Some(timestamp(broker.wall(lease.granted_at))),
+        expires_at: lease.expires_at.map(|at| timestamp(broker.wall(at))),
+        reclaim: lease.reclaim.as_ref().map(|_| reclaim(broker, lease)),
+        used_bytes: used,
+    }
+}
+
+fn reclaim(broker: &Broker, lease: &Lease) -> pb::ReclaimRequested {
+    let r = lease.reclaim.as_ref();
+    pb::ReclaimRequested {
+        lease_id: lease.id.clone(),
+        bytes: r.map_or(0, |r| r.bytes),
+        deadline: r.map(|r| timestamp(broker.wall(r.deadline))),
+        reason: r.map(|r| r.reason.clone()).unwrap_or_default(),
+    }
+}
+
+/// A note to a holder as a stream update. None for notes that end the stream with an error.
+pub fn update(broker: &Broker, note: Note) -> pb::LeaseUpdate {
+    use pb::lease_update::Update;
+    let update = match note {
+        Note::Queued {
+            position,
+            queue_length,
+        } => Update::Queued(pb::Queued {
+            position,
+            queue_length,
+        }),
+        Note::Granted(l) => Update::Granted(lease(broker, &l, None)),
+        Note::Reclaim(l) => Update::Reclaim(reclaim(broker, &l)),
+        Note::Revoked { lease, reason } => Update::Revoked(pb::Revoked {
+            lease_id: lease.id,
+            reason,
+        }),
+        Note::WaitEnded { reason, .. } => Update::Revoked(pb::Revoked {
+            lease_id: String::new(),
+            reason: reason.as_str().into(),
+        }),
+    };
+    pb::LeaseUpdate {
+        update: Some(update),
+    }
+}
+
+pub fn gpu(view: GpuView) -> pb::GpuStatus {
+    pb::GpuStatus {
+        index: view.index,
+        uuid: view.uuid,
+        name: view.name,
+        total_bytes: view.total,
+        used_bytes: view.used,
+        free_bytes: view.free,
+        reserve_bytes: view.reserve,
+        unleased_bytes: view.unleased,
+        budget_bytes: view.budget,
+        granted_bytes: view.granted,
+        available_bytes: view.available,
+        processes: view
+            .processes
+            .into_iter()
+            .map(|(pid, used_bytes, lease_id)| pb::GpuProcess {
+                pid,
+                used_bytes,
+                lease_id: lease_id.unwrap_or_default(),
+            })
+            .collect(),
+        sampled_at: view.sampled_at.map(timestamp),
+    }
+}
+
+pub fn waiter(broker: &Broker, w: WaiterView) -> pb::Waiter {
+    pb::Waiter {
+        holder: w.ask.holder,
+        gpu: match w.ask.gpu {
+            GpuChoice::Any => String::new(),
+            GpuChoice::Index(i) => broker.gpus()[i as usize].uuid.clone(),
+        },
+        bytes: w.ask.bytes,
+        priority: priority_to_pb(w.ask.priority) as i32,
+        position: w.position,
+        waited: Some(pb_duration(w.waited)),
+    }
+}
+
+pub fn event(broker: &Broker, event: Event) -> pb::Event {
+    use pb::event::Kind;
+    let kind = match event.kind {
+        EventKind::Granted(l) => Kind::Granted(lease(broker, &l, None)),
+        EventKind::Released { lease: l, reason } => Kind::Released(pb::Released {
+            lease_id: l.id.clone(),
+            holder: l.holder.clone(),
+            gpu_uuid: broker.gpus()[l.gpu as usize].uuid.clone(),
+            bytes: l.bytes,
+            reason: reason.as_str().into(),
+        }),
+        EventKind::Reclaim(l) => Kind::Reclaim(reclaim(broker, &l)),
+        EventKind::Revoked { lease, reason } => Kind::Revoked(pb::Revoked {
+            lease_id: lease.id,
+            reason,
+        }),
+        EventKind::WaitStarted {
+            holder,
+            gpu,
+            bytes,
+            priority,
+            position,
+        } => Kind::WaitStarted(pb::WaitStarted {
+            holder,
+            gpu,
+            bytes,
+            priority: priority_to_pb(priority) as i32,
+            position,
+        }),
+        EventKind::WaitEnded {
+            holder,
+            reason,
+            waited,
+        } => Kind::WaitEnded(pb::WaitEnded {
+            holder,
+            reason: reason.as_str().into(),
+            waited: Some(pb_duration(waited)),
+        }),
+        EventKind::Sample(view) => Kind::Sample(gpu(view)),
+        EventKind::Overuse { lease, used } => Kind::Overuse(pb::Overuse {
+            lease_id: lease.id,
+            holder: lease.holder,
+            lease_bytes: lease.bytes,
+            used_bytes: used,
+        }),
+    };
+    pb::Event {
+        at: Some(timestamp(event.at)),
+        kind: Some(kind),
+    }
+}

@@ -1,0 +1,223 @@
+//! `arbiter.supervisor.v1.Supervisor`: the lease broker over gRPC.
+//!
+//! Handlers stay thin: take the caller's identity from the connection, convert and validate
+//! the request, call the broker, convert the answer. Errors become statuses in `crate::status`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arbiter::pb::supervisor::v1 as pb;
+use pb::supervisor_server::Supervisor;
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, Via};
+use super::until::Until;
+use crate::events::EventKind;
+use crate::lease::broker::{Broker, Holding, Note};
+use crate::lease::{LeaseError, Peer, WaitEnd};
+
+pub struct SupervisorService {
+    broker: Arc<Broker>,
+    simulated: bool,
+    /// Fires at shutdown, so event feeds end and the server can drain.
+    shutdown: CancellationToken,
+}
+
+impl SupervisorService {
+    pub fn new(
+        broker: Arc<Broker>,
+        simulated: bool,
+        shutdown: CancellationToken,
+    ) -> SupervisorService {
+        SupervisorService {
+            broker,
+            simulated,
+            shutdown,
+        }
+    }
+}
+
+/// The caller's pid and uid when it came over the Unix socket; None over TCP.
+fn peer<T>(request: &Request<T>) -> Option<Peer> {
+    let info = request.extensions().get::<UdsConnectInfo>()?;
+    let cred = info.peer_cred?;
+    Some(Peer {
+        pid: cred.pid().and_then(|p| u32::try_from(p).ok())?,
+        uid: cred.uid(),
+    })
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Supervisor for SupervisorService {
+    type HoldStream = BoxStream<pb::LeaseUpdate>;
+    type WatchEventsStream = BoxStream<pb::Event>;
+
+    async fn hold(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<Self::HoldStream>, Status> {
+        let peer = peer(&request);
+        let ask = convert::ask(request.into_inner(), &self.broker, Via::Hold, peer)?;
+        let holding = self.broker.hold(ask)?;
+        let stream = HoldStream {
+            holding: Some(holding),
+            broker: Arc::clone(&self.broker),
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn acquire(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::Lease>, Status> {
+        let peer = peer(&request);
+        let ask = convert::ask(request.into_inner(), &self.broker, Via::Acquire, peer)?;
+        let lease = self.broker.acquire(ask).await?;
+        Ok(Response::new(convert::lease(&self.broker, &lease, None)))
+    }
+
+    async fn keep_alive(
+        &self,
+        request: Request<pb::KeepAliveRequest>,
+    ) -> Result<Response<pb::Lease>, Status> {
+        let peer = peer(&request);
+        let lease = self
+            .broker
+            .keep_alive(&request.into_inner().lease_id, peer)?;
+        Ok(Response::new(convert::lease(&self.broker, &lease, None)))
+    }
+
+    async fn shrink(
+        &self,
+        request: Request<pb::ShrinkRequest>,
+    ) -> Result<Response<pb::Lease>, Status> {
+        let peer = peer(&request);
+        let request = request.into_inner();
+        let lease = self.broker.shrink(&request.lease_id, request.bytes, peer)?;
+        Ok(Response::new(convert::lease(&self.broker, &lease, None)))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseReply>, Status> {
+        let peer = peer(&request);
+        let bytes_returned = self.broker.release(&request.into_inner().lease_id, peer)?;
+        Ok(Response::new(pb::ReleaseReply { bytes_returned }))
+    }
+
+    async fn get_status(
+        &self,
+        _: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::SupervisorStatus>, Status> {
+        let (gpus, queue) = self.broker.status();
+        Ok(Response::new(pb::SupervisorStatus {
+            version: env!("CARGO_PKG_VERSION").into(),
+            simulated: self.simulated,
+            uptime: prost_types::Duration::try_from(self.broker.uptime()).ok(),
+            gpus: gpus.into_iter().map(convert::gpu).collect(),
+            queue: queue
+                .into_iter()
+                .map(|w| convert::waiter(&self.broker, w))
+                .collect(),
+        }))
+    }
+
+    async fn list_leases(
+        &self,
+        request: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesReply>, Status> {
+        let gpu = match self.broker.resolve_gpu(&request.into_inner().gpu)? {
+            crate::lease::GpuChoice::Any => None,
+            crate::lease::GpuChoice::Index(i) => Some(i),
+        };
+        let leases = self
+            .broker
+            .leases(gpu)
+            .iter()
+            .map(|(lease, used)| convert::lease(&self.broker, lease, *used))
+            .collect();
+        Ok(Response::new(pb::ListLeasesReply { leases }))
+    }
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let include_samples = request.into_inner().include_samples;
+        let broker = Arc::clone(&self.broker);
+        let events = tokio_stream::wrappers::BroadcastStream::new(self.broker.feed().subscribe())
+            .filter_map(move |item| match item {
+                Ok(event) if !include_samples && matches!(event.kind, EventKind::Sample(_)) => None,
+                Ok(event) => Some(Ok(convert::event(&broker, event))),
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(skipped)) => {
+                    tracing::warn!(skipped, "an event watcher fell behind; events were skipped");
+                    None
+                }
+            });
+        Ok(Response::new(Box::pin(Until::new(
+            events,
+            self.shutdown.clone(),
+        ))))
+    }
+
+    async fn ping(&self, _: Request<pb::PingRequest>) -> Result<Response<pb::PingReply>, Status> {
+        Ok(Response::new(pb::PingReply {
+            version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+}
+
+/// A Hold stream. Dropping it (the client went away, the connection died) ends the
+/// request, which is what ties a streaming lease to its holder.
+struct HoldStream {
+    holding: Option<Holding>,
+    broker: Arc<Broker>,
+}
+
+impl Stream for HoldStream {
+    type Item = Result<pb::LeaseUpdate, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(holding) = self.holding.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let note = match holding.notes.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(note) => note,
+        };
+        let item = match note {
+            Some(Note::WaitEnded { reason, waited }) => {
+                self.holding = None;
+                let error = match reason {
+                    WaitEnd::DeadlineExceeded => LeaseError::DeadlineExceeded {
+                        waited: humantime::format_duration(std::time::Duration::from_millis(
+                            waited.as_millis() as u64,
+                        ))
+                        .to_string(),
+                    },
+                    WaitEnd::Cancelled | WaitEnd::Shutdown => LeaseError::ShuttingDown,
+                };
+                Err(Status::from(error))
+            }
+            Some(note @ Note::Revoked { .. }) => {
+                // The lease is gone; say why, then end the stream.
+                let update = convert::update(&self.broker, note);
+                self.holding = None;
+                Ok(update)
+            }
+            Some(note) => Ok(convert::update(&self.broker, note)),
+            None => {
+                self.holding = None;
+                Err(Status::from(LeaseError::ShuttingDown))
+            }
+        };
+        Poll::Ready(Some(item))
+    }
+}

@@ -1,0 +1,207 @@
+//! Wires the supervisor together and serves it until a shutdown signal.
+//!
+//! Start-up order matters: the GPUs are sampled once before the socket opens, so the first
+//! request already sees foreign use; systemd hears READY only once both listeners accept.
+//! Shutdown runs the other way: health says NOT_SERVING, holders are told their leases are
+//! revoked, streams end, connections drain (bounded by `shutdown_grace`), the socket goes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arbiter::listen::{UnixSocket, bind_tcp, reflection};
+use arbiter::pb::supervisor::v1::supervisor_server::SupervisorServer;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::config::Config;
+use crate::events::EventFeed;
+use crate::gpu::Inventory;
+use crate::lease::broker::{Broker, Limits};
+use crate::lease::ledger::Policy;
+use crate::rpc::service::SupervisorService;
+use crate::{sampler, systemd};
+
+/// How often the broker's clocks are checked: wait deadlines, TTLs, reclaim deadlines and
+/// aging take effect within this much of their time.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Why the supervisor could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Listen(#[from] arbiter::listen::ListenError),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Serves until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    inventory: Arc<dyn Inventory>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let stop = CancellationToken::new();
+    let broker = Broker::new(
+        inventory.gpus().to_vec(),
+        config.gpu.reserve.0,
+        Policy {
+            aging: config.lease.aging_interval,
+            reclaim_grace: config.lease.reclaim_grace,
+        },
+        Limits {
+            default_ttl: config.lease.default_ttl,
+            max_ttl: config.lease.max_ttl,
+            max_wait: config.lease.max_wait,
+            overuse_tolerance: config.gpu.overuse_tolerance.0,
+        },
+        EventFeed::new(4096),
+    );
+    sampler::sample_all(&inventory, &broker).await;
+    for gpu in broker.status().0 {
+        tracing::info!(
+            gpu = gpu.index,
+            uuid = %gpu.uuid,
+            name = %gpu.name,
+            total = %arbiter::ByteSize(gpu.total),
+            budget = %arbiter::ByteSize(gpu.budget),
+            unleased = %arbiter::ByteSize(gpu.unleased),
+            "GPU"
+        );
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SupervisorServer<SupervisorService>>()
+        .await;
+    let (reflection_v1, reflection_v1alpha) = reflection();
+    let service = SupervisorServer::new(SupervisorService::new(
+        Arc::clone(&broker),
+        inventory.simulated(),
+        stop.clone(),
+    ));
+    let router = Server::builder()
+        .tcp_nodelay(true)
+        // Detects holders whose host or network vanished without closing the connection.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service);
+
+    let socket = UnixSocket {
+        path: config.server.socket.clone(),
+        mode: config.socket_mode().unwrap_or(0o660),
+        group: config.server.socket_group.clone(),
+    };
+    let unix = socket.bind()?;
+    let tcp = match config.server.listen {
+        Some(address) => Some(bind_tcp(&address.to_string()).await?),
+        None => None,
+    };
+    tracing::info!(socket = %socket.path.display(), "listening on the Unix socket");
+    if let Some(tcp) = &tcp {
+        if let Ok(address) = tcp.local_addr() {
+            tracing::info!(%address, "listening on TCP");
+        }
+    }
+
+    let ticker = tokio::spawn(tick(Arc::clone(&broker), stop.clone()));
+    let sampler = tokio::spawn(sampler::run(
+        Arc::clone(&inventory),
+        Arc::clone(&broker),
+        config.gpu.sample_interval,
+        stop.clone(),
+    ));
+
+    let unix_server = router.clone().serve_with_incoming_shutdown(
+        UnixListenerStream::new(unix),
+        stop.clone().cancelled_owned(),
+    );
+    let tcp_server = async {
+        match tcp {
+            Some(tcp) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(tcp),
+                        stop.clone().cancelled_owned(),
+                    )
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let servers = async { tokio::try_join!(unix_server, tcp_server) };
+    tokio::pin!(servers);
+
+    systemd::ready(&format!("serving {} GPU(s)", inventory.gpus().len()));
+    let outcome = tokio::select! {
+        result = &mut servers => result.map(|_| ()),
+        () = shutdown => {
+            tracing::info!("shutting down: revoking leases and draining connections");
+            systemd::stopping();
+            health.set_not_serving::<SupervisorServer<SupervisorService>>().await;
+            broker.close();
+            stop.cancel();
+            match tokio::time::timeout(config.server.shutdown_grace, &mut servers).await {
+                Ok(result) => result.map(|_| ()),
+                Err(_) => {
+                    tracing::warn!(grace = ?config.server.shutdown_grace, "connections did not drain in time; closing them");
+                    Ok(())
+                }
+            }
+        }
+    };
+    stop.cancel();
+    let _ = ticker.await;
+    let _ = sampler.await;
+    if let Err(error) = std::fs::remove_file(&socket.path) {
+        tracing::debug!(%error, "socket already gone");
+    }
+    tracing::info!("stopped");
+    outcome.map_err(ServeError::from)
+}
+
+/// The broker's clock, which doubles as the watchdog's heartbeat: if the broker's lock
+/// wedges, the pings stop and systemd restarts us.
+async fn tick(broker: Arc<Broker>, stop: CancellationToken) {
+    let watchdog = systemd::watchdog_period();
+    let mut last_ping = tokio::time::Instant::now();
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {
+                broker.tick();
+                if let Some(period) = watchdog {
+                    if last_ping.elapsed() >= period {
+                        systemd::alive();
+                        last_ping = tokio::time::Instant::now();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the supervisor with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

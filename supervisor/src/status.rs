@@ -1,0 +1,54 @@
+//! The one place where domain errors become gRPC status codes.
+//!
+//! INVALID_ARGUMENT: the request itself is wrong and must change. FAILED_PRECONDITION: the
+//! request is well formed but this supervisor cannot satisfy it as configured. NOT_FOUND,
+//! PERMISSION_DENIED, DEADLINE_EXCEEDED and UNAVAILABLE mean what they say. The message is
+//! the error's own text, which says what to change.
+
+use tonic::Status;
+
+use crate::lease::LeaseError;
+
+impl From<LeaseError> for Status {
+    fn from(error: LeaseError) -> Status {
+        let message = error.to_string();
+        match error {
+            LeaseError::EmptyHolder
+            | LeaseError::BadHolder(_)
+            | LeaseError::ZeroBytes
+            | LeaseError::UnknownGpu { .. }
+            | LeaseError::BadDuration { .. }
+            | LeaseError::BadShrink { .. } => Status::invalid_argument(message),
+            LeaseError::NeverFits { .. } | LeaseError::NotUnary(_) => {
+                Status::failed_precondition(message)
+            }
+            LeaseError::UnknownLease(_) => Status::not_found(message),
+            LeaseError::NotOwner(_) => Status::permission_denied(message),
+            LeaseError::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
+            LeaseError::ShuttingDown => Status::unavailable(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn bad_input_is_invalid_argument_and_capacity_is_a_precondition() {
+        assert_eq!(
+            Status::from(LeaseError::ZeroBytes).code(),
+            Code::InvalidArgument
+        );
+        let never = LeaseError::NeverFits {
+            asked: arbiter::ByteSize(2),
+            gpu: "GPU 0".into(),
+            limit: arbiter::ByteSize(1),
+            capacity: arbiter::ByteSize(1),
+            reserve: arbiter::ByteSize(0),
+            hint: "",
+        };
+        assert_eq!(Status::from(never).code(), Code::FailedPrecondition);
+    }
+}
