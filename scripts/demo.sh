@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The main job, on a simulated GPU (no NVIDIA card needed): a supervisor owns a 96 GiB
+# card (the seed's RTX PRO 6000), a foreign process shrinks its budget, the TTS stack holds
+# its models under leases, video jobs queue for what is left, and a critical request makes
+# the preemptible lip-sync model give memory back. Every step prints the supervisor's view.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+source scripts/env.sh
+cargo build -q -p arbiter-supervisor --bins
+bin="$PWD/target/debug/arbiter-supervisor"
+
+work="$(mktemp -d)"
+sock="$work/supervisor.sock"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+status() { "$bin" status --address "$sock"; }
+hold() { "$bin" hold --address "$sock" "$@" >>"$work/holders.log" 2>&1 & pids+=($!); }
+settle() { sleep "${1:-0.5}"; }
+
+step "1. A supervisor on a simulated 96 GiB GPU (512 MiB reserve)"
+"$bin" --simulated-gpus 96GiB --simulated-dir "$work/gpu" --socket "$sock" \
+    --sample-interval 200ms 2>"$work/supervisor.log" &
+supervisor=$!
+pids+=($supervisor)
+for _ in $(seq 100); do [ -S "$sock" ] && "$bin" status --address "$sock" >/dev/null 2>&1 && break; sleep 0.1; done
+"$bin" events --address "$sock" >"$work/events.log" 2>&1 &
+pids+=($!)
+status
+
+step "2. A process Arbiter does not know takes 2 GiB: the budget shrinks by as much"
+sleep 600 &
+foreign=$!
+pids+=($foreign)
+echo $((2 << 30)) >"$work/gpu/0/$foreign"
+settle
+status
+
+step "3. The TTS stack: voices (4 GiB, interactive) and lip-sync (2.4 GiB, batch, preemptible)"
+hold --holder "tts voices" --bytes 4GiB --priority interactive
+hold --holder "tts lip-sync" --bytes 2.4GiB --priority batch --preemptible
+settle
+status
+
+step "4. Video job 1 asks for its cold-start peak, 39.5 GiB: granted"
+hold --holder "video job 1 (cold start)" --bytes 39.5GiB
+job1=$!
+settle
+step "5. Video job 2 (batch) asks for 50 GiB: it does not fit beside job 1, so it waits in line"
+hold --holder "video job 2" --bytes 50GiB --priority batch
+settle
+status
+
+step "6. Job 1 ends (its process exits): its lease frees at once and job 2 is granted"
+{ kill -9 "$job1" && wait "$job1"; } 2>/dev/null || true
+settle
+status
+
+step "7. A critical request for 38.5 GiB: the lip-sync model is asked to give 1.4 GiB back"
+hold --holder "urgent render" --bytes 38.5GiB --priority critical
+settle 1
+status
+
+step "8. The foreign process exits: its 2 GiB return to the budget"
+kill "$foreign"
+settle
+status
+
+step "What the holders saw"
+cat "$work/holders.log"
+step "The event feed (arbiter-supervisor events)"
+cat "$work/events.log"
+
+step "9. SIGTERM: the supervisor revokes every lease, tells the holders, and exits cleanly"
+kill -TERM "$supervisor"
+wait "$supervisor" && echo "supervisor exited with status 0"
+tail -n 3 "$work/supervisor.log"
+echo
+echo "logs kept in $work"
