@@ -1,6 +1,7 @@
-//! Link settings every binary that uses tch needs, shared by the tts and video crates'
-//! build scripts (`#[path]`-included, since build scripts cannot share a library crate's
-//! link flags: `rustc-link-arg` only reaches the package that prints it).
+//! Link settings every binary that uses tch needs (the tts and video binaries, and the
+//! torch crate's own tests), shared by their build scripts through `#[path]`: build scripts
+//! cannot share a library crate's link flags, since `rustc-link-arg` only reaches the
+//! package that prints it.
 //!
 //! - An rpath to libtorch's lib directory, so the binary runs without LD_LIBRARY_PATH on the
 //!   machine that built it (elsewhere, point LD_LIBRARY_PATH at torch/lib).

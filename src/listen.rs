@@ -25,6 +25,10 @@ pub enum ListenError {
     #[error("another server is already answering on {0}: stop it, or pass a different socket path")]
     InUse(PathBuf),
     #[error(
+        "{0} exists and is not a socket: it was left alone; remove it or pass a different socket path"
+    )]
+    NotASocket(PathBuf),
+    #[error(
         "cannot create the socket directory {path}: {source} (create it, or pass a socket path in a writable directory)"
     )]
     Directory {
@@ -99,8 +103,12 @@ impl UnixSocket {
 }
 
 fn remove_stale(path: &Path) -> Result<(), ListenError> {
-    if std::fs::symlink_metadata(path).is_err() {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ListenError::NotASocket(path.to_path_buf()));
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(ListenError::InUse(path.to_path_buf()));
@@ -143,4 +151,38 @@ pub fn reflection() -> (
         .build_v1alpha()
         .expect("embedded descriptor sets are valid");
     (v1, v1alpha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(path: &Path) -> UnixSocket {
+        UnixSocket {
+            path: path.to_path_buf(),
+            mode: 0o660,
+            group: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let live = socket(&path).bind().unwrap();
+        assert!(matches!(socket(&path).bind(), Err(ListenError::InUse(_))));
+        drop(live);
+        let rebound = socket(&path).bind().unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        drop(rebound);
+
+        let precious = dir.path().join("precious");
+        std::fs::write(&precious, "data").unwrap();
+        assert!(matches!(
+            socket(&precious).bind(),
+            Err(ListenError::NotASocket(_))
+        ));
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "data");
+    }
 }

@@ -37,12 +37,7 @@ pub async fn status(args: &ClientArgs, config: &Config) -> Result<(), ClientErro
         .await
         .map_err(status_error)?
         .into_inner();
-    let leases = client
-        .list_leases(pb::ListLeasesRequest::default())
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .leases;
+    let leases = list_leases(&mut client).await?;
     println!(
         "arbiter-supervisor {}{}, up {}",
         status.version,
@@ -108,14 +103,19 @@ pub async fn status(args: &ClientArgs, config: &Config) -> Result<(), ClientErro
 
 pub async fn leases(args: &ClientArgs, config: &Config) -> Result<(), ClientError> {
     let mut client = client(args, config).await?;
-    let leases = client
+    print_leases(&list_leases(&mut client).await?);
+    Ok(())
+}
+
+async fn list_leases(
+    client: &mut SupervisorClient<Channel>,
+) -> Result<Vec<pb::Lease>, ClientError> {
+    Ok(client
         .list_leases(pb::ListLeasesRequest::default())
         .await
         .map_err(status_error)?
         .into_inner()
-        .leases;
-    print_leases(&leases);
-    Ok(())
+        .leases)
 }
 
 fn print_leases(leases: &[pb::Lease]) {
@@ -202,6 +202,9 @@ pub fn describe(event: &pb::Event) -> String {
             r.reason
         ),
         Some(Kind::Revoked(r)) => format!("revoked  {}: {}", r.lease_id, r.reason),
+        Some(Kind::ReclaimWithdrawn(r)) => {
+            format!("withdrawn reclaim of {} from {}", r.lease_id, r.holder)
+        }
         Some(Kind::WaitStarted(w)) => format!(
             "queued   {} for {} at position {}",
             w.holder,

@@ -16,6 +16,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/arbiter/supervisor.toml";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct Config {
     pub server: ServerConfig,
     pub gpu: GpuConfig,
@@ -90,17 +91,6 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter ("info", "arbiter_supervisor=debug"); RUST_LOG overrides it.
     pub filter: String,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            server: ServerConfig::default(),
-            gpu: GpuConfig::default(),
-            lease: LeaseConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {

@@ -36,6 +36,7 @@ pub enum EventKind {
         reason: ReleaseReason,
     },
     Reclaim(Lease),
+    ReclaimWithdrawn(Lease),
     Revoked {
         lease: Lease,
         reason: String,

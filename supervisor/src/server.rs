@@ -99,16 +99,17 @@ pub async fn run(
         mode: config.socket_mode().unwrap_or(0o660),
         group: config.server.socket_group.clone(),
     };
-    let unix = socket.bind()?;
+    // TCP first: if it fails, no socket file is left behind.
     let tcp = match config.server.listen {
         Some(address) => Some(bind_tcp(&address.to_string()).await?),
         None => None,
     };
+    let unix = socket.bind()?;
     tracing::info!(socket = %socket.path.display(), "listening on the Unix socket");
-    if let Some(tcp) = &tcp {
-        if let Ok(address) = tcp.local_addr() {
-            tracing::info!(%address, "listening on TCP");
-        }
+    if let Some(tcp) = &tcp
+        && let Ok(address) = tcp.local_addr()
+    {
+        tracing::info!(%address, "listening on TCP");
     }
 
     let ticker = tokio::spawn(tick(Arc::clone(&broker), stop.clone()));
@@ -179,12 +180,11 @@ async fn tick(broker: Arc<Broker>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {
                 broker.tick();
-                if let Some(period) = watchdog {
-                    if last_ping.elapsed() >= period {
+                if let Some(period) = watchdog
+                    && last_ping.elapsed() >= period {
                         systemd::alive();
                         last_ping = tokio::time::Instant::now();
                     }
-                }
             }
         }
     }

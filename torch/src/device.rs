@@ -87,6 +87,17 @@ impl fmt::Display for DeviceReport {
     }
 }
 
+/// The `info` command of the model binaries: prints the report, fails if the self-check did.
+pub fn info() -> std::process::ExitCode {
+    let report = report();
+    println!("{report}");
+    if report.self_check.is_ok() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 fn yes(value: bool) -> &'static str {
     if value { "yes" } else { "no" }
 }

@@ -29,14 +29,6 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Info => {
-            let report = arbiter_torch::device::report();
-            println!("{report}");
-            if report.self_check.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Command::Info => arbiter_torch::device::info(),
     }
 }

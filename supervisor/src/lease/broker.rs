@@ -1,8 +1,8 @@
 //! The broker: the ledger made into a shared service.
 //!
 //! It owns the lock around the [`Ledger`], routes each effect to the holder it concerns
-//! (through one channel per request), publishes it on the event feed, watches holder pids
-//! so a dead holder's unary lease is freed at once, and folds NVML samples into the budget.
+//! (through one channel per request), publishes it on the event feed, and folds NVML
+//! samples into the budget.
 //! The lock is a plain mutex held only for bookkeeping, never across an await.
 
 use std::collections::{HashMap, HashSet};
@@ -13,9 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
 use super::ledger::{Book, Ledger, Policy, WaiterView};
-use super::{
-    Ask, Effect, Form, GpuChoice, Lease, LeaseError, Peer, ReleaseReason, Ticket, WaitEnd,
-};
+use super::{Ask, Effect, GpuChoice, Lease, LeaseError, Peer, ReleaseReason, Ticket, WaitEnd};
 use crate::budget::Budget;
 use crate::events::{EventFeed, EventKind, GpuView, WaitEndReason};
 use crate::gpu::{GpuIdentity, GpuSample, procfs};
@@ -54,8 +52,6 @@ pub struct Broker {
 struct Inner {
     ledger: Ledger,
     routes: HashMap<Ticket, mpsc::UnboundedSender<Note>>,
-    /// Holder pids being watched for exit, and the unary leases each holds.
-    watched: HashMap<u32, HashSet<Ticket>>,
     /// The last sample of each GPU, for status.
     samples: Vec<Option<(GpuSample, SystemTime)>>,
     /// Memory each lease's processes used at the last sample.
@@ -87,7 +83,6 @@ impl Broker {
             inner: Mutex::new(Inner {
                 ledger: Ledger::new(books, policy),
                 routes: HashMap::new(),
-                watched: HashMap::new(),
                 samples: vec![None; gpus.len()],
                 usage: HashMap::new(),
                 overusing: HashSet::new(),
@@ -212,10 +207,12 @@ impl Broker {
             .ledger
             .lease(ticket)
             .ok_or_else(|| LeaseError::UnknownLease(id.to_string()))?;
-        if let (Some(caller), Some(holder)) = (caller, lease.peer) {
-            if caller.uid != holder.uid && caller.uid != 0 && caller.uid != self.own_uid {
-                return Err(LeaseError::NotOwner(id.to_string()));
-            }
+        if let (Some(caller), Some(holder)) = (caller, lease.peer)
+            && caller.uid != holder.uid
+            && caller.uid != 0
+            && caller.uid != self.own_uid
+        {
+            return Err(LeaseError::NotOwner(id.to_string()));
         }
         Ok(ticket)
     }
@@ -245,13 +242,13 @@ impl Broker {
         let ticket = self.owned(&inner, id, caller)?;
         let bytes = inner.ledger.lease(ticket).map_or(0, |l| l.bytes);
         // A streaming holder learns of it through its stream, which then ends.
-        if let Some(route) = inner.routes.remove(&ticket) {
-            if let Some(lease) = inner.ledger.lease(ticket).cloned() {
-                let _ = route.send(Note::Revoked {
-                    lease,
-                    reason: "released by Release".into(),
-                });
-            }
+        if let Some(route) = inner.routes.remove(&ticket)
+            && let Some(lease) = inner.ledger.lease(ticket).cloned()
+        {
+            let _ = route.send(Note::Revoked {
+                lease,
+                reason: "released by Release".into(),
+            });
         }
         let effects = inner
             .ledger
@@ -307,10 +304,10 @@ impl Broker {
             }
             let first = tickets[0];
             if used > leased.saturating_add(self.limits.overuse_tolerance) {
-                if inner.overusing.insert(first) {
-                    if let Some(lease) = inner.ledger.lease(first).cloned() {
-                        overuse.push((lease, used));
-                    }
+                if inner.overusing.insert(first)
+                    && let Some(lease) = inner.ledger.lease(first).cloned()
+                {
+                    overuse.push((lease, used));
                 }
             } else {
                 inner.overusing.remove(&first);
@@ -413,32 +410,28 @@ impl Broker {
                             queue_length,
                         });
                     }
-                    if new {
-                        if let Some(w) = inner
+                    if new
+                        && let Some(w) = inner
                             .ledger
                             .queue(Instant::now())
                             .into_iter()
                             .find(|w| w.ticket == ticket)
-                        {
-                            self.feed.publish(EventKind::WaitStarted {
-                                holder: w.ask.holder.clone(),
-                                gpu: match w.ask.gpu {
-                                    GpuChoice::Any => String::new(),
-                                    GpuChoice::Index(i) => self.gpus[i as usize].uuid.clone(),
-                                },
-                                bytes: w.ask.bytes,
-                                priority: w.ask.priority,
-                                position,
-                            });
-                        }
+                    {
+                        self.feed.publish(EventKind::WaitStarted {
+                            holder: w.ask.holder.clone(),
+                            gpu: match w.ask.gpu {
+                                GpuChoice::Any => String::new(),
+                                GpuChoice::Index(i) => self.gpus[i as usize].uuid.clone(),
+                            },
+                            bytes: w.ask.bytes,
+                            priority: w.ask.priority,
+                            position,
+                        });
                     }
                 }
                 Effect::Granted { lease, waited } => {
                     if let Some(route) = inner.routes.get(&lease.ticket) {
                         let _ = route.send(Note::Granted(lease.clone()));
-                    }
-                    if let (Form::Unary { .. }, Some(peer)) = (lease.form, lease.peer) {
-                        self.watch(inner, peer.pid, lease.ticket);
                     }
                     if !waited.is_zero() {
                         self.feed.publish(EventKind::WaitEnded {
@@ -464,6 +457,14 @@ impl Broker {
                         reason: WaitEndReason::Ended(reason),
                         waited,
                     });
+                }
+                Effect::ReclaimWithdrawn { lease } => {
+                    // Restate the lease, now without a reclaim, so the holder stops giving back.
+                    if let Some(route) = inner.routes.get(&lease.ticket) {
+                        let _ = route.send(Note::Granted(lease.clone()));
+                    }
+                    tracing::info!(lease = %lease.id, holder = %lease.holder, "reclaim withdrawn: the request it was for ended");
+                    self.feed.publish(EventKind::ReclaimWithdrawn(lease));
                 }
                 Effect::ReclaimRequested { lease } => {
                     if let Some(route) = inner.routes.get(&lease.ticket) {
@@ -496,56 +497,7 @@ impl Broker {
     fn forget(&self, inner: &mut Inner, lease: &Lease) {
         inner.usage.remove(&lease.ticket);
         inner.overusing.remove(&lease.ticket);
-        if let Some(peer) = lease.peer {
-            if let Some(tickets) = inner.watched.get_mut(&peer.pid) {
-                tickets.remove(&lease.ticket);
-            }
-        }
     }
-
-    /// Frees `ticket` when process `pid` exits. One watcher per pid, however many leases.
-    fn watch(self: &Arc<Self>, inner: &mut Inner, pid: u32, ticket: Ticket) {
-        let first = !inner.watched.contains_key(&pid);
-        inner.watched.entry(pid).or_default().insert(ticket);
-        if !first {
-            return;
-        }
-        let broker = Arc::clone(self);
-        tokio::spawn(async move {
-            if let Err(error) = exited(pid).await {
-                tracing::warn!(pid, %error, "cannot watch holder process; its unary leases will end by TTL");
-                return;
-            }
-            let tickets = {
-                let mut inner = broker.lock();
-                inner.watched.remove(&pid).unwrap_or_default()
-            };
-            for ticket in tickets {
-                tracing::info!(pid, ticket, "holder died; freeing its lease");
-                broker.end(ticket, ReleaseReason::HolderDied);
-            }
-        });
-    }
-}
-
-/// Resolves when process `pid` has exited (at once if it is already gone).
-async fn exited(pid: u32) -> std::io::Result<()> {
-    let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
-        return Ok(());
-    };
-    let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::SRCH) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    // SAFETY: the AsyncFd owns the pidfd (an OwnedFd moved in), so the descriptor stays
-    // open for exactly as long as it is registered.
-    let fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| std::io::Error::from(e))?;
-    let _ = fd.readable().await?;
-    Ok(())
 }
 
 fn round_ms(d: Duration) -> Duration {

@@ -147,16 +147,16 @@ impl Ledger {
         let mut effects = Vec::new();
         self.schedule(now, &mut effects);
         // A zero wait means "now or not at all": end it here rather than at the next tick.
-        if deadline.is_some_and(|d| d <= now) {
-            if let Some(i) = self.waiters.iter().position(|w| w.ticket == ticket) {
-                let waiter = self.waiters.remove(i);
-                effects.push(Effect::WaitEnded {
-                    ticket,
-                    holder: waiter.ask.holder,
-                    reason: WaitEnd::DeadlineExceeded,
-                    waited: Duration::ZERO,
-                });
-            }
+        if deadline.is_some_and(|d| d <= now)
+            && let Some(i) = self.waiters.iter().position(|w| w.ticket == ticket)
+        {
+            let waiter = self.waiters.remove(i);
+            effects.push(Effect::WaitEnded {
+                ticket,
+                holder: waiter.ask.holder,
+                reason: WaitEnd::DeadlineExceeded,
+                waited: Duration::ZERO,
+            });
         }
         Ok((ticket, effects))
     }
@@ -270,11 +270,11 @@ impl Ledger {
     /// Records a new NVML sample of memory used by processes without a lease.
     pub fn set_unleased(&mut self, gpu: u32, bytes: u64, now: Instant) -> Vec<Effect> {
         let mut effects = Vec::new();
-        if let Some(book) = self.books.get_mut(gpu as usize) {
-            if book.budget.unleased != bytes {
-                book.budget.unleased = bytes;
-                self.schedule(now, &mut effects);
-            }
+        if let Some(book) = self.books.get_mut(gpu as usize)
+            && book.budget.unleased != bytes
+        {
+            book.budget.unleased = bytes;
+            self.schedule(now, &mut effects);
         }
         effects
     }
@@ -419,13 +419,11 @@ impl Ledger {
             }
         }
         // Remove granted waiters, highest index first so the others keep their places.
-        let mut granted_sorted = granted.clone();
-        granted_sorted.sort_by(|a, b| b.0.cmp(&a.0));
-        let mut new_leases = Vec::new();
-        for (i, g) in granted_sorted {
-            let waiter = self.waiters.remove(i);
-            new_leases.push((waiter, g));
-        }
+        granted.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
+        let mut new_leases: Vec<(Waiter, usize)> = granted
+            .into_iter()
+            .map(|(i, g)| (self.waiters.remove(i), g))
+            .collect();
         new_leases.sort_by_key(|(w, _)| w.ticket);
         for (waiter, g) in new_leases {
             let lease = Lease {
@@ -452,6 +450,7 @@ impl Ledger {
                 waited: now.saturating_duration_since(waiter.arrived),
             });
         }
+        self.withdraw_orphaned_reclaims(effects);
         let order = self.ordered(now);
         let queue_length = order.len() as u32;
         for (position, &i) in order.iter().enumerate() {
@@ -469,9 +468,30 @@ impl Ledger {
         }
     }
 
+    /// A reclaim stands only while the waiter it was made for still waits: once that
+    /// waiter is granted, gives up or is cancelled, its holders keep their memory (and a
+    /// holder that ignored the request is not revoked for nobody).
+    fn withdraw_orphaned_reclaims(&mut self, effects: &mut Vec<Effect>) {
+        let waiting: std::collections::HashSet<Ticket> =
+            self.waiters.iter().map(|w| w.ticket).collect();
+        for lease in self.leases.values_mut() {
+            if lease
+                .reclaim
+                .as_ref()
+                .is_some_and(|r| !waiting.contains(&r.for_ticket))
+            {
+                lease.reclaim = None;
+                effects.push(Effect::ReclaimWithdrawn {
+                    lease: lease.clone(),
+                });
+            }
+        }
+    }
+
     /// Asks preemptible holders of a lower class on `gpu` to make room for waiter `i`, if
     /// what they hold (with what is free and already asked for) would be enough.
     fn request_reclaim(&mut self, i: usize, gpu: usize, now: Instant, effects: &mut Vec<Effect>) {
+        let for_ticket = self.waiters[i].ticket;
         let ask = &self.waiters[i].ask;
         let book = &self.books[gpu];
         if ask.bytes > book.budget.total() {
@@ -530,6 +550,7 @@ impl Ledger {
                     bytes,
                     deadline: now + self.policy.reclaim_grace,
                     reason: reason.clone(),
+                    for_ticket,
                 });
                 effects.push(Effect::ReclaimRequested {
                     lease: lease.clone(),

@@ -76,6 +76,8 @@ pub struct Reclaim {
     pub deadline: Instant,
     /// Who needs the memory, for the holder's logs.
     pub reason: String,
+    /// The waiter it is for: the request is withdrawn when that waiter stops waiting.
+    pub for_ticket: Ticket,
 }
 
 /// Memory granted to a holder.
@@ -158,6 +160,10 @@ pub enum Effect {
         waited: Duration,
     },
     ReclaimRequested {
+        lease: Lease,
+    },
+    /// The waiter a reclaim was for no longer waits: the holder may keep its memory.
+    ReclaimWithdrawn {
         lease: Lease,
     },
     Revoked {

@@ -42,17 +42,17 @@ pub fn ask(
     }
     let limits = broker.limits();
     let max_wait = duration("max_wait", request.max_wait)?;
-    if let Some(wait) = max_wait {
-        if wait > limits.max_wait {
-            return Err(LeaseError::BadDuration {
-                field: "max_wait",
-                reason: format!(
-                    "{} but this supervisor allows at most {}: wait less, or leave it unset to wait until the call ends",
-                    human(wait),
-                    human(limits.max_wait)
-                ),
-            });
-        }
+    if let Some(wait) = max_wait
+        && wait > limits.max_wait
+    {
+        return Err(LeaseError::BadDuration {
+            field: "max_wait",
+            reason: format!(
+                "{} but this supervisor allows at most {}: wait less, or leave it unset to wait until the call ends",
+                human(wait),
+                human(limits.max_wait)
+            ),
+        });
     }
     let ttl = duration("ttl", request.ttl)?;
     let form = match via {
@@ -252,6 +252,10 @@ pub fn event(broker: &Broker, event: Event) -> pb::Event {
             reason: reason.as_str().into(),
         }),
         EventKind::Reclaim(l) => Kind::Reclaim(reclaim(broker, &l)),
+        EventKind::ReclaimWithdrawn(l) => Kind::ReclaimWithdrawn(pb::ReclaimWithdrawn {
+            lease_id: l.id,
+            holder: l.holder,
+        }),
         EventKind::Revoked { lease, reason } => Kind::Revoked(pb::Revoked {
             lease_id: lease.id,
             reason,

@@ -2,7 +2,7 @@
 //! their holders.
 
 use super::*;
-use crate::lease::Priority;
+use crate::lease::{Form, Priority};
 
 const GIB: u64 = 1 << 30;
 
@@ -88,33 +88,32 @@ async fn a_unary_wait_ends_with_deadline_exceeded() {
 }
 
 #[tokio::test]
-async fn a_dead_holder_frees_its_unary_lease() {
+async fn a_unary_lease_outlives_its_caller_until_its_ttl() {
+    // grpcurl takes a lease and exits: the lease is bound to its TTL, not to the process.
     let broker = broker(10 * GIB);
-    let mut child = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
     let peer = Peer {
         pid: child.id(),
         uid: 0,
     };
+    child.wait().unwrap();
     let unary = Form::Unary {
-        ttl: Duration::from_secs(300),
+        ttl: Duration::from_millis(200),
     };
     broker
         .acquire(ask(4 * GIB, unary, Some(peer), None))
         .await
         .unwrap();
-    assert_eq!(broker.leases(None).len(), 1);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    for _ in 0..100 {
-        if broker.leases(None).is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the lease outlived its holder");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    broker.tick();
+    assert_eq!(
+        broker.leases(None).len(),
+        1,
+        "the lease must survive its caller"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    broker.tick();
+    assert!(broker.leases(None).is_empty(), "the TTL must end it");
 }
 
 #[tokio::test]

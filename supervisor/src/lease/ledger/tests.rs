@@ -139,7 +139,7 @@ fn aging_serves_a_long_waiting_batch_request_before_fresh_interactive_ones() {
     // Two minutes later interactive requests keep arriving; batch has aged 4 classes.
     let later = start + Duration::from_secs(120);
     ledger
-        .ask(ask("chat", 1 * GIB, Priority::Interactive), later)
+        .ask(ask("chat", GIB, Priority::Interactive), later)
         .unwrap();
     let effects = ledger.end(first, ReleaseReason::Released, later);
     assert_eq!(granted(&effects), vec![batch]);
@@ -152,7 +152,7 @@ fn deadlines_end_waits() {
     ledger
         .ask(ask("a", 10 * GIB, Priority::Normal), now)
         .unwrap();
-    let mut b = ask("b", 1 * GIB, Priority::Normal);
+    let mut b = ask("b", GIB, Priority::Normal);
     b.max_wait = Some(Duration::from_secs(2));
     let (b, _) = ledger.ask(b, now).unwrap();
     assert!(ledger.tick(now + Duration::from_secs(1)).is_empty());
@@ -167,7 +167,7 @@ fn deadlines_end_waits() {
 fn unary_leases_expire_unless_renewed() {
     let now = Instant::now();
     let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
-    let mut unary = ask("curl", 1 * GIB, Priority::Normal);
+    let mut unary = ask("curl", GIB, Priority::Normal);
     unary.form = Form::Unary {
         ttl: Duration::from_secs(10),
     };
@@ -231,6 +231,35 @@ fn reclaim_asks_preemptible_lower_holders_and_revokes_the_silent() {
 }
 
 #[test]
+fn a_reclaim_is_withdrawn_when_its_waiter_gives_up() {
+    let now = Instant::now();
+    let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
+    let mut lipsync = ask("lipsync", 8 * GIB, Priority::Batch);
+    lipsync.preemptible = true;
+    let (lip, _) = ledger.ask(lipsync, now).unwrap();
+    let mut urgent = ask("urgent", 6 * GIB, Priority::Critical);
+    urgent.max_wait = Some(Duration::from_secs(1));
+    let (_, effects) = ledger.ask(urgent, now).unwrap();
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::ReclaimRequested { .. }))
+    );
+    // The waiter times out before the holder's grace ends: the request is withdrawn and the
+    // silent holder is not revoked for nobody.
+    let effects = ledger.tick(now + Duration::from_secs(1));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::ReclaimWithdrawn { lease } if lease.ticket == lip))
+    );
+    assert!(ledger.lease(lip).unwrap().reclaim.is_none());
+    let effects = ledger.tick(now + Duration::from_secs(10));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Revoked { .. })));
+    assert_eq!(ledger.lease(lip).unwrap().bytes, 8 * GIB);
+}
+
+#[test]
 fn no_reclaim_from_equal_or_higher_classes() {
     let now = Instant::now();
     let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
@@ -256,7 +285,7 @@ fn foreign_memory_shrinks_what_can_be_granted() {
         .ask(ask("a", 4 * GIB, Priority::Normal), now)
         .unwrap();
     assert!(granted(&effects).is_empty());
-    let effects = ledger.set_unleased(0, 1 * GIB, now);
+    let effects = ledger.set_unleased(0, GIB, now);
     assert_eq!(granted(&effects), vec![t]);
 }
 

