@@ -3,7 +3,11 @@
 //! gRPC reflection, so grpcurl works against every Arbiter server without proto files.
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["arbiter/supervisor/v1/supervisor.proto"];
+const PROTOS: &[&str] = &[
+    "arbiter/supervisor/v1/supervisor.proto",
+    "arbiter/video/v1/video.proto",
+    "arbiter/worker/v1/worker.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut compiler = protox::Compiler::new(["proto"])?;

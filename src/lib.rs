@@ -5,13 +5,17 @@
 //! - [`bytesize`]: byte counts as operators write them (`80GiB`, `512MiB`);
 //! - [`endpoint`]: where the supervisor listens by default and how a client connects to it;
 //! - [`listen`]: the listeners every Arbiter server shares (a Unix socket with a mode and a
-//!   group, optional TCP) and the reflection and health services that make grpcurl work.
+//!   group, optional TCP) and the reflection and health services that make grpcurl work;
+//! - [`pipeline`]: a video pipeline's manifest: input rules and the memory a job needs;
+//! - [`simulated`]: the simulated GPU's process table, written by workers on a simulated GPU.
 //!
 //! Nothing here touches a GPU or links libtorch, so the supervisor can depend on it freely.
 
 pub mod bytesize;
 pub mod endpoint;
 pub mod listen;
+pub mod pipeline;
+pub mod simulated;
 
 /// The generated protocol. Messages are prost types; they stay at the edge of each crate
 /// and are converted to domain types there.
@@ -19,6 +23,16 @@ pub mod pb {
     pub mod supervisor {
         pub mod v1 {
             tonic::include_proto!("arbiter.supervisor.v1");
+        }
+    }
+    pub mod video {
+        pub mod v1 {
+            tonic::include_proto!("arbiter.video.v1");
+        }
+    }
+    pub mod worker {
+        pub mod v1 {
+            tonic::include_proto!("arbiter.worker.v1");
         }
     }
     /// Every proto file, encoded, for the reflection service.

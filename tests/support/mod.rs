@@ -10,7 +10,6 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
@@ -662,16 +661,11 @@ impl Drop for Sleeper {
     }
 }
 
-/// Writes a simulated process-table record (`<dir>/<gpu>/<pid>` holding `bytes`), the way
-/// the simulated driver expects: written aside, then renamed into place.
+/// Writes a simulated process-table record (`<dir>/<gpu>/<pid>` holding `bytes`).
 pub fn record_usage(simulated_dir: &Path, gpu: u32, pid: u32, bytes: u64) {
-    let gpu_dir = simulated_dir.join(gpu.to_string());
-    std::fs::create_dir_all(&gpu_dir).expect("create the simulated GPU directory");
-    let tmp = gpu_dir.join(format!("{pid}.tmp"));
-    let mut file = File::create(&tmp).expect("create the usage record");
-    write!(file, "{bytes}").expect("write the usage record");
-    drop(file);
-    std::fs::rename(&tmp, gpu_dir.join(pid.to_string())).expect("move the usage record in place");
+    std::fs::create_dir_all(simulated_dir.join(gpu.to_string()))
+        .expect("create the simulated GPU directory");
+    arbiter::simulated::record(simulated_dir, gpu, pid, bytes).expect("write the usage record");
 }
 
 /// Awaits `future`, failing the test if it takes longer than `limit`.

@@ -50,21 +50,6 @@ pub fn simulated_uuid(index: u32) -> String {
     format!("GPU-5157ad00-0000-4000-8000-{index:012}")
 }
 
-/// Records that `pid` uses `bytes` on simulated GPU `index` (0 removes the record).
-pub fn record(dir: &Path, index: u32, pid: u32, bytes: u64) -> std::io::Result<()> {
-    let path = dir.join(index.to_string()).join(pid.to_string());
-    if bytes == 0 {
-        return match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
-    }
-    // Write then rename, so a sampler never reads half a number.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes.to_string())?;
-    std::fs::rename(tmp, path)
-}
-
 impl Inventory for SimulatedInventory {
     fn gpus(&self) -> &[GpuIdentity] {
         &self.gpus
@@ -127,7 +112,7 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        record(dir.path(), 0, child.id(), 3 << 30).unwrap();
+        arbiter::simulated::record(dir.path(), 0, child.id(), 3 << 30).unwrap();
         let sample = inventory.sample(0).unwrap();
         assert_eq!(sample.used, 3 << 30);
         assert_eq!(
