@@ -25,7 +25,7 @@ hold() { "$bin" hold --address "$sock" "$@" >>"$work/holders.log" 2>&1 & pids+=(
 settle() { sleep "${1:-0.5}"; }
 
 step "1. A supervisor on a simulated 96 GiB GPU (512 MiB reserve)"
-"$bin" --simulated-gpus 96GiB --simulated-dir "$work/gpu" --socket "$sock" \
+"$bin" --simulated-gpus 96GiB --simulated-dir "$work/gpu" --state-dir "$work/state" --socket "$sock" \
     --sample-interval 200ms 2>"$work/supervisor.log" &
 supervisor=$!
 pids+=($supervisor)

@@ -177,10 +177,10 @@ impl Manifest {
         if r.min_fps == 0 || r.min_fps > r.max_fps {
             return Err("rules: fps range is empty (need 1 <= min_fps <= max_fps)".into());
         }
-        if let Some(command) = &self.command {
-            if command.is_empty() || command[0].is_empty() {
-                return Err("command is empty: name the program to run, or remove command".into());
-            }
+        if let Some(command) = &self.command
+            && (command.is_empty() || command[0].is_empty())
+        {
+            return Err("command is empty: name the program to run, or remove command".into());
         }
         let d = &self.defaults;
         self.shape(d.width, d.height, d.frames, d.fps, d.steps)
@@ -222,7 +222,7 @@ impl Manifest {
             }
         }
         if shape.frames < r.frames_offset.max(1)
-            || (shape.frames - r.frames_offset) % r.frames_step != 0
+            || !(shape.frames - r.frames_offset).is_multiple_of(r.frames_step)
             || shape.frames > r.max_frames
         {
             let below = shape.frames.saturating_sub(r.frames_offset) / r.frames_step

@@ -54,6 +54,15 @@ pub struct Overrides {
     /// How often GPUs are sampled, such as 1s or 250ms.
     #[arg(long, env = "ARBITER_SAMPLE_INTERVAL", value_parser = humantime::parse_duration, global = true)]
     pub sample_interval: Option<Duration>,
+    /// Where the job database, logs and videos live.
+    #[arg(long, env = "ARBITER_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Directories of pipelines (`<dir>/<name>/manifest.toml`).
+    #[arg(long, env = "ARBITER_PIPELINES_DIR", global = true)]
+    pub pipelines_dir: Option<PathBuf>,
+    /// The video worker binary (default: arbiter-video beside this one).
+    #[arg(long, env = "ARBITER_WORKER", global = true)]
+    pub worker: Option<PathBuf>,
     /// Log as human-readable lines or JSON.
     #[arg(long, env = "ARBITER_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -138,6 +147,15 @@ impl Overrides {
         }
         if let Some(interval) = self.sample_interval {
             config.gpu.sample_interval = interval;
+        }
+        if let Some(dir) = &self.state_dir {
+            config.jobs.state_dir = Some(dir.clone());
+        }
+        if let Some(dir) = &self.pipelines_dir {
+            config.jobs.pipelines_dir = Some(dir.clone());
+        }
+        if let Some(worker) = &self.worker {
+            config.jobs.worker = Some(worker.clone());
         }
         if let Some(format) = self.log_format {
             config.log.format = format;

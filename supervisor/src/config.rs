@@ -21,7 +21,63 @@ pub struct Config {
     pub server: ServerConfig,
     pub gpu: GpuConfig,
     pub lease: LeaseConfig,
+    pub jobs: JobsConfig,
     pub log: LogConfig,
+}
+
+/// What a worker that uses more VRAM than its lease (beyond the tolerance) gets.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OveruseAction {
+    Log,
+    Kill,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Where the job database and per-job logs live. Default: `$XDG_STATE_HOME/arbiter`,
+    /// else `~/.local/state/arbiter`, else `/var/lib/arbiter`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// Where videos are written, one directory per job. Default: `<state_dir>/outputs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_dir: Option<PathBuf>,
+    /// The worker binary. Default: `arbiter-video` beside this binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<PathBuf>,
+    /// Directories holding one pipeline each (`<dir>/<name>/manifest.toml`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipelines_dir: Option<PathBuf>,
+    /// The pipeline a request without one gets.
+    pub default_pipeline: String,
+    /// Requests may name input files (audio, images) only inside these directories.
+    pub allowed_input_dirs: Vec<PathBuf>,
+    /// Largest inline audio or image payload.
+    pub max_inline_bytes: ByteSize,
+    /// Jobs waiting or running at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_queue: usize,
+    /// Run a job again when its worker crashes (exits without a result), up to max_attempts.
+    pub retry_on_crash: bool,
+    /// Attempts before a job that keeps crashing (or is cut off by restarts) fails.
+    pub max_attempts: u32,
+    /// How long a worker may run when the request sets no timeout.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    /// SIGTERM to a worker's process group, then SIGKILL after this long.
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+    /// How long to wait for a finished worker's GPU memory to show as free.
+    #[serde(with = "humantime_serde")]
+    pub verify_timeout: Duration,
+    /// Used memory within this of its level before the spawn counts as returned.
+    pub memory_tolerance: ByteSize,
+    pub overuse_action: OveruseAction,
+    /// Finished jobs (and their files) are deleted after this long.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -129,6 +185,30 @@ impl Default for LeaseConfig {
     }
 }
 
+impl Default for JobsConfig {
+    fn default() -> JobsConfig {
+        JobsConfig {
+            state_dir: None,
+            output_dir: None,
+            worker: None,
+            pipelines_dir: None,
+            default_pipeline: arbiter::pipeline::TINY.into(),
+            allowed_input_dirs: Vec::new(),
+            max_inline_bytes: ByteSize(32 << 20),
+            max_queue: 256,
+            retry_on_crash: false,
+            max_attempts: 3,
+            default_timeout: Duration::from_secs(3600),
+            max_timeout: Duration::from_secs(6 * 3600),
+            kill_grace: Duration::from_secs(10),
+            verify_timeout: Duration::from_secs(30),
+            memory_tolerance: ByteSize(64 << 20),
+            overuse_action: OveruseAction::Log,
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> LogConfig {
         LogConfig {
@@ -195,6 +275,12 @@ impl Config {
                 "lease.default_ttl must be at least 1s and at most lease.max_ttl".into(),
             );
         }
+        if self.jobs.max_queue == 0 || self.jobs.max_attempts == 0 {
+            return invalid("jobs.max_queue and jobs.max_attempts must be at least 1".into());
+        }
+        if self.jobs.default_timeout > self.jobs.max_timeout {
+            return invalid("jobs.default_timeout must be at most jobs.max_timeout".into());
+        }
         if self.lease.reclaim_grace.is_zero() {
             return invalid(
                 "lease.reclaim_grace is 0: holders need time to give memory back; use 10s".into(),
@@ -206,6 +292,40 @@ impl Config {
     pub fn socket_mode(&self) -> Option<u32> {
         let text = self.server.socket_mode.trim_start_matches("0o");
         u32::from_str_radix(text, 8).ok().filter(|m| *m <= 0o777)
+    }
+
+    /// Where the job database and logs live.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.jobs.state_dir {
+            return dir.clone();
+        }
+        if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir).join("arbiter");
+        }
+        match std::env::var_os("HOME").filter(|h| !h.is_empty() && h != "/") {
+            Some(home) if nix::unistd::getuid().as_raw() != 0 => {
+                PathBuf::from(home).join(".local/state/arbiter")
+            }
+            _ => PathBuf::from("/var/lib/arbiter"),
+        }
+    }
+
+    pub fn output_dir(&self) -> PathBuf {
+        self.jobs
+            .output_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("outputs"))
+    }
+
+    /// The worker binary: configured, or `arbiter-video` beside this executable.
+    pub fn worker_binary(&self) -> PathBuf {
+        if let Some(worker) = &self.jobs.worker {
+            return worker.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("arbiter-video")))
+            .unwrap_or_else(|| PathBuf::from("arbiter-video"))
     }
 
     /// Where simulated GPUs keep their process tables.

@@ -5,6 +5,7 @@
 //! - [`lease`]: the ledger of grants and waits (pure) and the broker that serves it;
 //! - [`gpu`]: the inventory the budgets come from, NVML or a simulation;
 //! - [`sampler`]: folds periodic GPU readings into the broker;
+//! - [`job`]: video jobs, one leased worker process each: persisted, spawned, verified;
 //! - [`events`]: the operators' feed;
 //! - [`rpc`]: the gRPC service, the only module that sees prost types;
 //! - [`status`]: domain errors to gRPC status codes, in one place;
@@ -20,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod events;
 pub mod gpu;
+pub mod job;
 pub mod lease;
 pub mod logging;
 pub mod rpc;

@@ -18,10 +18,14 @@ use tonic::transport::Server;
 use crate::config::Config;
 use crate::events::EventFeed;
 use crate::gpu::Inventory;
+use crate::job::jobs::Jobs;
 use crate::lease::broker::{Broker, Limits};
 use crate::lease::ledger::Policy;
 use crate::rpc::service::SupervisorService;
+use crate::rpc::video::{VideoService, WorkerService};
 use crate::{sampler, systemd};
+use arbiter::pb::video::v1::video_server::VideoServer;
+use arbiter::pb::worker::v1::worker_server::WorkerServer;
 
 /// How often the broker's clocks are checked: wait deadlines, TTLs, reclaim deadlines and
 /// aging take effect within this much of their time.
@@ -36,6 +40,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Jobs(#[from] crate::job::jobs::JobError),
 }
 
 /// Serves until `shutdown` completes.
@@ -74,6 +80,13 @@ pub async fn run(
         );
     }
 
+    let jobs = Jobs::open(
+        &config,
+        Arc::clone(&broker),
+        Arc::clone(&inventory),
+        stop.clone(),
+    )?;
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<SupervisorServer<SupervisorService>>()
@@ -84,6 +97,9 @@ pub async fn run(
         inventory.simulated(),
         stop.clone(),
     ));
+    health.set_serving::<VideoServer<VideoService>>().await;
+    let video = VideoServer::new(VideoService::new(Arc::clone(&jobs), stop.clone()));
+    let worker = WorkerServer::new(WorkerService::new(Arc::clone(&jobs)));
     let router = Server::builder()
         .tcp_nodelay(true)
         // Detects holders whose host or network vanished without closing the connection.
@@ -92,7 +108,9 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(service);
+        .add_service(service)
+        .add_service(video)
+        .add_service(worker);
 
     let socket = UnixSocket {
         path: config.server.socket.clone(),
@@ -113,6 +131,10 @@ pub async fn run(
     }
 
     let ticker = tokio::spawn(tick(Arc::clone(&broker), stop.clone()));
+    let retention = tokio::spawn(expire(Arc::clone(&jobs), stop.clone()));
+    for id in jobs.queued() {
+        crate::rpc::video::start(&jobs, id);
+    }
     let sampler = tokio::spawn(sampler::run(
         Arc::clone(&inventory),
         Arc::clone(&broker),
@@ -160,6 +182,7 @@ pub async fn run(
     };
     stop.cancel();
     let _ = ticker.await;
+    let _ = retention.await;
     let _ = sampler.await;
     if let Err(error) = std::fs::remove_file(&socket.path) {
         tracing::debug!(%error, "socket already gone");
@@ -185,6 +208,24 @@ async fn tick(broker: Arc<Broker>, stop: CancellationToken) {
                         systemd::alive();
                         last_ping = tokio::time::Instant::now();
                     }
+            }
+        }
+    }
+}
+
+/// Deletes finished jobs, files included, once they are older than the retention time.
+async fn expire(jobs: Arc<Jobs>, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {
+                for id in jobs.expired(std::time::SystemTime::now()) {
+                    match jobs.delete(&id) {
+                        Ok(()) => tracing::info!(job = %id, "deleted after the retention time"),
+                        Err(error) => tracing::warn!(job = %id, %error, "cannot delete an expired job"),
+                    }
+                }
             }
         }
     }

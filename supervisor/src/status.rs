@@ -7,6 +7,7 @@
 
 use tonic::Status;
 
+use crate::job::jobs::JobError;
 use crate::lease::LeaseError;
 
 impl From<LeaseError> for Status {
@@ -26,6 +27,21 @@ impl From<LeaseError> for Status {
             LeaseError::NotOwner(_) => Status::permission_denied(message),
             LeaseError::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
             LeaseError::ShuttingDown => Status::unavailable(message),
+        }
+    }
+}
+
+impl From<JobError> for Status {
+    fn from(error: JobError) -> Status {
+        let message = error.to_string();
+        match error {
+            JobError::Invalid { .. } => Status::invalid_argument(message),
+            JobError::QueueFull { .. } => Status::resource_exhausted(message),
+            JobError::NotFound(_) => Status::not_found(message),
+            JobError::Ended { .. } | JobError::WontFit(_) => Status::failed_precondition(message),
+            JobError::BadToken | JobError::WrongPeer => Status::permission_denied(message),
+            JobError::ShuttingDown => Status::unavailable(message),
+            JobError::Store(_) | JobError::Files(_) => Status::internal(message),
         }
     }
 }

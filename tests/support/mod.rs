@@ -348,6 +348,8 @@ impl Builder {
             .arg(socket)
             .arg("--simulated-dir")
             .arg(simulated_dir)
+            .arg("--state-dir")
+            .arg(simulated_dir.with_file_name("state"))
             .arg("--reserve")
             .arg(&self.reserve)
             .arg("--sample-interval")

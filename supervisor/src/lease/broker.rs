@@ -279,15 +279,19 @@ impl Broker {
                 map.entry(pid).or_default().push(ticket);
                 map
             });
-        let mut unleased = 0u64;
+        let mut foreign = 0u64;
         let mut per_holder: HashMap<u32, u64> = HashMap::new();
         for process in &sample.processes {
             let used = process.used.unwrap_or(0);
             match procfs::lineage(process.pid).find(|pid| holders.contains_key(pid)) {
                 Some(holder) => *per_holder.entry(holder).or_default() += used,
-                None => unleased += used,
+                None => foreign += used,
             }
         }
+        // Used memory that no lease's processes account for is unavailable too, whether a
+        // foreign process holds it or nobody visibly does (memory that did not come back).
+        let leased_use: u64 = per_holder.values().sum();
+        let unleased = foreign.max(sample.used.saturating_sub(leased_use));
         inner
             .usage
             .retain(|ticket, _| inner.ledger.lease(*ticket).is_some_and(|l| l.gpu != gpu));
@@ -323,6 +327,29 @@ impl Broker {
             self.feed.publish(EventKind::Overuse { lease, used });
         }
         self.feed.publish(EventKind::Sample(view));
+    }
+
+    /// Ties a lease to a process other than the one that asked: a job's lease is taken by
+    /// the supervisor, but the memory is used by the worker it spawns.
+    pub fn bind_pid(&self, ticket: Ticket, pid: u32) {
+        let mut inner = self.lock();
+        inner.ledger.set_peer(ticket, pid);
+    }
+
+    /// What a lease's processes used at the last sample.
+    pub fn lease_usage(&self, ticket: Ticket) -> Option<u64> {
+        self.lock().usage.get(&ticket).copied()
+    }
+
+    /// The largest lease any GPU could ever grant (capacity minus reserve).
+    pub fn largest_limit(&self) -> u64 {
+        self.lock()
+            .ledger
+            .books()
+            .iter()
+            .map(|b| b.budget.limit())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Every GPU's view and the queue, for status.

@@ -219,6 +219,14 @@ impl Ledger {
         effects
     }
 
+    /// Makes `pid` the process whose memory counts against a lease.
+    pub fn set_peer(&mut self, ticket: Ticket, pid: u32) {
+        if let Some(lease) = self.leases.get_mut(&ticket) {
+            let uid = lease.peer.map_or(0, |p| p.uid);
+            lease.peer = Some(super::Peer { pid, uid });
+        }
+    }
+
     /// Renews a unary lease for another TTL.
     pub fn renew(&mut self, ticket: Ticket, now: Instant) -> Result<Lease, LeaseError> {
         let lease = self

@@ -19,7 +19,9 @@ pub use error::LeaseError;
 pub type Ticket = u64;
 
 /// How urgently a holder needs memory. Ordered: a higher class is served first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Priority {
     Batch = 1,
     Normal = 2,

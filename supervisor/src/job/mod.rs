@@ -1,0 +1,124 @@
+//! Video jobs: one leased worker process per request.
+//!
+//! A job is validated ([`spec`]) and persisted ([`store`]) before its id is returned; from
+//! then on it is never lost. [`run`] takes it through its life: a lease sized from its
+//! pipeline's manifest ([`catalog`]), a worker spawned in its own process group
+//! ([`spawn`]), progress, then the worker's exit, and only once NVML shows its memory back
+//! ([`verify`]) is the lease returned. [`jobs`] is the hub the gRPC services call.
+//!
+//! Only this module spawns processes.
+
+pub mod catalog;
+pub mod jobs;
+pub mod run;
+pub mod spawn;
+pub mod spec;
+pub mod store;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::lease::Priority;
+
+/// Where a job is in its life. Final states are Succeeded, Failed and Cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Starting,
+    Running,
+    Releasing,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// Media the worker reads: always a file by the time the job is accepted (inline payloads
+/// are saved into the job's directory).
+pub type MediaPath = Option<PathBuf>;
+
+/// A validated request, as persisted.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobSpec {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub audio: MediaPath,
+    pub reference_image: MediaPath,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u32,
+    pub fps: u32,
+    pub steps: u32,
+    pub seed: u64,
+    pub pipeline: String,
+    pub priority: Priority,
+    pub timeout: Duration,
+    /// Memory the lease asks for: the manifest's peak for this shape plus its margin.
+    pub lease_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    pub stage: String,
+    pub step: u32,
+    pub total_steps: u32,
+    pub vram_bytes: u64,
+    pub peak_vram_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct JobResult {
+    pub video_path: PathBuf,
+    pub video_bytes: u64,
+    pub metadata_path: PathBuf,
+    pub metadata_bytes: u64,
+    pub queued: Duration,
+    pub worker: Duration,
+    pub memory_return: Duration,
+    pub used_before: u64,
+    pub used_peak: u64,
+    pub used_after: u64,
+}
+
+/// Everything known about a job; the unit of persistence.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub attempt: u32,
+    pub progress: Progress,
+    pub result: Option<JobResult>,
+    pub error: String,
+    pub created_at: SystemTime,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
+    pub lease_id: String,
+    pub gpu_uuid: String,
+    /// The worker's pid, which is also its process group, while it may be alive: what a
+    /// restarted supervisor kills before re-queueing.
+    pub worker_pid: Option<u32>,
+    /// The job's own directory: inputs saved from inline payloads, the worker's log, output.
+    pub dir: PathBuf,
+}
+
+impl JobRecord {
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("worker.log")
+    }
+
+    pub fn output_dir(&self) -> PathBuf {
+        self.dir.join("output")
+    }
+}

@@ -1,0 +1,443 @@
+//! One job's life, from the queue to a verified release: the task [`run`] drives it.
+//!
+//! 1. Wait for a lease sized from the manifest, at the job's priority (a streaming lease
+//!    held by this task, so it cannot outlive the supervisor).
+//! 2. Spawn the worker with a one-time token; bind its pid to the lease so NVML's view of
+//!    its memory counts against the lease, not as foreign use.
+//! 3. Watch it: cancel, timeout, overuse.
+//! 4. Reap it, check that its memory came back, and only then return the lease.
+//! 5. Record the outcome; a crash is retried if configured, with the log's tail otherwise.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::jobs::{Jobs, WorkerOutcome, WorkerSeat};
+use super::spawn::{Launch, Worker, log_tail};
+use super::{JobRecord, JobResult, JobState, verify};
+use crate::config::OveruseAction;
+use crate::lease::broker::Note;
+use crate::lease::{Ask, Form, GpuChoice, Peer};
+
+/// How a worker's run ended, before the memory check.
+enum Ending {
+    Exited(std::process::ExitStatus),
+    Cancelled,
+    TimedOut(Duration),
+    Overuse { used: u64, leased: u64 },
+    Shutdown,
+}
+
+/// Drives job `id` to a final state (or back to Queued at shutdown).
+pub async fn run(jobs: Arc<Jobs>, id: String) {
+    loop {
+        match attempt(&jobs, &id).await {
+            Some(true) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// One attempt. Some(true): run again (a retried crash).
+async fn attempt(jobs: &Arc<Jobs>, id: &str) -> Option<bool> {
+    let record = jobs.get(id).ok()?;
+    if record.state.is_final() {
+        return None;
+    }
+    let cancel = jobs.cancel_token(id);
+    let queued_at = Instant::now();
+
+    // 1. The lease.
+    let ask = Ask {
+        holder: format!("video job {id}"),
+        gpu: GpuChoice::Any,
+        bytes: record.spec.lease_bytes,
+        priority: record.spec.priority,
+        preemptible: false,
+        max_wait: None,
+        form: Form::Stream,
+        peer: Some(Peer {
+            pid: std::process::id(),
+            uid: nix::unistd::getuid().as_raw(),
+        }),
+    };
+    let mut holding = match jobs.broker.hold(ask) {
+        Ok(holding) => holding,
+        Err(error) => {
+            finish(jobs, id, JobState::Failed, error.to_string(), None);
+            return None;
+        }
+    };
+    let lease = loop {
+        tokio::select! {
+            note = holding.notes.recv() => match note {
+                Some(Note::Granted(lease)) => break lease,
+                Some(Note::Queued { .. }) | Some(Note::Reclaim(_)) => continue,
+                Some(Note::WaitEnded { .. }) | Some(Note::Revoked { .. }) | None => return None,
+            },
+            () = cancel.cancelled() => {
+                finish(jobs, id, JobState::Cancelled, String::new(), None);
+                return None;
+            }
+            () = jobs.stop.cancelled() => return None,
+        }
+    };
+    let gpu = lease.gpu;
+    let gpu_uuid = jobs.broker.gpus()[gpu as usize].uuid.clone();
+    let used_before = verify::used(&jobs.inventory, gpu).await;
+
+    // 2. The worker.
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let pipeline = jobs.catalog.get(&record.spec.pipeline).cloned();
+    let external = pipeline.as_ref().and_then(|p| p.manifest.command.clone());
+    let mut env = vec![
+        (
+            "ARBITER_SUPERVISOR_SOCKET".to_string(),
+            jobs.settings.socket.display().to_string(),
+        ),
+        ("ARBITER_JOB_TOKEN".to_string(), token.clone()),
+        ("ARBITER_JOB_ID".to_string(), id.to_string()),
+        ("ARBITER_LEASE_BYTES".to_string(), lease.bytes.to_string()),
+        (
+            "ARBITER_OUTPUT_DIR".to_string(),
+            record.output_dir().display().to_string(),
+        ),
+        ("CUDA_VISIBLE_DEVICES".to_string(), gpu_uuid.clone()),
+    ];
+    if let Some(dir) = &jobs.settings.simulated_dir {
+        env.push((
+            arbiter::simulated::DIR_ENV.to_string(),
+            dir.display().to_string(),
+        ));
+        env.push((arbiter::simulated::INDEX_ENV.to_string(), gpu.to_string()));
+    }
+    let (program, args, stdin) = match &external {
+        Some(command) => (
+            command[0].clone().into(),
+            command[1..].to_vec(),
+            Some(external_request(&record, &gpu_uuid, lease.bytes)),
+        ),
+        None => (jobs.settings.worker.clone(), vec!["run".to_string()], None),
+    };
+    if let Some(dir) = pipeline.as_ref().and_then(|p| p.dir.clone()) {
+        env.push((
+            "ARBITER_PIPELINE_DIR".to_string(),
+            dir.display().to_string(),
+        ));
+    }
+    // External commands run from their pipeline's directory, so the manifest can name a
+    // script beside it; the built-in worker runs in the job's own directory.
+    let dir = match (&external, pipeline.as_ref().and_then(|p| p.dir.clone())) {
+        (Some(_), Some(pipeline_dir)) => pipeline_dir,
+        _ => record.dir.clone(),
+    };
+    let launch = Launch {
+        program,
+        args,
+        env,
+        log: record.log_path(),
+        dir,
+        stdin,
+        capture_stdout: external.is_some(),
+    };
+    let mut worker = match Worker::spawn(launch) {
+        Ok(worker) => worker,
+        Err(error) => {
+            let message = format!(
+                "cannot start the worker {}: {error}",
+                jobs.settings.worker.display()
+            );
+            finish(jobs, id, JobState::Failed, message, None);
+            return None;
+        }
+    };
+    let pid = worker.pid();
+    jobs.seat(
+        id,
+        WorkerSeat {
+            token,
+            pid,
+            claimed: false,
+            outcome: None,
+        },
+    );
+    jobs.broker.bind_pid(holding.ticket, pid);
+    let started = Instant::now();
+    jobs.update(id, |r| {
+        r.state = JobState::Starting;
+        r.started_at = Some(SystemTime::now());
+        r.lease_id = lease.id.clone();
+        r.gpu_uuid = gpu_uuid.clone();
+        r.worker_pid = Some(pid);
+        r.error.clear();
+    });
+    tracing::info!(job = %id, pid, lease = %lease.id, gpu = %gpu_uuid, "worker started");
+    if let Some(stdout) = worker.child.stdout.take() {
+        tokio::spawn(follow_external(
+            Arc::clone(jobs),
+            id.to_string(),
+            stdout,
+            record.log_path(),
+        ));
+    }
+
+    // 3. Watch it.
+    let timeout = record.spec.timeout;
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut vram = tokio::time::interval(Duration::from_millis(250));
+    let mut used_peak = used_before;
+    let ending = loop {
+        tokio::select! {
+            status = worker.wait() => break match status {
+                Ok(status) => Ending::Exited(status),
+                Err(_) => Ending::Cancelled,
+            },
+            () = cancel.cancelled() => break Ending::Cancelled,
+            () = &mut deadline => break Ending::TimedOut(timeout),
+            () = jobs.stop.cancelled() => break Ending::Shutdown,
+            _ = vram.tick() => {
+                let used = jobs.broker.lease_usage(holding.ticket).unwrap_or(0);
+                used_peak = used_peak.max(verify::used(&jobs.inventory, gpu).await);
+                jobs.progress(id, |p| {
+                    p.vram_bytes = used;
+                    p.peak_vram_bytes = p.peak_vram_bytes.max(used);
+                });
+                let limit = lease.bytes.saturating_add(jobs.settings.jobs.memory_tolerance.0);
+                if used > limit && jobs.settings.jobs.overuse_action == OveruseAction::Kill {
+                    break Ending::Overuse { used, leased: lease.bytes };
+                }
+            }
+        }
+    };
+    let grace = jobs.settings.jobs.kill_grace;
+    if !matches!(ending, Ending::Exited(_)) {
+        let _ = worker.stop(grace).await;
+    }
+    let worker_time = started.elapsed();
+
+    // 4. Memory back, then the lease.
+    jobs.update(id, |r| r.state = JobState::Releasing);
+    let returned = verify::memory_back(
+        &jobs.inventory,
+        gpu,
+        pid,
+        used_before,
+        jobs.settings.jobs.memory_tolerance.0,
+        jobs.settings.jobs.verify_timeout,
+    )
+    .await;
+    if returned.complete {
+        tracing::info!(job = %id, took = ?returned.took, "worker memory returned");
+    } else {
+        tracing::warn!(job = %id, took = ?returned.took, used = %arbiter::ByteSize(returned.used_after), "worker memory did not come back in time; it stays out of the budget");
+    }
+    drop(holding);
+    let seat = jobs.unseat(id);
+    let result = |r: &JobRecord, video: &std::path::Path, metadata: &std::path::Path| JobResult {
+        video_path: video.to_path_buf(),
+        video_bytes: std::fs::metadata(video).map(|m| m.len()).unwrap_or(0),
+        metadata_path: metadata.to_path_buf(),
+        metadata_bytes: std::fs::metadata(metadata).map(|m| m.len()).unwrap_or(0),
+        queued: started.duration_since(queued_at),
+        worker: worker_time,
+        memory_return: returned.took,
+        used_before,
+        used_peak: used_peak.max(r.progress.peak_vram_bytes),
+        used_after: returned.used_after,
+    };
+
+    // 5. The outcome.
+    let log = record.log_path();
+    let outcome = seat.and_then(|s| s.outcome);
+    match ending {
+        Ending::Shutdown => {
+            jobs.update(id, |r| {
+                r.state = JobState::Queued;
+                r.worker_pid = None;
+                r.lease_id.clear();
+            });
+            None
+        }
+        Ending::Cancelled => {
+            let record = jobs.get(id).ok()?;
+            let partial = result(
+                &record,
+                &record.output_dir().join("video.mp4"),
+                &record.output_dir().join("metadata.json"),
+            );
+            finish(jobs, id, JobState::Cancelled, String::new(), Some(partial));
+            None
+        }
+        Ending::TimedOut(limit) => {
+            let message = format!(
+                "timed out after {}: the worker was stopped. Last lines of its log:\n{}",
+                humantime::format_duration(limit),
+                log_tail(&log, 20)
+            );
+            finish(jobs, id, JobState::Failed, message, None);
+            None
+        }
+        Ending::Overuse { used, leased } => {
+            let message = format!(
+                "the worker used {} of GPU memory on a {} lease and was stopped: raise the pipeline's memory estimate",
+                arbiter::ByteSize(used),
+                arbiter::ByteSize(leased)
+            );
+            finish(jobs, id, JobState::Failed, message, None);
+            None
+        }
+        Ending::Exited(status) => match outcome {
+            Some(WorkerOutcome::Completed { video, metadata }) if status.success() => {
+                let record = jobs.get(id).ok()?;
+                let done = result(&record, &video, &metadata);
+                finish(jobs, id, JobState::Succeeded, String::new(), Some(done));
+                None
+            }
+            Some(WorkerOutcome::Failed(error)) => {
+                finish(
+                    jobs,
+                    id,
+                    JobState::Failed,
+                    format!(
+                        "{error}\nLast lines of the worker's log:\n{}",
+                        log_tail(&log, 20)
+                    ),
+                    None,
+                );
+                None
+            }
+            _ => {
+                let what = match std::os::unix::process::ExitStatusExt::signal(&status) {
+                    Some(signal) => format!("the worker was killed by signal {signal}"),
+                    None => format!("the worker exited with {status} without reporting a result"),
+                };
+                let record = jobs.get(id).ok()?;
+                if jobs.settings.jobs.retry_on_crash
+                    && record.attempt < jobs.settings.jobs.max_attempts
+                {
+                    tracing::warn!(job = %id, attempt = record.attempt, "{what}; retrying");
+                    jobs.update(id, |r| {
+                        r.attempt += 1;
+                        r.state = JobState::Queued;
+                        r.worker_pid = None;
+                        r.lease_id.clear();
+                        r.progress = Default::default();
+                        r.error = what.clone();
+                    });
+                    return Some(true);
+                }
+                finish(
+                    jobs,
+                    id,
+                    JobState::Failed,
+                    format!("{what}. Last lines of its log:\n{}", log_tail(&log, 20)),
+                    None,
+                );
+                None
+            }
+        },
+    }
+}
+
+fn finish(jobs: &Jobs, id: &str, state: JobState, error: String, result: Option<JobResult>) {
+    tracing::info!(job = %id, ?state, "job ended");
+    jobs.update(id, |r| {
+        r.state = state;
+        r.error = error;
+        r.finished_at = Some(SystemTime::now());
+        r.worker_pid = None;
+        if result.is_some() {
+            r.result = result;
+        }
+    });
+}
+
+/// The request as an external pipeline reads it on stdin (docs/external-pipelines.md).
+fn external_request(record: &JobRecord, gpu_uuid: &str, lease_bytes: u64) -> Vec<u8> {
+    let spec = &record.spec;
+    let request = serde_json::json!({
+        "job_id": record.id,
+        "attempt": record.attempt,
+        "prompt": spec.prompt,
+        "negative_prompt": spec.negative_prompt,
+        "audio": spec.audio,
+        "reference_image": spec.reference_image,
+        "width": spec.width,
+        "height": spec.height,
+        "frames": spec.frames,
+        "fps": spec.fps,
+        "steps": spec.steps,
+        "seed": spec.seed,
+        "pipeline": spec.pipeline,
+        "output_dir": record.output_dir(),
+        "gpu_uuid": gpu_uuid,
+        "lease_bytes": lease_bytes,
+    });
+    let mut bytes = serde_json::to_vec(&request).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Reads an external pipeline's stdout: JSON lines of progress and the outcome; anything
+/// else is copied to the job's log.
+async fn follow_external(
+    jobs: Arc<Jobs>,
+    id: String,
+    stdout: tokio::process::ChildStdout,
+    log: std::path::PathBuf,
+) {
+    use std::io::Write;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .ok();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let message: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+        let Some(message) = message.filter(|m| m.is_object()) else {
+            if let Some(log) = log.as_mut() {
+                let _ = writeln!(log, "{line}");
+            }
+            continue;
+        };
+        let Some((token, pid)) = jobs.seat_credentials(&id) else {
+            continue;
+        };
+        let pid = Some(pid);
+        let text = |key: &str| {
+            message
+                .get(key)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let number = |key: &str| message.get(key).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        match text("event").as_str() {
+            "progress" => {
+                let _ = jobs.report(
+                    &token,
+                    pid,
+                    text("stage"),
+                    number("step"),
+                    number("total_steps"),
+                );
+            }
+            "done" => {
+                let outcome = WorkerOutcome::Completed {
+                    video: text("video_path").into(),
+                    metadata: text("metadata_path").into(),
+                };
+                let _ = jobs.finish(&token, pid, outcome);
+            }
+            "error" => {
+                let _ = jobs.finish(&token, pid, WorkerOutcome::Failed(text("message")));
+            }
+            other => {
+                tracing::debug!(job = %id, event = other, "unknown event from an external pipeline")
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Starting a worker process, and making sure it and its children end.
+//!
+//! Each worker gets its own process group (so one signal reaches ffmpeg and anything else it
+//! started), a parent-death signal (so it cannot outlive a crashed supervisor), a minimal
+//! environment (nothing of ours leaks into it but what it needs), and its stdout and stderr
+//! in the job's log file. Dropping a [`Worker`] kills its whole group.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncWriteExt;
+
+/// What to start.
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub log: PathBuf,
+    pub dir: PathBuf,
+    /// Written to the process's stdin, which is then closed (external pipelines read their
+    /// request there). None: stdin is /dev/null.
+    pub stdin: Option<Vec<u8>>,
+    /// Capture stdout as a pipe (external pipelines report progress there) instead of
+    /// sending it to the log.
+    pub capture_stdout: bool,
+}
+
+/// Variables passed through from our environment, when set.
+const PASSED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "RUST_LOG",
+    "LD_LIBRARY_PATH",
+    "TMPDIR",
+];
+
+pub struct Worker {
+    pub child: tokio::process::Child,
+    pid: u32,
+    reaped: bool,
+}
+
+impl Worker {
+    pub fn spawn(launch: Launch) -> std::io::Result<Worker> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&launch.log)?;
+        let mut command = tokio::process::Command::new(&launch.program);
+        command
+            .args(&launch.args)
+            .current_dir(&launch.dir)
+            .env_clear()
+            .envs(
+                PASSED
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+            )
+            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(if launch.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(if launch.capture_stdout {
+                Stdio::piped()
+            } else {
+                Stdio::from(log.try_clone()?)
+            })
+            .stderr(Stdio::from(log))
+            .process_group(0)
+            .kill_on_drop(true);
+        let parent = nix::unistd::getpid();
+        // SAFETY: only async-signal-safe calls between fork and exec: prctl and getppid.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::other(
+                        "the supervisor exited while starting the worker",
+                    ));
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| std::io::Error::other("the worker exited at once"))?;
+        if let (Some(input), Some(mut stdin)) = (launch.stdin, child.stdin.take()) {
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.shutdown().await;
+            });
+        }
+        Ok(Worker {
+            child,
+            pid,
+            reaped: false,
+        })
+    }
+
+    /// The worker's pid, which is also its process group id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        if !self.reaped {
+            let _ = killpg(Pid::from_raw(self.pid as i32), signal);
+        }
+    }
+
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        let status = self.child.wait().await;
+        // The leader is gone; make sure the rest of its group is too.
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        self.reaped = true;
+        status
+    }
+
+    /// SIGTERM to the group, `grace` to exit, then SIGKILL.
+    pub async fn stop(&mut self, grace: Duration) -> std::io::Result<ExitStatus> {
+        self.signal(Signal::SIGTERM);
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => {
+                let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+                self.reaped = true;
+                status
+            }
+            Err(_) => {
+                self.signal(Signal::SIGKILL);
+                self.wait().await
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+/// Kills what may be left of a worker from an earlier run of the supervisor: the process
+/// group `pgid`, if its leader is still there and is one of our workers.
+pub fn kill_leftover(pgid: u32, program_name: &str) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
+    let ours = cmdline.split(|b| *b == 0).next().is_some_and(|argv0| {
+        Path::new(std::str::from_utf8(argv0).unwrap_or_default())
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy() == program_name)
+    });
+    if ours {
+        let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+    }
+    ours
+}
+
+/// The last `lines` lines of a log, for a failure message.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,251 @@
+//! Turns a wire request into a validated [`JobSpec`], before anything is accepted.
+//!
+//! Every field is checked here: text lengths, inline payload sizes and formats, input paths
+//! (which must lie inside an allowed directory), the pipeline's own rules, the timeout. A
+//! refusal names the field and the rule; nothing reaches the queue that a worker would
+//! reject later.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arbiter::pb::video::v1 as pb;
+use pb::media::Source;
+
+use super::JobSpec;
+use super::catalog::Catalog;
+use crate::config::JobsConfig;
+use crate::job::jobs::JobError;
+
+const MAX_PROMPT_CHARS: usize = 4096;
+
+/// Media that arrived inline, to be saved into the job's directory once it has one.
+pub struct Inline {
+    pub field: &'static str,
+    pub file_name: &'static str,
+    pub data: Vec<u8>,
+}
+
+/// A validated request, plus the inline payloads still to be saved.
+pub struct Checked {
+    pub spec: JobSpec,
+    pub inline: Vec<Inline>,
+}
+
+fn invalid(field: &'static str, rule: impl Into<String>) -> JobError {
+    JobError::Invalid {
+        field,
+        rule: rule.into(),
+    }
+}
+
+pub fn check(
+    request: pb::VideoRequest,
+    catalog: &Catalog,
+    config: &JobsConfig,
+) -> Result<Checked, JobError> {
+    let prompt = request.prompt.trim().to_string();
+    if prompt.is_empty() {
+        return Err(invalid("prompt", "is empty: describe the video to make"));
+    }
+    for (field, text) in [
+        ("prompt", &prompt),
+        ("negative_prompt", &request.negative_prompt),
+    ] {
+        if text.chars().count() > MAX_PROMPT_CHARS {
+            return Err(invalid(
+                field,
+                format!("is longer than {MAX_PROMPT_CHARS} characters"),
+            ));
+        }
+    }
+    let pipeline = catalog.get(&request.pipeline).ok_or_else(|| {
+        invalid(
+            "pipeline",
+            format!(
+                "`{}` is not served here; choose one of: {}",
+                request.pipeline,
+                catalog.names().join(", ")
+            ),
+        )
+    })?;
+    let manifest = &pipeline.manifest;
+    let shape = manifest
+        .shape(
+            request.width,
+            request.height,
+            request.frames,
+            request.fps,
+            request.steps,
+        )
+        .map_err(|v| invalid(v.field, v.rule))?;
+    let timeout = match request.timeout {
+        None => config.default_timeout,
+        Some(t) => {
+            let t = Duration::try_from(t).map_err(|_| {
+                invalid(
+                    "timeout",
+                    "is negative or malformed: give a duration such as \"10m\"",
+                )
+            })?;
+            if t < Duration::from_secs(1) || t > config.max_timeout {
+                return Err(invalid(
+                    "timeout",
+                    format!(
+                        "must be between 1s and {}",
+                        humantime::format_duration(config.max_timeout)
+                    ),
+                ));
+            }
+            t
+        }
+    };
+    let mut inline = Vec::new();
+    let audio = media(
+        "audio",
+        "audio.wav",
+        request.audio,
+        config,
+        Format::Wav,
+        &mut inline,
+    )?;
+    let reference_image = media(
+        "reference_image",
+        "reference",
+        request.reference_image,
+        config,
+        Format::Image,
+        &mut inline,
+    )?;
+    Ok(Checked {
+        spec: JobSpec {
+            prompt,
+            negative_prompt: request.negative_prompt,
+            audio,
+            reference_image,
+            width: shape.width,
+            height: shape.height,
+            frames: shape.frames,
+            fps: shape.fps,
+            steps: shape.steps,
+            seed: request
+                .seed
+                .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0),
+            pipeline: manifest.name.clone(),
+            priority: crate::rpc::convert::priority(request.priority),
+            timeout,
+            lease_bytes: manifest.lease_bytes(&shape),
+        },
+        inline,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Format {
+    Wav,
+    Image,
+}
+
+impl Format {
+    fn matches(self, head: &[u8]) -> bool {
+        match self {
+            Format::Wav => head.len() >= 12 && &head[0..4] == b"RIFF" && &head[8..12] == b"WAVE",
+            Format::Image => {
+                head.starts_with(b"\x89PNG\r\n\x1a\n") || head.starts_with(b"\xff\xd8\xff")
+            }
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Format::Wav => "a WAV file (RIFF/WAVE)",
+            Format::Image => "a PNG or JPEG image",
+        }
+    }
+}
+
+fn media(
+    field: &'static str,
+    file_name: &'static str,
+    media: Option<pb::Media>,
+    config: &JobsConfig,
+    format: Format,
+    inline: &mut Vec<Inline>,
+) -> Result<Option<PathBuf>, JobError> {
+    match media.and_then(|m| m.source) {
+        None => Ok(None),
+        Some(Source::Data(data)) => {
+            if data.len() as u64 > config.max_inline_bytes.0 {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "inline data is {} but at most {} may be sent inline: pass a path instead",
+                        arbiter::ByteSize(data.len() as u64),
+                        config.max_inline_bytes
+                    ),
+                ));
+            }
+            if !format.matches(&data) {
+                return Err(invalid(
+                    field,
+                    format!("inline data is not {}", format.describe()),
+                ));
+            }
+            inline.push(Inline {
+                field,
+                file_name,
+                data,
+            });
+            Ok(None)
+        }
+        Some(Source::Path(path)) => Ok(Some(confined(field, Path::new(&path), config, format)?)),
+    }
+}
+
+/// Resolves `path` (symlinks included) and checks it lies inside an allowed directory.
+fn confined(
+    field: &'static str,
+    path: &Path,
+    config: &JobsConfig,
+    format: Format,
+) -> Result<PathBuf, JobError> {
+    if config.allowed_input_dirs.is_empty() {
+        return Err(invalid(
+            field,
+            "paths are not accepted: this supervisor has no [jobs] allowed_input_dirs; send the data inline",
+        ));
+    }
+    let real = path
+        .canonicalize()
+        .map_err(|e| invalid(field, format!("{}: {e}", path.display())))?;
+    let allowed = config
+        .allowed_input_dirs
+        .iter()
+        .filter_map(|dir| dir.canonicalize().ok())
+        .any(|dir| real.starts_with(dir));
+    if !allowed {
+        return Err(invalid(
+            field,
+            format!(
+                "{} is outside the allowed input directories ({})",
+                path.display(),
+                config
+                    .allowed_input_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let mut head = [0u8; 12];
+    let read = std::fs::File::open(&real)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .map_err(|e| invalid(field, format!("{}: {e}", path.display())))?;
+    if !format.matches(&head[..read]) {
+        return Err(invalid(
+            field,
+            format!("{} is not {}", path.display(), format.describe()),
+        ));
+    }
+    Ok(real)
+}

@@ -1,0 +1,368 @@
+//! One video job, from the token in the environment to the process's exit code.
+//!
+//! Claim the job; check the request against the pipeline and check that ffmpeg and the
+//! audio are there *before* any model work; run the stages, each recording what it holds
+//! on the GPU and reporting to the supervisor (whose reply may cancel the job); mux; write
+//! the metadata; say Complete. Any error after the claim is reported with Fail.
+//!
+//! The model runs on the process's main thread (libtorch work is blocking); the gRPC calls
+//! run on a one-thread tokio runtime beside it, which also keeps the connection alive
+//! between calls. The exit code is the supervisor's first word on how the job ended, so
+//! each outcome has its own ([`Outcome::exit_code`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tch::Device;
+use tokio::runtime::Runtime;
+
+use crate::metadata::{Metadata, MetadataError, RequestRecord, StageRecord};
+use crate::mux::{self, MuxError, Video};
+use crate::pipeline::tiny::{self, TinyError};
+use crate::pipeline::{self, PipelineError, Resolved};
+use crate::progress::{Progress, Stage, Stop};
+use crate::residency::{Estimates, RecordError, Residency};
+use crate::worker::{AssignmentError, Job, Supervisor, WorkerError};
+
+/// The video's file name in the output directory.
+pub const VIDEO_FILE: &str = "video.mp4";
+/// The metadata's file name in the output directory.
+pub const METADATA_FILE: &str = "metadata.json";
+
+/// How a worker process ended, and the exit code that says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The video and its metadata are written and the supervisor took Complete: exit 0.
+    Completed,
+    /// The job failed after the claim; the supervisor was told why with Fail (if it could
+    /// still be reached): exit 1.
+    Failed,
+    /// The supervisor could not be reached or refused the token; nothing ran: exit 2.
+    Unclaimed,
+    /// A report's reply said the job was cancelled; the worker stopped without calling
+    /// Complete or Fail: exit 3.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Completed => 0,
+            Outcome::Failed => 1,
+            Outcome::Unclaimed => 2,
+            Outcome::Cancelled => 3,
+        }
+    }
+}
+
+/// Why a claimed job did not produce its video.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("the supervisor's assignment cannot be run: {0}")]
+    Assignment(#[from] AssignmentError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("cannot create the output directory {path}: {source}")]
+    OutputDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Model(TinyError),
+    #[error(transparent)]
+    Mux(#[from] MuxError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("lost the supervisor in the middle of the job: {0}")]
+    Supervisor(WorkerError),
+    #[error("the job was cancelled")]
+    Cancelled,
+}
+
+impl From<Stop> for JobError {
+    fn from(stop: Stop) -> JobError {
+        match stop {
+            Stop::Cancelled => JobError::Cancelled,
+            Stop::Supervisor(error) => JobError::Supervisor(error),
+            Stop::Record(error) => JobError::Record(error),
+        }
+    }
+}
+
+impl From<TinyError> for JobError {
+    fn from(error: TinyError) -> JobError {
+        match error {
+            TinyError::Stopped(stop) => stop.into(),
+            other => JobError::Model(other),
+        }
+    }
+}
+
+/// Runs the job that `token` stands for, with the supervisor at `socket`.
+pub fn run(socket: &Path, token: String) -> Outcome {
+    let started = Instant::now();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("arbiter-video-rpc")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return Outcome::Unclaimed;
+        }
+    };
+    let (supervisor, assignment) = match runtime.block_on(Supervisor::claim(socket, token)) {
+        Ok(claimed) => claimed,
+        Err(error) => {
+            tracing::error!(%error, "cannot claim the job; exiting without running it");
+            return Outcome::Unclaimed;
+        }
+    };
+    let span = tracing::info_span!("job", id = %assignment.job_id, attempt = assignment.attempt);
+    let _entered = span.enter();
+    tracing::info!(pipeline = %assignment.pipeline, "claimed");
+
+    match execute(&runtime, &supervisor, assignment, started) {
+        Ok(done) => match runtime.block_on(supervisor.complete(&done.video, &done.metadata)) {
+            Ok(()) => {
+                tracing::info!(video = %done.video.display(), "completed");
+                Outcome::Completed
+            }
+            Err(error) => {
+                tracing::error!(%error, "the video is written, but the supervisor did not take Complete");
+                Outcome::Failed
+            }
+        },
+        Err(JobError::Cancelled) => {
+            tracing::info!("cancelled by the supervisor; stopping");
+            Outcome::Cancelled
+        }
+        Err(error) => {
+            let message = error.to_string();
+            tracing::error!(error = %message, "job failed");
+            if let Err(error) = runtime.block_on(supervisor.fail(&message)) {
+                tracing::error!(%error, "cannot tell the supervisor that the job failed");
+            }
+            Outcome::Failed
+        }
+    }
+}
+
+/// Where a finished job's files are.
+struct Done {
+    video: PathBuf,
+    metadata: PathBuf,
+}
+
+fn execute(
+    runtime: &Runtime,
+    supervisor: &Supervisor,
+    assignment: arbiter::pb::worker::v1::Assignment,
+    started: Instant,
+) -> Result<Done, JobError> {
+    let job = Job::try_from(assignment)?;
+    let Resolved { manifest, shape } = pipeline::resolve(&job)?;
+    // Everything that can be checked without the model is checked before it runs.
+    let ffmpeg = mux::ffmpeg()?;
+    if let Some(audio) = job.audio.as_deref().filter(|a| !a.is_file()) {
+        return Err(MuxError::NoAudio(audio.to_path_buf()).into());
+    }
+    if job.reference_image.is_some() {
+        tracing::warn!(pipeline = %manifest.name, "this pipeline takes no reference image; ignoring it");
+    }
+    std::fs::create_dir_all(&job.output_dir).map_err(|source| JobError::OutputDir {
+        path: job.output_dir.clone(),
+        source,
+    })?;
+    let device = arbiter_torch::device::preferred();
+    tracing::info!(
+        device = %device_name(device),
+        width = shape.width,
+        height = shape.height,
+        frames = shape.frames,
+        fps = shape.fps,
+        steps = shape.steps,
+        seed = job.seed,
+        lease_bytes = job.lease_bytes,
+        "running"
+    );
+
+    let mut reporter = Reporter {
+        runtime,
+        supervisor,
+        estimates: Estimates::new(&manifest, &shape, job.lease_bytes),
+        residency: Residency::from_env(),
+        current: None,
+        stages: Vec::new(),
+    };
+    let frames = tiny::generate(&job.prompt, &shape, job.seed, device, &mut reporter)?;
+
+    reporter.begin(Stage::Mux, 1)?;
+    let video = job.output_dir.join(VIDEO_FILE);
+    let video_bytes = mux::encode(
+        &ffmpeg,
+        &Video {
+            frames: &frames,
+            fps: shape.fps,
+            audio: job.audio.as_deref(),
+        },
+        &video,
+    )?;
+    let stages = reporter.finish()?;
+
+    let metadata = job.output_dir.join(METADATA_FILE);
+    Metadata {
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        pipeline: manifest.name.clone(),
+        request: RequestRecord {
+            prompt: job.prompt.clone(),
+            negative_prompt: job.negative_prompt.clone(),
+            width: shape.width,
+            height: shape.height,
+            frames: shape.frames,
+            fps: shape.fps,
+            steps: shape.steps,
+            seed: job.seed,
+            audio: job.audio.as_ref().map(|a| a.display().to_string()),
+        },
+        device: device_name(device),
+        gpu_uuid: job.gpu_uuid.clone(),
+        lease_bytes: job.lease_bytes,
+        stages,
+        total_ms: millis(started),
+        video_file: VIDEO_FILE.into(),
+        video_bytes,
+        worker_pid: std::process::id(),
+        worker_version: env!("CARGO_PKG_VERSION").into(),
+    }
+    .write(&metadata)?;
+    Ok(Done { video, metadata })
+}
+
+/// The stage a [`Reporter`] is in.
+#[derive(Clone, Copy)]
+struct Current {
+    stage: Stage,
+    since: Instant,
+    total_steps: u32,
+    estimated_bytes: u64,
+    recorded_bytes: u64,
+}
+
+/// The job's side of [`Progress`]: each stage records what it holds and is timed, and every
+/// call is a report to the supervisor, whose reply may cancel the job.
+struct Reporter<'a> {
+    runtime: &'a Runtime,
+    supervisor: &'a Supervisor,
+    estimates: Estimates,
+    residency: Residency,
+    /// The stage running now.
+    current: Option<Current>,
+    stages: Vec<StageRecord>,
+}
+
+impl Reporter<'_> {
+    fn report(&self, stage: Stage, step: u32, total_steps: u32) -> Result<(), Stop> {
+        let vram = self.residency.reported();
+        let cancel =
+            self.runtime.block_on(
+                self.supervisor
+                    .report(stage.name(), step, total_steps, vram),
+            )?;
+        if cancel {
+            return Err(Stop::Cancelled);
+        }
+        Ok(())
+    }
+
+    fn close_stage(&mut self) {
+        if let Some(current) = self.current.take() {
+            let ms = millis(current.since);
+            tracing::info!(stage = %current.stage, ms, "stage done");
+            self.stages.push(StageRecord {
+                name: current.stage.name().into(),
+                ms,
+                estimated_bytes: current.estimated_bytes,
+                recorded_bytes: current.recorded_bytes,
+            });
+        }
+    }
+
+    /// Ends the last stage and records that nothing is held any more.
+    fn finish(mut self) -> Result<Vec<StageRecord>, RecordError> {
+        self.close_stage();
+        self.residency.release()?;
+        Ok(std::mem::take(&mut self.stages))
+    }
+}
+
+impl Progress for Reporter<'_> {
+    fn begin(&mut self, stage: Stage, total_steps: u32) -> Result<(), Stop> {
+        self.close_stage();
+        let estimated_bytes = self.estimates.of(stage);
+        self.residency.hold(estimated_bytes)?;
+        self.current = Some(Current {
+            stage,
+            since: Instant::now(),
+            total_steps,
+            estimated_bytes,
+            recorded_bytes: self.residency.reported(),
+        });
+        tracing::info!(%stage, total_steps, estimated_bytes, "stage starts");
+        self.report(stage, 0, total_steps)
+    }
+
+    fn step(&mut self, step: u32) -> Result<(), Stop> {
+        let Some(Current {
+            stage, total_steps, ..
+        }) = self.current
+        else {
+            return Ok(());
+        };
+        tracing::debug!(%stage, step, total_steps, "step");
+        self.report(stage, step, total_steps)
+    }
+}
+
+fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(index) => format!("cuda:{index}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn millis(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1e5).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_outcome_has_its_own_exit_code() {
+        let codes = [
+            Outcome::Completed,
+            Outcome::Failed,
+            Outcome::Unclaimed,
+            Outcome::Cancelled,
+        ]
+        .map(Outcome::exit_code);
+        assert_eq!(codes, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_stop_inside_the_model_ends_the_job_the_same_way() {
+        assert!(matches!(
+            JobError::from(TinyError::Stopped(Stop::Cancelled)),
+            JobError::Cancelled
+        ));
+        assert_eq!(device_name(Device::Cuda(0)), "cuda:0");
+    }
+}

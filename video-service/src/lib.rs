@@ -1,0 +1,26 @@
+//! The per-job video worker: one `arbiter-video run` process per video job.
+//!
+//! The supervisor spawns the worker under a lease with a one-time token; the worker claims
+//! its job over the supervisor's Unix socket, runs the pipeline stage by stage (reporting
+//! progress and what it holds on the GPU), writes `video.mp4` and `metadata.json`, reports
+//! the outcome and exits, so that its CUDA context and every byte it allocated go back to
+//! the GPU. The library holds everything the binary does, so that tests call into it.
+//!
+//! Layout, one concept per module:
+//! - [`worker`]: the edge to the supervisor (`arbiter.worker.v1.Worker`): claim, report,
+//!   complete, fail, and the assignment converted once into a [`worker::Job`];
+//! - [`job`]: the lifecycle of one job, from claim to exit code, tying the others together;
+//! - [`progress`]: the stages, and how a running pipeline reports and is told to stop;
+//! - [`residency`]: what the process holds on the GPU at each stage, as the supervisor sees
+//!   it (written to the simulated GPU's process table when the GPU is simulated);
+//! - [`pipeline`]: which pipeline a job runs, and the built-in models ([`pipeline::tiny`]);
+//! - [`mux`]: frames (and the request's audio) into an MP4 with ffmpeg;
+//! - [`metadata`]: the `metadata.json` written next to the video.
+
+pub mod job;
+pub mod metadata;
+pub mod mux;
+pub mod pipeline;
+pub mod progress;
+pub mod residency;
+pub mod worker;
