@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The main job, on a simulated GPU (no NVIDIA card needed): a supervisor owns a 96 GiB
 # card (the seed's RTX PRO 6000), a foreign process shrinks its budget, the TTS stack holds
-# its models under leases, video jobs queue for what is left, and a critical request makes
-# the preemptible lip-sync model give memory back. Every step prints the supervisor's view.
+# its models under leases, a real video job runs in its own leased worker process (the
+# built-in tiny pipeline on the CPU) and its memory is checked back before the lease is
+# returned; then big jobs queue for what is left, and a critical request makes the
+# preemptible lip-sync model give memory back. Every step prints the supervisor's view.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 source scripts/env.sh
-cargo build -q -p arbiter-supervisor --bins
+cargo build -q --workspace --bins
 bin="$PWD/target/debug/arbiter-supervisor"
 
 work="$(mktemp -d)"
@@ -48,26 +50,32 @@ hold --holder "tts lip-sync" --bytes 2.4GiB --priority batch --preemptible
 settle
 status
 
-step "4. Video job 1 asks for its cold-start peak, 39.5 GiB: granted"
+step "4. A video job: its own arbiter-video process under a lease sized from the pipeline"
+ffmpeg -loglevel error -f lavfi -i "sine=frequency=220:duration=2" -ac 2 -ar 16000 "$work/voice.wav"
+"$bin" generate --address "$sock" --prompt "a lighthouse at dusk, waves" --audio "@$work/voice.wav" \
+    --width 256 --height 192 --frames 17 --fps 8 --steps 6 --seed 42
+status
+
+step "5. Video job 1 asks for its cold-start peak, 39.5 GiB: granted"
 hold --holder "video job 1 (cold start)" --bytes 39.5GiB
 job1=$!
 settle
-step "5. Video job 2 (batch) asks for 50 GiB: it does not fit beside job 1, so it waits in line"
+step "6. Video job 2 (batch) asks for 50 GiB: it does not fit beside job 1, so it waits in line"
 hold --holder "video job 2" --bytes 50GiB --priority batch
 settle
 status
 
-step "6. Job 1 ends (its process exits): its lease frees at once and job 2 is granted"
+step "7. Job 1 ends (its process exits): its lease frees at once and job 2 is granted"
 { kill -9 "$job1" && wait "$job1"; } 2>/dev/null || true
 settle
 status
 
-step "7. A critical request for 38.5 GiB: the lip-sync model is asked to give 1.4 GiB back"
+step "8. A critical request for 38.5 GiB: the lip-sync model is asked to give 1.4 GiB back"
 hold --holder "urgent render" --bytes 38.5GiB --priority critical
 settle 1
 status
 
-step "8. The foreign process exits: its 2 GiB return to the budget"
+step "9. The foreign process exits: its 2 GiB return to the budget"
 kill "$foreign"
 settle
 status
@@ -77,7 +85,7 @@ cat "$work/holders.log"
 step "The event feed (arbiter-supervisor events)"
 cat "$work/events.log"
 
-step "9. SIGTERM: the supervisor revokes every lease, tells the holders, and exits cleanly"
+step "10. SIGTERM: the supervisor revokes every lease, tells the holders, and exits cleanly"
 kill -TERM "$supervisor"
 wait "$supervisor" && echo "supervisor exited with status 0"
 tail -n 3 "$work/supervisor.log"

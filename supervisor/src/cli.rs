@@ -88,6 +88,47 @@ pub enum Command {
     },
     /// Hold a streaming lease until interrupted, giving memory back when asked.
     Hold(HoldArgs),
+    /// Submit a video job and follow it to its end.
+    Generate(GenerateArgs),
+    /// Video jobs, newest first.
+    Jobs(ClientArgs),
+    /// Cancel a video job.
+    Cancel {
+        #[command(flatten)]
+        client: ClientArgs,
+        job_id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// A WAV soundtrack: `@file` sends it inline, a bare path lets the supervisor read it
+    /// (inside its allowed input directories).
+    #[arg(long)]
+    pub audio: Option<String>,
+    /// A reference image, `@file` or a path, like --audio.
+    #[arg(long)]
+    pub image: Option<String>,
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    #[arg(long)]
+    pub width: Option<u32>,
+    #[arg(long)]
+    pub height: Option<u32>,
+    #[arg(long)]
+    pub frames: Option<u32>,
+    #[arg(long)]
+    pub fps: Option<u32>,
+    #[arg(long)]
+    pub steps: Option<u32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -39,6 +39,12 @@ async fn main() -> ExitCode {
             samples,
         } => client::events(&args, &config, samples).await,
         Command::Hold(args) => client::hold(&args, &config).await,
+        Command::Generate(args) => client::jobs::generate(&args, &config).await,
+        Command::Jobs(args) => client::jobs::list(&args, &config).await,
+        Command::Cancel {
+            client: args,
+            job_id,
+        } => client::jobs::cancel(&args, &config, &job_id).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

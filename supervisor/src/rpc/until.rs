@@ -31,3 +31,38 @@ impl<S: Stream> Stream for Until<S> {
         self.stream.as_mut().poll_next(cx)
     }
 }
+
+/// A stream that ends right after the first item for which `last` is true (a job's final
+/// state), without waiting for another item to find out.
+pub struct Through<S, F> {
+    stream: Pin<Box<S>>,
+    last: F,
+    done: bool,
+}
+
+impl<S, F> Through<S, F> {
+    pub fn new(stream: S, last: F) -> Through<S, F> {
+        Through {
+            stream: Box::pin(stream),
+            last,
+            done: false,
+        }
+    }
+}
+
+impl<S: Stream, F: FnMut(&S::Item) -> bool + Unpin> Stream for Through<S, F> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let item = std::task::ready!(self.stream.as_mut().poll_next(cx));
+        if let Some(item) = &item {
+            if (self.last)(item) {
+                self.done = true;
+            }
+        }
+        Poll::Ready(item)
+    }
+}

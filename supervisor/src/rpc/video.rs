@@ -14,7 +14,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use wpb::worker_server::Worker;
 
-use super::until::Until;
+use super::until::{Through, Until};
 use crate::job::jobs::{Jobs, WorkerOutcome};
 use crate::job::{JobRecord, JobState, run};
 
@@ -37,13 +37,7 @@ impl VideoService {
         let receiver = self.jobs.watch(id)?;
         let stream = tokio_stream::wrappers::WatchStream::new(receiver);
         // Every change, up to and including the final state.
-        let mut ended = false;
-        let stream = stream
-            .take_while(move |record| {
-                let keep = !ended;
-                ended = record.state.is_final();
-                keep
-            })
+        let stream = Through::new(stream, |record: &JobRecord| record.state.is_final())
             .map(|record| Ok(job(&record)));
         Ok(Box::pin(Until::new(stream, self.shutdown.clone())))
     }

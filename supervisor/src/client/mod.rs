@@ -1,5 +1,6 @@
-//! The operator's commands: `status`, `leases`, `events` and `hold`, spoken over the same
-//! gRPC API any client uses (like `nvidia-smi` for what Arbiter lends out).
+//! The operator's commands, spoken over the same gRPC API any client uses: `status`,
+//! `leases`, `events` and `hold` here (like `nvidia-smi` for what Arbiter lends out), and
+//! the video jobs' `generate`, `jobs` and `cancel` in [`jobs`].
 
 use std::time::{Duration, SystemTime};
 
@@ -15,15 +16,22 @@ use crate::config::Config;
 
 pub type ClientError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn client(
-    args: &ClientArgs,
-    config: &Config,
-) -> Result<SupervisorClient<Channel>, ClientError> {
+pub mod jobs;
+
+/// A channel to the supervisor named by `--address`, else the configured socket.
+async fn channel(args: &ClientArgs, config: &Config) -> Result<Channel, ClientError> {
     let address = match &args.address {
         Some(text) => Address::parse(text),
         None => Address::unix(&config.server.socket),
     };
-    Ok(SupervisorClient::new(connect(&address).await?))
+    Ok(connect(&address).await?)
+}
+
+async fn client(
+    args: &ClientArgs,
+    config: &Config,
+) -> Result<SupervisorClient<Channel>, ClientError> {
+    Ok(SupervisorClient::new(channel(args, config).await?))
 }
 
 fn status_error(status: tonic::Status) -> ClientError {
@@ -342,7 +350,7 @@ fn priority_name(value: i32) -> &'static str {
     }
 }
 
-fn human(d: prost_types::Duration, seconds_only: bool) -> String {
+pub(crate) fn human(d: prost_types::Duration, seconds_only: bool) -> String {
     let d = Duration::try_from(d).unwrap_or_default();
     let d = if seconds_only {
         Duration::from_secs(d.as_secs())
