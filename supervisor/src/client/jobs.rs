@@ -106,6 +106,12 @@ pub async fn generate(args: &GenerateArgs, config: &Config) -> Result<(), Client
                         ))
                         .unwrap_or_default(),
                 );
+                println!(
+                    "GPU used: {} before the spawn, {} at peak, {} after release",
+                    ByteSize(r.used_before_bytes),
+                    ByteSize(r.used_peak_bytes),
+                    ByteSize(r.used_after_bytes)
+                );
             }
             Ok(())
         }

@@ -85,6 +85,9 @@ pub struct Jobs {
     pub(super) inventory: Arc<dyn Inventory>,
     pub(super) settings: Settings,
     live: Mutex<HashMap<String, Live>>,
+    /// Held by a submit from its check of the queue's length until its job is in `live`, so
+    /// that concurrent submits cannot all take the same last place.
+    admission: Mutex<()>,
     /// Fires at shutdown: runners stop their workers and leave their jobs queued.
     pub(super) stop: CancellationToken,
 }
@@ -116,6 +119,7 @@ impl Jobs {
             },
             inventory,
             live: Mutex::new(HashMap::new()),
+            admission: Mutex::new(()),
             stop,
         });
         let worker_name = jobs
@@ -200,6 +204,7 @@ impl Jobs {
                 arbiter::ByteSize(largest)
             )));
         }
+        let _admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
         let active = self
             .lock()
             .values()

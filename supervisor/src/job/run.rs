@@ -233,6 +233,11 @@ async fn attempt(jobs: &Arc<Jobs>, id: &str) -> Option<bool> {
     } else {
         tracing::warn!(job = %id, took = ?returned.took, used = %arbiter::ByteSize(returned.used_after), "worker memory did not come back in time; it stays out of the budget");
     }
+    // The fresh reading first, so the budget never shows the worker's memory as foreign
+    // once its lease is gone; then the lease.
+    if let Some(sample) = returned.sample.clone() {
+        jobs.broker.observe(gpu, sample);
+    }
     drop(holding);
     let seat = jobs.unseat(id);
     let result = |r: &JobRecord, video: &std::path::Path, metadata: &std::path::Path| JobResult {

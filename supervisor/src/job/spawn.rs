@@ -147,18 +147,31 @@ impl Drop for Worker {
 }
 
 /// Kills what may be left of a worker from an earlier run of the supervisor: the process
-/// group `pgid`, if its leader is still there and is one of our workers.
+/// group `pgid`, if its leader is gone or is still one of our workers. True if something
+/// was killed.
+///
+/// The leader normally died with the earlier supervisor (its parent-death signal), but what
+/// it started (ffmpeg, an external pipeline's children) has no such signal and lives on in
+/// the group. A group whose leader is gone (or is a zombie) is still the worker's: the
+/// kernel does not hand out a pid again while a process group of that id has members, and
+/// an empty group is not there to signal. A live leader is checked by its program's name.
 pub fn kill_leftover(pgid: u32, program_name: &str) -> bool {
-    let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
-    let ours = cmdline.split(|b| *b == 0).next().is_some_and(|argv0| {
-        Path::new(std::str::from_utf8(argv0).unwrap_or_default())
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy() == program_name)
-    });
-    if ours {
-        let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
-    }
-    ours
+    let leader_gone = match std::fs::read_to_string(format!("/proc/{pgid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) state …`
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    };
+    let ours = leader_gone || {
+        let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
+        cmdline.split(|b| *b == 0).next().is_some_and(|argv0| {
+            Path::new(std::str::from_utf8(argv0).unwrap_or_default())
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy() == program_name)
+        })
+    };
+    ours && killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL).is_ok()
 }
 
 /// The last `lines` lines of a log, for a failure message.
@@ -168,4 +181,75 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
         .unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    /// Whether `pid` runs (a zombie does not).
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.trim_start().chars().next()
+            })
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    }
+
+    fn wait_until_gone(pid: u32) -> bool {
+        (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !running(pid)
+        })
+    }
+
+    #[test]
+    fn what_a_dead_leader_left_in_its_group_is_killed() {
+        // A leader that starts a child in its group and exits, as a worker whose parent-death
+        // signal fired leaves its ffmpeg or an external pipeline's children behind.
+        let output = Command::new("sh")
+            .args(["-c", "sleep 600 >/dev/null 2>&1 & echo $!"])
+            .process_group(0)
+            .output()
+            .expect("run sh");
+        // `output` reaped the leader; the child is still in its group.
+        let child: u32 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap();
+        // `pid (comm) state ppid pgrp …`
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let pgid: u32 = fields[2].parse().unwrap();
+        assert_ne!(pgid, child, "the child is in the dead leader's group");
+        assert!(running(child));
+        assert!(kill_leftover(pgid, "arbiter-video"));
+        assert!(
+            wait_until_gone(child),
+            "the leftover child {child} still runs"
+        );
+    }
+
+    #[test]
+    fn a_live_group_led_by_another_program_is_left_alone() {
+        let mut other = Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = other.id();
+        assert!(!kill_leftover(pid, "arbiter-video"));
+        assert!(running(pid));
+        other.kill().unwrap();
+        other.wait().unwrap();
+    }
 }

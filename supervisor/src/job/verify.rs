@@ -10,15 +10,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::gpu::{Inventory, procfs};
+use crate::gpu::{GpuSample, Inventory, procfs};
 
 /// How the return went.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Returned {
     pub took: Duration,
     pub used_after: u64,
     /// False when the deadline passed first.
     pub complete: bool,
+    /// The last reading, for the broker: its own periodic sample may predate the exit.
+    pub sample: Option<GpuSample>,
 }
 
 /// Used memory on `gpu` now (0 when it cannot be read).
@@ -48,18 +50,13 @@ pub async fn memory_back(
                 .processes
                 .iter()
                 .any(|p| p.pid == pgid || procfs::group(p.pid) == Some(pgid));
-            if !ours && sample.used <= before.saturating_add(tolerance) {
+            let back = !ours && sample.used <= before.saturating_add(tolerance);
+            if back || start.elapsed() >= timeout {
                 return Returned {
                     took: start.elapsed(),
                     used_after: sample.used,
-                    complete: true,
-                };
-            }
-            if start.elapsed() >= timeout {
-                return Returned {
-                    took: start.elapsed(),
-                    used_after: sample.used,
-                    complete: false,
+                    complete: back,
+                    sample: Some(sample),
                 };
             }
         } else if start.elapsed() >= timeout {
@@ -67,6 +64,7 @@ pub async fn memory_back(
                 took: start.elapsed(),
                 used_after: 0,
                 complete: false,
+                sample: None,
             };
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
