@@ -1,6 +1,7 @@
-//! A harness for whole-system tests: runs the real `arbiter-supervisor` binary on simulated
-//! GPUs, each in its own temporary directory with its own socket, simulated process table
-//! and TCP port, and hands out gRPC clients to it.
+//! A harness for whole-system tests: runs the real `arbiter-supervisor` binary (and through
+//! it the `arbiter-video` workers it spawns from beside itself) on simulated GPUs, each in
+//! its own temporary directory with its own socket, simulated process table, state
+//! directory and TCP port, and hands out gRPC clients to it.
 //!
 //! Every [`Supervisor`] is stopped when dropped (SIGTERM, then SIGKILL if it lingers), and
 //! its log is printed when the test that owned it fails, so a failure shows what the
@@ -8,6 +9,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arbiter::endpoint::{Address, connect};
 use arbiter::pb::supervisor::v1 as pb;
+use arbiter::pb::video::v1::video_client::VideoClient;
+use arbiter::pb::worker::v1::worker_client::WorkerClient;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pb::supervisor_client::SupervisorClient;
@@ -37,12 +41,43 @@ pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The binaries the tests run, each with the sources (directories and files, relative to
+/// the workspace root) it is built from.
+const BINARIES: &[(&str, &[&str])] = &[
+    (
+        "arbiter-supervisor",
+        &[
+            "src",
+            "proto",
+            "build.rs",
+            "supervisor/src",
+            "supervisor/Cargo.toml",
+        ],
+    ),
+    // The video worker the supervisor spawns from beside its own binary.
+    (
+        "arbiter-video",
+        &[
+            "src",
+            "proto",
+            "build.rs",
+            "video-service/src",
+            "video-service/build.rs",
+            "video-service/Cargo.toml",
+            "torch/src",
+            "torch/build.rs",
+            "torch/Cargo.toml",
+        ],
+    ),
+];
+
 /// The `arbiter-supervisor` binary of the profile these tests were built with, built first
-/// if it is missing or older than the sources it is made of.
+/// (with the `arbiter-video` worker it spawns beside it) if either is missing or older than
+/// the sources it is made of.
 ///
-/// `current_exe()` is `<target>/<profile>/deps/<test>-<hash>`, and cargo puts the binary
-/// at `<target>/<profile>/arbiter-supervisor`. `cargo test` of the root package does not
-/// build other packages' binaries, hence the explicit build (once per test process).
+/// `current_exe()` is `<target>/<profile>/deps/<test>-<hash>`, and cargo puts the binaries
+/// at `<target>/<profile>/<name>`. `cargo test` of the root package does not build other
+/// packages' binaries, hence the explicit build (once per test process).
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(locate_or_build)
@@ -55,7 +90,11 @@ fn locate_or_build() -> PathBuf {
         .and_then(Path::parent)
         .expect("the test binary lives in <target>/<profile>/deps");
     let binary = profile_dir.join("arbiter-supervisor");
-    if binary.is_file() && !stale(&binary) {
+    let fresh = BINARIES.iter().all(|(name, sources)| {
+        let path = profile_dir.join(name);
+        path.is_file() && !stale(&path, sources)
+    });
+    if fresh {
         return binary;
     }
     let target_dir = profile_dir
@@ -75,6 +114,8 @@ fn locate_or_build() -> PathBuf {
             "build",
             "-p",
             "arbiter-supervisor",
+            "-p",
+            "arbiter-video",
             "--bins",
             "--target-dir",
         ])
@@ -91,35 +132,41 @@ fn locate_or_build() -> PathBuf {
     }
     let output = build
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {cargo:?} to build arbiter-supervisor: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {cargo:?} to build the binaries: {e}"));
     assert!(
         output.status.success(),
-        "`cargo build -p arbiter-supervisor --bins` failed ({}):\n{}",
+        "`cargo build -p arbiter-supervisor -p arbiter-video --bins` failed ({}):\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        binary.is_file(),
-        "cargo built arbiter-supervisor but {} does not exist",
-        binary.display()
-    );
+    for (name, _) in BINARIES {
+        let path = profile_dir.join(name);
+        assert!(
+            path.is_file(),
+            "cargo built {name} but {} does not exist",
+            path.display()
+        );
+    }
     binary
 }
 
-/// True when a source the binary is built from changed after the binary was linked.
-fn stale(binary: &Path) -> bool {
+/// True when a source the binary is built from (a directory's files, or a file) changed
+/// after the binary was linked.
+fn stale(binary: &Path, sources: &[&str]) -> bool {
     let Ok(built) = binary.metadata().and_then(|m| m.modified()) else {
         return true;
     };
     let root = workspace_root();
     let mut newest = SystemTime::UNIX_EPOCH;
-    for dir in ["src", "supervisor/src", "proto"] {
-        newest = newest.max(newest_in(&root.join(dir)));
-    }
-    for file in ["build.rs", "supervisor/Cargo.toml"] {
-        if let Ok(modified) = root.join(file).metadata().and_then(|m| m.modified()) {
-            newest = newest.max(modified);
-        }
+    for source in sources {
+        let path = root.join(source);
+        newest = newest.max(if path.is_dir() {
+            newest_in(&path)
+        } else {
+            path.metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        });
     }
     newest > built
 }
@@ -238,6 +285,7 @@ pub struct Builder {
     socket: Option<PathBuf>,
     tcp: bool,
     env: Vec<(String, String)>,
+    args: Vec<OsString>,
 }
 
 impl Builder {
@@ -285,6 +333,17 @@ impl Builder {
         self
     }
 
+    /// An extra command-line argument for the supervisor.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Builder {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Serve the pipelines under `dir` (`<dir>/<name>/manifest.toml`) beside the built-in one.
+    pub fn pipelines_dir(self, dir: impl AsRef<Path>) -> Builder {
+        self.arg("--pipelines-dir").arg(dir.as_ref())
+    }
+
     /// Starts the supervisor and waits until it answers a Ping on its socket.
     pub async fn start(self) -> Supervisor {
         let dir = tempfile::Builder::new()
@@ -299,30 +358,40 @@ impl Builder {
         let config = dir.path().join("supervisor.toml");
         std::fs::write(&config, &self.config).expect("write the config file");
         let log = dir.path().join("supervisor.log");
+        let (child, port) = self.launch(&config, &socket, &simulated_dir, &log).await;
+        Supervisor {
+            child: Some(child),
+            socket,
+            simulated_dir,
+            config,
+            port,
+            log,
+            builder: self,
+            dir,
+        }
+    }
 
+    /// Spawns the supervisor and waits until it answers a Ping on its socket.
+    async fn launch(
+        &self,
+        config: &Path,
+        socket: &Path,
+        simulated_dir: &Path,
+        log: &Path,
+    ) -> (Child, Option<u16>) {
         // The free port can be taken by someone else before the supervisor binds it; then
         // the supervisor exits at once, and a new port is tried.
         let mut attempt = 0;
         loop {
             attempt += 1;
             let port = self.tcp.then(free_port);
-            let mut child = self.spawn(&config, &socket, &simulated_dir, port, &log);
-            match wait_ready(&mut child, &socket).await {
-                Ok(()) => {
-                    return Supervisor {
-                        child: Some(child),
-                        socket,
-                        simulated_dir,
-                        config,
-                        port,
-                        log,
-                        dir,
-                    };
-                }
+            let mut child = self.spawn(config, socket, simulated_dir, port, log);
+            match wait_ready(&mut child, socket).await {
+                Ok(()) => return (child, port),
                 Err(why) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
                     if port.is_some() && attempt < 3 && text.contains("cannot listen on TCP") {
                         continue;
                     }
@@ -360,10 +429,16 @@ impl Builder {
         if let Some(port) = port {
             command.arg("--listen").arg(format!("127.0.0.1:{port}"));
         }
+        command.args(&self.args);
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        let log_file = File::create(log).expect("create the log file");
+        // Appended to, so that a restarted supervisor's log follows the first one's.
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the log file");
         command
             .stdout(log_file.try_clone().expect("clone the log file"))
             .stderr(log_file);
@@ -411,6 +486,8 @@ pub struct Supervisor {
     config: PathBuf,
     port: Option<u16>,
     log: PathBuf,
+    /// How it was started, for [`Supervisor::restart`].
+    builder: Builder,
     // Last, so the directory outlives everything that points into it.
     dir: TempDir,
 }
@@ -425,6 +502,7 @@ impl Supervisor {
             socket: None,
             tcp: true,
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -450,6 +528,11 @@ impl Supervisor {
         self.dir.path()
     }
 
+    /// Where it keeps its job database and job directories (`--state-dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
     pub fn port(&self) -> u16 {
         self.port.expect("this supervisor was started without TCP")
     }
@@ -469,13 +552,7 @@ impl Supervisor {
 
     /// A client over the Unix socket (the supervisor sees this test process's pid and uid).
     pub async fn unix_client(&self) -> Client {
-        let address = Address::unix(&self.socket);
-        let channel = within(Duration::from_secs(10), "connecting to the socket", async {
-            connect(&address).await
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\nsupervisor log:\n{}", self.log()));
-        SupervisorClient::new(channel)
+        SupervisorClient::new(self.unix_channel().await)
     }
 
     /// A client over TCP (no peer identity).
@@ -510,6 +587,53 @@ impl Supervisor {
         let mut child = self.child.take().expect("the supervisor process");
         let _ = child.kill();
         child.wait().expect("reap the supervisor")
+    }
+
+    /// Starts the supervisor again after [`terminate`](Self::terminate) or
+    /// [`kill`](Self::kill), with the same flags, config, socket and state directory (and a
+    /// new TCP port), and waits until it answers a Ping. Its log goes on in the same file.
+    pub async fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "stop the supervisor before restarting it"
+        );
+        let (child, port) = self
+            .builder
+            .launch(&self.config, &self.socket, &self.simulated_dir, &self.log)
+            .await;
+        self.child = Some(child);
+        self.port = port;
+    }
+
+    /// A `arbiter.video.v1.Video` client over the Unix socket.
+    pub async fn video_client(&self) -> VideoClient<Channel> {
+        VideoClient::new(self.unix_channel().await)
+    }
+
+    /// A `arbiter.worker.v1.Worker` client over the Unix socket: this test process, not a
+    /// worker the supervisor started.
+    pub async fn worker_client(&self) -> WorkerClient<Channel> {
+        WorkerClient::new(self.unix_channel().await)
+    }
+
+    /// A `arbiter.worker.v1.Worker` client over TCP (no peer identity).
+    pub async fn tcp_worker_client(&self) -> WorkerClient<Channel> {
+        let address = Address::parse(&self.tcp_address());
+        let channel = within(Duration::from_secs(10), "connecting over TCP", async {
+            connect(&address).await
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nsupervisor log:\n{}", self.log()));
+        WorkerClient::new(channel)
+    }
+
+    async fn unix_channel(&self) -> Channel {
+        let address = Address::unix(&self.socket);
+        within(Duration::from_secs(10), "connecting to the socket", async {
+            connect(&address).await
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nsupervisor log:\n{}", self.log()))
     }
 
     /// A command for one of the binary's client subcommands (`hold`, `status`, …), aimed at

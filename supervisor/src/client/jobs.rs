@@ -162,10 +162,7 @@ pub async fn list(args: &ClientArgs, config: &Config) -> Result<(), ClientError>
         println!("no jobs");
         return Ok(());
     }
-    println!(
-        "{:<22} {:<10} {:<10} {:>7} {:>8}  {}",
-        "JOB", "STATE", "PIPELINE", "ATTEMPT", "LEASE", "VIDEO OR ERROR"
-    );
+    println!("JOB                    STATE      PIPELINE   ATTEMPT    LEASE  VIDEO OR ERROR");
     for job in jobs {
         let detail = match (&job.result, job.error.lines().next()) {
             (Some(r), _) if !r.video_path.is_empty() => r.video_path.clone(),

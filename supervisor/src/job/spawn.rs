@@ -239,17 +239,27 @@ mod tests {
         );
     }
 
+    /// A child killed and reaped when dropped, even when an assertion fails first.
+    struct Reaped(std::process::Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     #[test]
     fn a_live_group_led_by_another_program_is_left_alone() {
-        let mut other = Command::new("sleep")
-            .arg("600")
-            .process_group(0)
-            .spawn()
-            .expect("spawn sleep");
-        let pid = other.id();
+        let other = Reaped(
+            Command::new("sleep")
+                .arg("600")
+                .process_group(0)
+                .spawn()
+                .expect("spawn sleep"),
+        );
+        let pid = other.0.id();
         assert!(!kill_leftover(pid, "arbiter-video"));
         assert!(running(pid));
-        other.kill().unwrap();
-        other.wait().unwrap();
     }
 }

@@ -58,10 +58,10 @@ impl<S: Stream, F: FnMut(&S::Item) -> bool + Unpin> Stream for Through<S, F> {
             return Poll::Ready(None);
         }
         let item = std::task::ready!(self.stream.as_mut().poll_next(cx));
-        if let Some(item) = &item {
-            if (self.last)(item) {
-                self.done = true;
-            }
+        if let Some(item) = &item
+            && (self.last)(item)
+        {
+            self.done = true;
         }
         Poll::Ready(item)
     }
