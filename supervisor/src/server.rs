@@ -132,9 +132,7 @@ pub async fn run(
 
     let ticker = tokio::spawn(tick(Arc::clone(&broker), stop.clone()));
     let retention = tokio::spawn(expire(Arc::clone(&jobs), stop.clone()));
-    for id in jobs.queued() {
-        crate::rpc::video::start(&jobs, id);
-    }
+    crate::rpc::video::start_in_order(&jobs, jobs.queued()).await;
     let sampler = tokio::spawn(sampler::run(
         Arc::clone(&inventory),
         Arc::clone(&broker),

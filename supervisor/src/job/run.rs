@@ -29,10 +29,13 @@ enum Ending {
     Shutdown,
 }
 
-/// Drives job `id` to a final state (or back to Queued at shutdown).
-pub async fn run(jobs: Arc<Jobs>, id: String) {
+/// Drives job `id` to a final state (or back to Queued at shutdown). `queued` fires once
+/// the job has entered the lease queue (or ended), so a caller starting several jobs can
+/// keep their order in the queue.
+pub async fn run(jobs: Arc<Jobs>, id: String, queued: Option<tokio::sync::oneshot::Sender<()>>) {
+    let mut queued = queued;
     loop {
-        match attempt(&jobs, &id).await {
+        match attempt(&jobs, &id, &mut queued).await {
             Some(true) => continue,
             _ => return,
         }
@@ -40,7 +43,11 @@ pub async fn run(jobs: Arc<Jobs>, id: String) {
 }
 
 /// One attempt. Some(true): run again (a retried crash).
-async fn attempt(jobs: &Arc<Jobs>, id: &str) -> Option<bool> {
+async fn attempt(
+    jobs: &Arc<Jobs>,
+    id: &str,
+    queued: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Option<bool> {
     let record = jobs.get(id).ok()?;
     if record.state.is_final() {
         return None;
@@ -62,7 +69,11 @@ async fn attempt(jobs: &Arc<Jobs>, id: &str) -> Option<bool> {
             uid: nix::unistd::getuid().as_raw(),
         }),
     };
-    let mut holding = match jobs.broker.hold(ask) {
+    let held = jobs.broker.hold(ask);
+    if let Some(queued) = queued.take() {
+        let _ = queued.send(());
+    }
+    let mut holding = match held {
         Ok(holding) => holding,
         Err(error) => {
             finish(jobs, id, JobState::Failed, error.to_string(), None);

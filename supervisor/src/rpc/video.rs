@@ -20,7 +20,17 @@ use crate::job::{JobRecord, JobState, run};
 
 /// Starts the task that drives a job.
 pub fn start(jobs: &Arc<Jobs>, id: String) {
-    tokio::spawn(run::run(Arc::clone(jobs), id));
+    tokio::spawn(run::run(Arc::clone(jobs), id, None));
+}
+
+/// Starts jobs in the given order, each entering the lease queue before the next starts,
+/// so jobs re-queued after a restart keep their turn.
+pub async fn start_in_order(jobs: &Arc<Jobs>, ids: Vec<String>) {
+    for id in ids {
+        let (entered, queued) = tokio::sync::oneshot::channel();
+        tokio::spawn(run::run(Arc::clone(jobs), id, Some(entered)));
+        let _ = queued.await;
+    }
 }
 
 pub struct VideoService {
