@@ -11,13 +11,16 @@
 //! request's `steps`, so a request picks its job's length. Words in the prompt pick extra
 //! behaviour: `child` (start a `sleep` in the worker's process group and write its pid to
 //! `child.pid` in the output directory), `crash-once` (exit 9 without a word on attempt 1),
-//! `hang-once` (hang after the first step on attempt 1). Its lease is 1.25GiB, like tiny's.
+//! `hang-once` (hang after the first step on attempt 1), `greedy` (write its own record in the
+//! simulated GPU's process table: three times its lease, and its pid to `greedy.pid` in the
+//! output directory). Its lease is 1.25GiB, like tiny's.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use arbiter::pb::supervisor::v1 as spb;
 use arbiter::pb::video::v1 as vpb;
 use arbiter::pb::worker::v1 as wpb;
 use nix::sys::signal::{Signal, kill};
@@ -103,6 +106,19 @@ def main():
         with open(os.path.join(out, "child.pid.tmp"), "w") as f:
             f.write(str(child.pid))
         os.rename(os.path.join(out, "child.pid.tmp"), os.path.join(out, "child.pid"))
+    if "greedy" in prompt:
+        # What a worker that allocates more than it was lent looks like to the supervisor.
+        lease = int(os.environ["ARBITER_LEASE_BYTES"])
+        table = os.path.join(os.environ["ARBITER_SIMULATED_GPU_DIR"],
+                             os.environ["ARBITER_SIMULATED_GPU_INDEX"])
+        record = os.path.join(table, str(os.getpid()))
+        with open(record + ".tmp", "w") as f:
+            f.write(str(3 * lease))
+        os.rename(record + ".tmp", record)
+        with open(os.path.join(out, "greedy.pid.tmp"), "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(os.path.join(out, "greedy.pid.tmp"), os.path.join(out, "greedy.pid"))
+        log(f"using {3 * lease} bytes on a lease of {lease}")
     steps = request["steps"]
     for step in range(1, steps + 1):
         # The log line first: once the supervisor shows the step, the log has it.
@@ -274,6 +290,15 @@ fn job_dir(job: &vpb::Job) -> PathBuf {
 async fn child_pid(job: &vpb::Job) -> u32 {
     let path = job_dir(job).join("output/child.pid");
     eventually(SOON, "the test pipeline's child pid", || async {
+        std::fs::read_to_string(&path).ok()?.trim().parse().ok()
+    })
+    .await
+}
+
+/// The pid of a `greedy` job's worker, once it has written it (the file outlives the worker).
+async fn greedy_pid(job: &vpb::Job) -> u32 {
+    let path = job_dir(job).join("output/greedy.pid");
+    eventually(SOON, "the greedy worker's pid", || async {
         std::fs::read_to_string(&path).ok()?.trim().parse().ok()
     })
     .await
@@ -864,6 +889,92 @@ async fn a_worker_that_overstays_its_timeout_is_killed() {
     gone(worker, "the timed-out worker").await;
     gone(child, "the timed-out worker's child").await;
     nothing_leased(&supervisor.unix_client().await).await;
+}
+
+/// A supervisor on one 8GiB simulated GPU sampled every 100ms, with `overuse_action` set,
+/// serving the test pipeline from `pipelines`.
+async fn start_with_overuse_action(pipelines: &TempDir, action: &str) -> Supervisor {
+    Supervisor::builder()
+        .gpus("8GiB")
+        .sample_interval("100ms")
+        .config(&format!(
+            "{BASE_CONFIG}overuse_action = \"{action}\"\nmemory_tolerance = \"64MiB\"\n"
+        ))
+        .pipelines_dir(pipelines.path())
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_over_its_lease_is_killed_when_configured() {
+    let pipelines = test_pipelines();
+    let supervisor = start_with_overuse_action(&pipelines, "kill").await;
+    let video = supervisor.video_client().await;
+
+    // Three times its lease, and a child in its group, until it is stopped.
+    let id = submit(&video, test_job("greedy child", FOREVER)).await;
+    let job = wait_for(&video, &id, SOON, "a worker", |j| {
+        j.worker_pid != 0 || is_final(state(j))
+    })
+    .await;
+    let (worker, child) = (greedy_pid(&job).await, child_pid(&job).await);
+    let job = final_job(&video, &id).await;
+    assert_state(&job, JobState::Failed);
+    assert!(job.error.contains("lease"), "{}", job.error);
+    assert!(
+        job.error.contains(&format!(
+            "used {} of GPU memory on a {} lease",
+            arbiter::ByteSize(3 * TINY_LEASE),
+            arbiter::ByteSize(TINY_LEASE)
+        )),
+        "{}",
+        job.error
+    );
+    gone(worker, "the greedy worker").await;
+    gone(child, "the greedy worker's child").await;
+    nothing_leased(&supervisor.unix_client().await).await;
+
+    // With the default action, "log", the same job runs to the end, and the event feed
+    // tells of its overuse.
+    let pipelines = test_pipelines();
+    let supervisor = start_with_overuse_action(&pipelines, "log").await;
+    let video = supervisor.video_client().await;
+    let client = supervisor.unix_client().await;
+    let mut events = client
+        .clone()
+        .watch_events(spb::WatchEventsRequest {
+            include_samples: false,
+        })
+        .await
+        .expect("WatchEvents")
+        .into_inner();
+
+    let id = submit(&video, test_job("greedy", 10)).await;
+    let holder = format!("video job {id}");
+    let overuse = within(SOON, "an Overuse event for the greedy job", async {
+        loop {
+            let event = events
+                .message()
+                .await
+                .expect("an event")
+                .expect("the event feed goes on");
+            if let Some(spb::event::Kind::Overuse(overuse)) = event.kind
+                && overuse.holder == holder
+            {
+                return overuse;
+            }
+        }
+    })
+    .await;
+    let job = final_job(&video, &id).await;
+    assert_state(&job, JobState::Succeeded);
+    assert_eq!(overuse.lease_id, job.lease_id, "{overuse:?}");
+    assert_eq!(overuse.lease_bytes, TINY_LEASE, "{overuse:?}");
+    assert_eq!(overuse.used_bytes, 3 * TINY_LEASE, "{overuse:?}");
+    let peak = job.progress.as_ref().map_or(0, |p| p.peak_vram_bytes);
+    assert_eq!(peak, 3 * TINY_LEASE, "the job saw its overuse: {job:#?}");
+    gone(greedy_pid(&job).await, "the greedy worker").await;
+    nothing_leased(&client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

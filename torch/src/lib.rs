@@ -3,4 +3,5 @@
 //! Only processes that run models depend on this crate; the supervisor never does (it must
 //! not link libtorch nor create a CUDA context).
 
+pub mod allocator;
 pub mod device;

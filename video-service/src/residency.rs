@@ -100,10 +100,14 @@ impl Residency {
         Ok(())
     }
 
-    /// What to report as `vram_bytes`: the recorded figure on a simulated GPU, 0 (unknown)
-    /// on a real one until the allocator shim can say.
+    /// What to report as `vram_bytes`: the recorded figure on a simulated GPU; on a real
+    /// one what libtorch's caching allocator has reserved (0 on a CPU).
     pub fn reported(&self) -> u64 {
-        if self.simulated { self.recorded } else { 0 }
+        if self.simulated {
+            self.recorded
+        } else {
+            arbiter_torch::allocator::stats(0).map_or(0, |s| s.reserved)
+        }
     }
 
     /// Records that nothing is held any more.
