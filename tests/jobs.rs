@@ -25,7 +25,9 @@ use arbiter::pb::video::v1 as vpb;
 use arbiter::pb::worker::v1 as wpb;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::{Client, GIB, Supervisor, eventually, leases, status, within, workspace_root};
+use support::{
+    Client, GIB, Supervisor, assert_refused, eventually, leases, status, within, workspace_root,
+};
 use tempfile::TempDir;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -439,33 +441,6 @@ fn wav() -> Vec<u8> {
         wav.extend_from_slice(&sample.to_le_bytes());
     }
     wav
-}
-
-/// Asserts a refusal's code, and that its message contains each of `needles`.
-#[track_caller]
-fn assert_refused<T: std::fmt::Debug>(
-    result: Result<T, tonic::Status>,
-    code: Code,
-    needles: &[&str],
-) -> tonic::Status {
-    let status = match result {
-        Ok(value) => panic!("expected {code:?}, got a success: {value:?}"),
-        Err(status) => status,
-    };
-    assert_eq!(
-        status.code(),
-        code,
-        "wrong code; message: {}",
-        status.message()
-    );
-    for needle in needles {
-        assert!(
-            status.message().contains(needle),
-            "the {code:?} message should mention {needle:?}: {}",
-            status.message()
-        );
-    }
-    status
 }
 
 /// Where a state lies on the way from Queued to a final state.

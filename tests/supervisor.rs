@@ -18,8 +18,8 @@ use std::time::Duration;
 use arbiter::pb::supervisor::v1 as pb;
 use pb::lease_update::Update;
 use support::{
-    GIB, Sleeper, Supervisor, ask, duration, eventually, gpu_status, lease_held_by, leases,
-    next_update, record_usage, run_to_end, status, within,
+    GIB, Sleeper, Supervisor, ask, assert_refused, duration, eventually, gpu_status, lease_held_by,
+    leases, next_update, record_usage, run_to_end, status, within,
 };
 use tonic::Code;
 
@@ -28,37 +28,6 @@ const SOON: Duration = Duration::from_secs(10);
 
 fn uid() -> u32 {
     nix::unistd::getuid().as_raw()
-}
-
-/// Asserts a refusal's code, and that its message is specific: it contains each of `needles`.
-#[track_caller]
-fn assert_refused<T: std::fmt::Debug>(
-    result: Result<T, tonic::Status>,
-    code: Code,
-    needles: &[&str],
-) -> tonic::Status {
-    let status = match result {
-        Ok(value) => panic!("expected {code:?}, got a success: {value:?}"),
-        Err(status) => status,
-    };
-    assert_eq!(
-        status.code(),
-        code,
-        "wrong code; message: {}",
-        status.message()
-    );
-    assert!(
-        !status.message().trim().is_empty(),
-        "{code:?} with an empty message"
-    );
-    for needle in needles {
-        assert!(
-            status.message().contains(needle),
-            "the {code:?} message should mention {needle:?}: {}",
-            status.message()
-        );
-    }
-    status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -891,3 +891,34 @@ pub async fn next_update(
     )
     .await
 }
+
+/// Asserts a refusal's code, and that its message is specific: it contains each of `needles`.
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needles: &[&str],
+) -> tonic::Status {
+    let status = match result {
+        Ok(value) => panic!("expected {code:?}, got a success: {value:?}"),
+        Err(status) => status,
+    };
+    assert_eq!(
+        status.code(),
+        code,
+        "wrong code; message: {}",
+        status.message()
+    );
+    assert!(
+        !status.message().trim().is_empty(),
+        "{code:?} with an empty message"
+    );
+    for needle in needles {
+        assert!(
+            status.message().contains(needle),
+            "the {code:?} message should mention {needle:?}: {}",
+            status.message()
+        );
+    }
+    status
+}
