@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "arbiter/supervisor/v1/supervisor.proto",
     "arbiter/video/v1/video.proto",
     "arbiter/worker/v1/worker.proto",
+    "arbiter/tts/v1/tts.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

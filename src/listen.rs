@@ -129,6 +129,22 @@ pub async fn bind_tcp(address: &str) -> Result<tokio::net::TcpListener, ListenEr
         })
 }
 
+/// Completes on SIGTERM or SIGINT: the shutdown signal every Arbiter server serves until.
+pub async fn signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("cannot install signal handlers; stop this process with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
 /// Reflection services, v1 and v1alpha, describing Arbiter's protos and health's.
 pub fn reflection() -> (
     tonic_reflection::server::v1::ServerReflectionServer<

@@ -24,6 +24,8 @@ use crate::lease::ledger::Policy;
 use crate::rpc::service::SupervisorService;
 use crate::rpc::video::{VideoService, WorkerService};
 use crate::{sampler, systemd};
+
+pub use arbiter::listen::signals;
 use arbiter::pb::video::v1::video_server::VideoServer;
 use arbiter::pb::worker::v1::worker_server::WorkerServer;
 
@@ -226,21 +228,5 @@ async fn expire(jobs: Arc<Jobs>, stop: CancellationToken) {
                 }
             }
         }
-    }
-}
-
-/// Completes on SIGTERM or SIGINT.
-pub async fn signals() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the supervisor with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
     }
 }

@@ -1,0 +1,20 @@
+//! `arbiter-tts` as a library: the parts of the text-to-speech service that do not depend on
+//! gRPC or on a lease, so they can be tested (and benchmarked) on their own and the service
+//! binary (`main.rs`) stays a thin shell around them.
+//!
+//! - [`espeak`]: the eSpeak NG voice and text front end (phonemes with timings), over
+//!   libespeak-ng, serialized through one thread because the C library is global state.
+//! - [`sentences`]: splits text into sentences, so audio can be streamed per sentence.
+//! - [`viseme`]: the documented phoneme-to-viseme table and the viseme timeline of a speech.
+//! - [`wav`]: PCM s16le to WAV bytes.
+//! - [`service`]: `arbiter.tts.v1.Tts`, streaming a sentence at a time; [`server`]: the
+//!   listeners, reflection and health around it; [`say`]: a small client that writes what
+//!   the service says to a WAV file (for scripts and the main job).
+
+pub mod espeak;
+pub mod say;
+pub mod sentences;
+pub mod server;
+pub mod service;
+pub mod viseme;
+pub mod wav;

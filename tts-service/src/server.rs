@@ -1,0 +1,95 @@
+//! Serves `arbiter.tts.v1.Tts` on a Unix socket (and optional TCP), with reflection and
+//! health like every Arbiter server, until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arbiter::listen::{UnixSocket, bind_tcp, reflection, signals};
+use arbiter::pb::tts::v1::tts_server::TtsServer;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::Server;
+
+use crate::espeak::Espeak;
+use crate::service::{Limits, TtsService};
+
+/// Where the service listens and what it allows.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub listen: Option<String>,
+    pub limits: Limits,
+}
+
+/// The service's default socket, beside the supervisor's.
+pub fn default_socket() -> PathBuf {
+    arbiter::endpoint::runtime_dir().join("tts.sock")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Listen(#[from] arbiter::listen::ListenError),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Voice(#[from] crate::espeak::Error),
+}
+
+pub async fn run(settings: Settings) -> Result<(), ServeError> {
+    // Start the voice before listening, so READY means it can speak.
+    let espeak = Espeak::get()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<TtsServer<TtsService>>().await;
+    let (reflection_v1, reflection_v1alpha) = reflection();
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(TtsServer::new(TtsService::new(espeak, settings.limits)?));
+    let tcp = match &settings.listen {
+        Some(address) => Some(bind_tcp(address).await?),
+        None => None,
+    };
+    let socket = UnixSocket {
+        path: settings.socket.clone(),
+        mode: settings.socket_mode,
+        group: None,
+    };
+    let unix = socket.bind()?;
+    tracing::info!(socket = %socket.path.display(), "listening on the Unix socket");
+    if let Some(address) = tcp.as_ref().and_then(|t| t.local_addr().ok()) {
+        tracing::info!(%address, "listening on TCP");
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let unix_server = router.clone().serve_with_incoming_shutdown(
+        UnixListenerStream::new(unix),
+        stop.clone().cancelled_owned(),
+    );
+    let tcp_server = async {
+        match tcp {
+            Some(tcp) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(tcp),
+                        stop.clone().cancelled_owned(),
+                    )
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let signal = async {
+        signals().await;
+        tracing::info!("shutting down");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        health.set_not_serving::<TtsServer<TtsService>>().await;
+        stop.cancel();
+        Ok::<(), tonic::transport::Error>(())
+    };
+    let result = tokio::try_join!(unix_server, tcp_server, signal);
+    let _ = std::fs::remove_file(&socket.path);
+    result.map(|_| ()).map_err(ServeError::from)
+}

@@ -1,0 +1,273 @@
+//! `arbiter.tts.v1.Tts`: speech streamed a sentence at a time, with visemes.
+//!
+//! Each sentence is synthesized on a blocking thread and sent as soon as it is ready, so the
+//! first audio leaves after the first sentence rather than the whole text. When the client
+//! goes away its channel closes and synthesis stops before the next sentence.
+//!
+//! Voices today: eSpeak NG's, on the CPU (no lease needed). TorchScript voices on a leased
+//! GPU come next and will appear in ListVoices with `on_gpu`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arbiter::pb::tts::v1 as pb;
+use pb::tts_server::Tts;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::espeak::{self, Espeak, Speech};
+use crate::viseme::{self, Viseme};
+use crate::{sentences, wav};
+
+/// Limits on what clients may ask.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_text_chars: usize,
+    pub max_streams: usize,
+}
+
+pub struct TtsService {
+    espeak: Espeak,
+    /// What voice names are accepted: eSpeak NG's languages and identifiers, read once.
+    known: Vec<espeak::VoiceInfo>,
+    limits: Limits,
+    /// One permit per stream speaking now; more are refused rather than queued.
+    streams: Arc<Semaphore>,
+}
+
+impl TtsService {
+    pub fn new(espeak: Espeak, limits: Limits) -> Result<TtsService, espeak::Error> {
+        let known = espeak.list_voices()?;
+        Ok(TtsService {
+            known,
+            streams: Arc::new(Semaphore::new(limits.max_streams)),
+            espeak,
+            limits,
+        })
+    }
+
+    fn check_text(&self, text: &str) -> Result<(), Status> {
+        if text.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "text is empty: give the words to speak",
+            ));
+        }
+        let chars = text.chars().count();
+        if chars > self.limits.max_text_chars {
+            return Err(Status::invalid_argument(format!(
+                "text is {chars} characters, over the limit of {}: split it into several requests",
+                self.limits.max_text_chars
+            )));
+        }
+        Ok(())
+    }
+
+    /// The voice to use: the default for an empty name; an unknown name is refused with
+    /// a pointer to ListVoices (eSpeak NG itself would quietly fall back to another voice).
+    fn voice(&self, name: &str) -> Result<String, Status> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Ok(espeak::DEFAULT_VOICE.to_string());
+        }
+        let lower = name.to_ascii_lowercase();
+        // A language ("en-us"), its family ("en"), or a voice file ("gmw/en-US").
+        let known = self.known.iter().any(|v| {
+            let language = v.language.to_ascii_lowercase();
+            language == lower
+                || language.starts_with(&format!("{lower}-"))
+                || v.identifier.eq_ignore_ascii_case(name)
+        });
+        if known {
+            Ok(name.to_string())
+        } else {
+            Err(Status::invalid_argument(format!(
+                "unknown voice `{name}`: call ListVoices for the names this service offers (such as {})",
+                espeak::DEFAULT_VOICE
+            )))
+        }
+    }
+}
+
+fn ms(ms: u64) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(Duration::from_millis(ms)).ok()
+}
+
+fn visemes_pb(visemes: &[Viseme], offset_ms: u64) -> Vec<pb::Viseme> {
+    visemes
+        .iter()
+        .map(|v| pb::Viseme {
+            id: u32::from(v.id),
+            name: v.name.to_string(),
+            start: ms(offset_ms + u64::from(v.start_ms)),
+            duration: ms(u64::from(v.duration_ms)),
+        })
+        .collect()
+}
+
+/// A synthesis error as a status: bad voices and rates are the caller's to fix.
+fn synthesis_status(error: espeak::Error) -> Status {
+    match error {
+        espeak::Error::Init(_) | espeak::Error::Synthesis(_) => Status::internal(error.to_string()),
+        _ => Status::invalid_argument(error.to_string()),
+    }
+}
+
+async fn speak(
+    espeak: Espeak,
+    text: String,
+    voice: String,
+    rate_wpm: u32,
+) -> Result<Speech, Status> {
+    tokio::task::spawn_blocking(move || espeak.synthesize(&text, &voice, rate_wpm))
+        .await
+        .map_err(|e| Status::internal(format!("the synthesis task failed: {e}")))?
+        .map_err(synthesis_status)
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::SynthesizeChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Tts for TtsService {
+    type SynthesizeStream = ChunkStream;
+
+    async fn synthesize(
+        &self,
+        request: Request<pb::SynthesizeRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let request = request.into_inner();
+        self.check_text(&request.text)?;
+        let rate = if request.speaking_rate == 0.0 {
+            1.0
+        } else {
+            request.speaking_rate
+        };
+        if !(0.5..=2.0).contains(&rate) {
+            return Err(Status::invalid_argument(format!(
+                "speaking_rate {rate} is outside 0.5 to 2.0 (1.0 is the voice's normal rate)"
+            )));
+        }
+        let rate_wpm = ((espeak::RATE_WPM_DEFAULT as f32) * rate).round() as u32;
+        let rate_wpm = rate_wpm.clamp(espeak::RATE_WPM_MIN, espeak::RATE_WPM_MAX);
+        let sample_rate = self.espeak.sample_rate();
+        if request.sample_rate != 0 && request.sample_rate != sample_rate {
+            return Err(Status::invalid_argument(format!(
+                "sample_rate {} is not offered: the eSpeak NG voices speak at {sample_rate} Hz; leave it 0",
+                request.sample_rate
+            )));
+        }
+        let voice = self.voice(&request.voice)?;
+        let header = request.format() == pb::AudioFormat::Wav;
+        let sentences: Vec<String> = sentences::split(&request.text)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        // Synthesize the first sentence before answering, so a bad voice is an error status
+        // rather than a stream that fails.
+        let first = speak(
+            self.espeak.clone(),
+            sentences[0].clone(),
+            voice.clone(),
+            rate_wpm,
+        )
+        .await?;
+        let permit = Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} streams are speaking already, the limit: retry shortly",
+                self.limits.max_streams
+            ))
+        })?;
+        let (sender, receiver) = mpsc::channel(2);
+        let espeak = self.espeak.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let count = sentences.len();
+            let mut offset_ms = 0u64;
+            let mut next = Some(first);
+            for (i, sentence) in sentences.into_iter().enumerate() {
+                let speech = match next.take() {
+                    Some(speech) => speech,
+                    None => {
+                        if sender.is_closed() {
+                            return; // the client went away: stop before the next sentence
+                        }
+                        match speak(espeak.clone(), sentence.clone(), voice.clone(), rate_wpm).await
+                        {
+                            Ok(speech) => speech,
+                            Err(status) => {
+                                let _ = sender.send(Err(status)).await;
+                                return;
+                            }
+                        }
+                    }
+                };
+                let duration = u64::from(speech.duration_ms());
+                let mut audio = Vec::with_capacity(speech.samples.len() * 2 + wav::HEADER_LEN);
+                if header && i == 0 {
+                    audio.extend_from_slice(&wav::streaming_header(speech.sample_rate));
+                }
+                audio.extend_from_slice(&wav::pcm_s16le(&speech.samples));
+                let chunk = pb::SynthesizeChunk {
+                    audio,
+                    start: ms(offset_ms),
+                    duration: ms(duration),
+                    sample_rate: speech.sample_rate,
+                    visemes: visemes_pb(&viseme::visemes(&speech.phonemes), offset_ms),
+                    text: sentence,
+                    last: i + 1 == count,
+                };
+                offset_ms += duration;
+                if sender.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
+    async fn list_voices(
+        &self,
+        _: Request<pb::ListVoicesRequest>,
+    ) -> Result<Response<pb::ListVoicesReply>, Status> {
+        let sample_rate = self.espeak.sample_rate();
+        let voices = self
+            .known
+            .iter()
+            .map(|v| pb::Voice {
+                name: v.language.clone(),
+                language: v.language.clone(),
+                sample_rate,
+                backend: "espeak-ng".into(),
+                on_gpu: false,
+            })
+            .collect();
+        Ok(Response::new(pb::ListVoicesReply { voices }))
+    }
+
+    async fn lip_sync(
+        &self,
+        request: Request<pb::LipSyncRequest>,
+    ) -> Result<Response<pb::LipSyncReply>, Status> {
+        let request = request.into_inner();
+        let Some(pb::lip_sync_request::Input::Text(text)) = request.input else {
+            return Err(Status::invalid_argument(
+                "input is missing: give the text whose visemes you want",
+            ));
+        };
+        self.check_text(&text)?;
+        let speech = speak(
+            self.espeak.clone(),
+            text,
+            self.voice(&request.voice)?,
+            espeak::RATE_WPM_DEFAULT,
+        )
+        .await?;
+        Ok(Response::new(pb::LipSyncReply {
+            visemes: visemes_pb(&viseme::visemes(&speech.phonemes), 0),
+            duration: ms(u64::from(speech.duration_ms())),
+        }))
+    }
+}

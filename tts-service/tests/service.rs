@@ -1,0 +1,238 @@
+//! The real `arbiter-tts serve` binary over its real Unix socket: streamed speech from the
+//! eSpeak NG voice, visemes, voices, and refusals.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use arbiter::endpoint::{Address, connect};
+use arbiter::pb::tts::v1 as pb;
+use pb::tts_client::TtsClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Service {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start(extra: &[&str]) -> (Service, TtsClient<Channel>) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let socket = dir.path().join("tts.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_arbiter-tts"))
+        .arg("serve")
+        .arg("--socket")
+        .arg(&socket)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("arbiter-tts starts");
+    let service = Service {
+        child,
+        socket,
+        _dir: dir,
+    };
+    let client = connected(&service.socket).await;
+    (service, client)
+}
+
+async fn connected(socket: &Path) -> TtsClient<Channel> {
+    for _ in 0..200 {
+        if socket.exists()
+            && let Ok(channel) = connect(&Address::unix(socket)).await
+        {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let check = tonic_health::pb::HealthCheckRequest {
+                service: "arbiter.tts.v1.Tts".into(),
+            };
+            if let Ok(reply) = health.check(check).await {
+                assert_eq!(reply.into_inner().status, 1, "health says SERVING");
+                return TtsClient::new(channel);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("arbiter-tts did not come up on {}", socket.display());
+}
+
+fn secs(d: &Option<prost_types::Duration>) -> f64 {
+    d.map(|d| d.seconds as f64 + d.nanos as f64 / 1e9)
+        .unwrap_or(0.0)
+}
+
+async fn chunks(
+    client: &mut TtsClient<Channel>,
+    request: pb::SynthesizeRequest,
+) -> Vec<pb::SynthesizeChunk> {
+    let mut stream = client
+        .synthesize(request)
+        .await
+        .expect("Synthesize")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await.expect("a chunk") {
+        out.push(chunk);
+    }
+    out
+}
+
+#[tokio::test]
+async fn speech_streams_a_chunk_per_sentence_with_contiguous_visemes() {
+    let (_service, mut client) = start(&[]).await;
+    let text = "Hello world. This is Arbiter speaking from one GPU. Goodbye!";
+    let chunks = chunks(
+        &mut client,
+        pb::SynthesizeRequest {
+            text: text.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(chunks.len(), 3, "one chunk per sentence");
+    assert_eq!(chunks[0].text, "Hello world.");
+    assert!(chunks[2].last && !chunks[0].last && !chunks[1].last);
+    let mut expected_start = 0.0;
+    let mut total = 0.0;
+    for chunk in &chunks {
+        assert_eq!(chunk.sample_rate, 22050);
+        assert!(
+            (secs(&chunk.start) - expected_start).abs() < 0.002,
+            "chunks follow each other"
+        );
+        let samples: Vec<i16> = chunk
+            .audio
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let seconds = samples.len() as f64 / 22050.0;
+        assert!(
+            (seconds - secs(&chunk.duration)).abs() < 0.002,
+            "duration matches the audio"
+        );
+        let rms = (samples.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / samples.len() as f64)
+            .sqrt();
+        assert!(rms > 300.0, "speech, not silence: rms {rms}");
+        // Visemes tile the chunk in order.
+        let mut at = secs(&chunk.start);
+        for viseme in &chunk.visemes {
+            assert!(
+                (secs(&viseme.start) - at).abs() < 0.002,
+                "no gap or overlap at {at}"
+            );
+            assert!(viseme.id < 15 && !viseme.name.is_empty());
+            at += secs(&viseme.duration);
+        }
+        assert!(
+            (at - (secs(&chunk.start) + secs(&chunk.duration))).abs() < 0.002,
+            "visemes cover the chunk"
+        );
+        expected_start += seconds;
+        total += seconds;
+    }
+    assert!(
+        (2.0..12.0).contains(&total),
+        "a sane length for the text: {total}s"
+    );
+}
+
+#[tokio::test]
+async fn wav_output_starts_with_a_header_and_rate_changes_length() {
+    let (_service, mut client) = start(&[]).await;
+    let wav = chunks(
+        &mut client,
+        pb::SynthesizeRequest {
+            text: "One sentence only.".into(),
+            format: pb::AudioFormat::Wav as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(&wav[0].audio[0..4], b"RIFF");
+    assert_eq!(&wav[0].audio[8..12], b"WAVE");
+    let slow = chunks(
+        &mut client,
+        pb::SynthesizeRequest {
+            text: "One sentence only.".into(),
+            speaking_rate: 0.5,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(secs(&slow[0].duration) > secs(&wav[0].duration) * 1.4);
+}
+
+#[tokio::test]
+async fn voices_are_listed_and_lip_sync_covers_the_speech() {
+    let (_service, mut client) = start(&[]).await;
+    let voices = client
+        .list_voices(pb::ListVoicesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .voices;
+    let english = voices
+        .iter()
+        .find(|v| v.name == "en-us")
+        .expect("en-us is listed");
+    assert_eq!(english.backend, "espeak-ng");
+    assert_eq!(english.sample_rate, 22050);
+    assert!(!english.on_gpu);
+    let reply = client
+        .lip_sync(pb::LipSyncRequest {
+            input: Some(pb::lip_sync_request::Input::Text(
+                "Peter picked a pepper.".into(),
+            )),
+            voice: "en".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let covered: f64 = reply.visemes.iter().map(|v| secs(&v.duration)).sum();
+    assert!((covered - secs(&reply.duration)).abs() < 0.002);
+    assert!(
+        reply.visemes.iter().any(|v| v.name == "PP"),
+        "p is a closed-lips viseme"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_the_rule() {
+    let (_service, mut client) = start(&["--max-text-chars", "40"]).await;
+    let refused = |text: &str, voice: &str, rate: f32| pb::SynthesizeRequest {
+        text: text.into(),
+        voice: voice.into(),
+        speaking_rate: rate,
+        ..Default::default()
+    };
+    for (request, needle) in [
+        (refused("   ", "", 0.0), "empty"),
+        (refused("Hi.", "klingon", 0.0), "ListVoices"),
+        (refused("Hi.", "", 3.0), "speaking_rate"),
+        (refused(&"word ".repeat(20), "", 0.0), "40"),
+    ] {
+        let status = client.synthesize(request).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(
+            status.message().contains(needle),
+            "{needle}: {}",
+            status.message()
+        );
+    }
+    let status = client
+        .lip_sync(pb::LipSyncRequest {
+            input: None,
+            voice: String::new(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
