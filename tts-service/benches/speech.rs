@@ -38,10 +38,10 @@ async fn main() {
         .spawn()
         .expect("arbiter-tts starts");
     let channel = loop {
-        if socket.exists() {
-            if let Ok(channel) = connect(&Address::unix(&socket)).await {
-                break channel;
-            }
+        if socket.exists()
+            && let Ok(channel) = connect(&Address::unix(&socket)).await
+        {
+            break channel;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

@@ -6,6 +6,8 @@
 //!   libespeak-ng, serialized through one thread because the C library is global state.
 //! - [`sentences`]: splits text into sentences, so audio can be streamed per sentence.
 //! - [`viseme`]: the documented phoneme-to-viseme table and the viseme timeline of a speech.
+//! - [`torchscript`]: TorchScript voices (VITS/Piper style: phoneme ids in, waveform out)
+//!   from a directory with `voice.ts.pt` and a Piper-style `voice.json`.
 //! - [`wav`]: PCM s16le to WAV bytes.
 //! - [`service`]: `arbiter.tts.v1.Tts`, streaming a sentence at a time; [`server`]: the
 //!   listeners, reflection and health around it; [`say`]: a small client that writes what
@@ -16,5 +18,6 @@ pub mod say;
 pub mod sentences;
 pub mod server;
 pub mod service;
+pub mod torchscript;
 pub mod viseme;
 pub mod wav;

@@ -1,7 +1,8 @@
 //! `arbiter-tts`: the persistent text-to-speech and lip-sync service. It keeps its voices
 //! resident on the GPU under one lease from the supervisor and serves gRPC clients.
 //!
-//! `serve` runs the gRPC service (eSpeak NG voices on the CPU so far); `info` shows what
+//! `serve` runs the gRPC service (eSpeak NG voices on the CPU, TorchScript voices from
+//! `--voice-dir` on the GPU when there is one); `info` shows what
 //! libtorch sees in this process (the device its TorchScript voices will load on). The
 //! logic lives in the library (`arbiter_tts`); this file only parses flags and starts it.
 
@@ -40,6 +41,11 @@ enum Command {
         /// Streams speaking at once; more are refused with RESOURCE_EXHAUSTED.
         #[arg(long, default_value_t = 16)]
         max_streams: usize,
+        /// A TorchScript voice directory (voice.ts.pt and a Piper-style voice.json, as
+        /// scripts/make-test-voice.py writes); repeatable. Loaded on CUDA device 0 if libtorch
+        /// sees one, else on the CPU.
+        #[arg(long = "voice-dir")]
+        voice_dirs: Vec<PathBuf>,
     },
     /// Speak text through a running service and write a WAV file (a client, for scripts).
     Say {
@@ -89,6 +95,7 @@ fn main() -> ExitCode {
             listen,
             max_text_chars,
             max_streams,
+            voice_dirs,
         } => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
@@ -106,6 +113,7 @@ fn main() -> ExitCode {
                     max_text_chars: max_text_chars.max(1),
                     max_streams: max_streams.max(1),
                 },
+                voice_dirs,
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,

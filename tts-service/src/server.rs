@@ -2,6 +2,7 @@
 //! health like every Arbiter server, until SIGTERM/SIGINT.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arbiter::listen::{UnixSocket, bind_tcp, reflection, signals};
@@ -11,6 +12,7 @@ use tonic::transport::Server;
 
 use crate::espeak::Espeak;
 use crate::service::{Limits, TtsService};
+use crate::torchscript::{self, TorchVoice};
 
 /// Where the service listens and what it allows.
 #[derive(Clone, Debug)]
@@ -19,6 +21,8 @@ pub struct Settings {
     pub socket_mode: u32,
     pub listen: Option<String>,
     pub limits: Limits,
+    /// TorchScript voice directories (`--voice-dir`), loaded before listening.
+    pub voice_dirs: Vec<PathBuf>,
 }
 
 /// The service's default socket, beside the supervisor's.
@@ -34,11 +38,25 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Voice(#[from] crate::espeak::Error),
+    #[error(transparent)]
+    TorchVoice(#[from] crate::torchscript::Error),
+    #[error("two TorchScript voices are named `{0}`: set `name` in one voice.json")]
+    DuplicateVoice(String),
 }
 
 pub async fn run(settings: Settings) -> Result<(), ServeError> {
     // Start the voice before listening, so READY means it can speak.
     let espeak = Espeak::get()?;
+    let device = torchscript::default_device();
+    let mut voices: Vec<Arc<TorchVoice>> = Vec::new();
+    for dir in &settings.voice_dirs {
+        let voice = TorchVoice::load(dir, device)?;
+        if voices.iter().any(|v| v.name() == voice.name()) {
+            return Err(ServeError::DuplicateVoice(voice.name().to_string()));
+        }
+        tracing::info!(voice = voice.name(), dir = %dir.display(), ?device, "loaded a TorchScript voice");
+        voices.push(Arc::new(voice));
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TtsServer<TtsService>>().await;
     let (reflection_v1, reflection_v1alpha) = reflection();
@@ -47,7 +65,9 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(TtsServer::new(TtsService::new(espeak, settings.limits)?));
+        .add_service(TtsServer::new(
+            TtsService::new(espeak, settings.limits)?.with_torch_voices(voices),
+        ));
     let tcp = match &settings.listen {
         Some(address) => Some(bind_tcp(address).await?),
         None => None,

@@ -4,8 +4,12 @@
 //! first audio leaves after the first sentence rather than the whole text. When the client
 //! goes away its channel closes and synthesis stops before the next sentence.
 //!
-//! Voices today: eSpeak NG's, on the CPU (no lease needed). TorchScript voices on a leased
-//! GPU come next and will appear in ListVoices with `on_gpu`.
+//! Voices: eSpeak NG's, on the CPU (no lease needed), and TorchScript voices
+//! ([`crate::torchscript`], from `--voice-dir`) on CUDA device 0 when there is one, listed with
+//! backend `torchscript` and `on_gpu`. A TorchScript voice uses eSpeak NG as its text front
+//! end (phonemes and timings), makes the audio from those phonemes, and takes its visemes from
+//! the eSpeak NG timings stretched to the model audio's length. A TorchScript voice's name
+//! wins over an eSpeak NG voice of the same name.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::espeak::{self, Espeak, Speech};
+use crate::torchscript::{self, TorchVoice};
 use crate::viseme::{self, Viseme};
 use crate::{sentences, wav};
 
@@ -32,6 +37,8 @@ pub struct TtsService {
     espeak: Espeak,
     /// What voice names are accepted: eSpeak NG's languages and identifiers, read once.
     known: Vec<espeak::VoiceInfo>,
+    /// TorchScript voices, by name.
+    torch: Vec<Arc<TorchVoice>>,
     limits: Limits,
     /// One permit per stream speaking now; more are refused rather than queued.
     streams: Arc<Semaphore>,
@@ -42,10 +49,17 @@ impl TtsService {
         let known = espeak.list_voices()?;
         Ok(TtsService {
             known,
+            torch: Vec::new(),
             streams: Arc::new(Semaphore::new(limits.max_streams)),
             espeak,
             limits,
         })
+    }
+
+    /// Adds TorchScript voices (already loaded).
+    pub fn with_torch_voices(mut self, voices: Vec<Arc<TorchVoice>>) -> TtsService {
+        self.torch.extend(voices);
+        self
     }
 
     fn check_text(&self, text: &str) -> Result<(), Status> {
@@ -66,10 +80,13 @@ impl TtsService {
 
     /// The voice to use: the default for an empty name; an unknown name is refused with
     /// a pointer to ListVoices (eSpeak NG itself would quietly fall back to another voice).
-    fn voice(&self, name: &str) -> Result<String, Status> {
+    fn voice(&self, name: &str) -> Result<Voice, Status> {
         let name = name.trim();
         if name.is_empty() {
-            return Ok(espeak::DEFAULT_VOICE.to_string());
+            return Ok(Voice::Espeak(espeak::DEFAULT_VOICE.to_string()));
+        }
+        if let Some(voice) = self.torch.iter().find(|v| v.name() == name) {
+            return Ok(Voice::Torch(Arc::clone(voice)));
         }
         let lower = name.to_ascii_lowercase();
         // A language ("en-us"), its family ("en"), or a voice file ("gmw/en-US").
@@ -80,12 +97,30 @@ impl TtsService {
                 || v.identifier.eq_ignore_ascii_case(name)
         });
         if known {
-            Ok(name.to_string())
+            Ok(Voice::Espeak(name.to_string()))
         } else {
             Err(Status::invalid_argument(format!(
                 "unknown voice `{name}`: call ListVoices for the names this service offers (such as {})",
                 espeak::DEFAULT_VOICE
             )))
+        }
+    }
+}
+
+/// A voice a request speaks with.
+#[derive(Clone, Debug)]
+enum Voice {
+    /// eSpeak NG, by the language or identifier to pass it.
+    Espeak(String),
+    /// A TorchScript voice, with eSpeak NG as its text front end.
+    Torch(Arc<TorchVoice>),
+}
+
+impl Voice {
+    fn sample_rate(&self, espeak: &Espeak) -> u32 {
+        match self {
+            Voice::Espeak(_) => espeak.sample_rate(),
+            Voice::Torch(voice) => voice.sample_rate(),
         }
     }
 }
@@ -114,16 +149,43 @@ fn synthesis_status(error: espeak::Error) -> Status {
     }
 }
 
+/// Speaks one sentence on a blocking thread. A TorchScript voice gets its phonemes from
+/// eSpeak NG (at `rate_wpm`, also applied to the model as a length scale), and the phoneme
+/// timings are stretched to the model audio, so the visemes follow it.
 async fn speak(
     espeak: Espeak,
     text: String,
-    voice: String,
+    voice: Voice,
     rate_wpm: u32,
 ) -> Result<Speech, Status> {
-    tokio::task::spawn_blocking(move || espeak.synthesize(&text, &voice, rate_wpm))
-        .await
-        .map_err(|e| Status::internal(format!("the synthesis task failed: {e}")))?
-        .map_err(synthesis_status)
+    tokio::task::spawn_blocking(move || match voice {
+        Voice::Espeak(voice) => espeak
+            .synthesize(&text, &voice, rate_wpm)
+            .map_err(synthesis_status),
+        Voice::Torch(voice) => {
+            let front = espeak
+                .synthesize(&text, voice.espeak_voice(), rate_wpm)
+                .map_err(synthesis_status)?;
+            let length_scale = voice.config().inference.length_scale
+                * espeak::RATE_WPM_DEFAULT as f32
+                / rate_wpm as f32;
+            let samples = voice
+                .speak_scaled(&front.phonemes, length_scale)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let mut speech = Speech {
+                sample_rate: voice.sample_rate(),
+                samples,
+                phonemes: Vec::new(),
+                sentences: Vec::new(),
+            };
+            let total = speech.duration_ms();
+            speech.phonemes = torchscript::stretch(&front.phonemes, total);
+            speech.sentences = vec![(0, total)];
+            Ok(speech)
+        }
+    })
+    .await
+    .map_err(|e| Status::internal(format!("the synthesis task failed: {e}")))?
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::SynthesizeChunk, Status>> + Send>>;
@@ -150,14 +212,14 @@ impl Tts for TtsService {
         }
         let rate_wpm = ((espeak::RATE_WPM_DEFAULT as f32) * rate).round() as u32;
         let rate_wpm = rate_wpm.clamp(espeak::RATE_WPM_MIN, espeak::RATE_WPM_MAX);
-        let sample_rate = self.espeak.sample_rate();
+        let voice = self.voice(&request.voice)?;
+        let sample_rate = voice.sample_rate(&self.espeak);
         if request.sample_rate != 0 && request.sample_rate != sample_rate {
             return Err(Status::invalid_argument(format!(
-                "sample_rate {} is not offered: the eSpeak NG voices speak at {sample_rate} Hz; leave it 0",
+                "sample_rate {} is not offered: this voice speaks at {sample_rate} Hz; leave it 0",
                 request.sample_rate
             )));
         }
-        let voice = self.voice(&request.voice)?;
         let header = request.format() == pb::AudioFormat::Wav;
         let sentences: Vec<String> = sentences::split(&request.text)
             .into_iter()
@@ -233,16 +295,21 @@ impl Tts for TtsService {
         _: Request<pb::ListVoicesRequest>,
     ) -> Result<Response<pb::ListVoicesReply>, Status> {
         let sample_rate = self.espeak.sample_rate();
-        let voices = self
-            .known
-            .iter()
-            .map(|v| pb::Voice {
+        let torch = self.torch.iter().map(|v| pb::Voice {
+            name: v.name().to_string(),
+            language: v.espeak_voice().to_string(),
+            sample_rate: v.sample_rate(),
+            backend: "torchscript".into(),
+            on_gpu: v.on_gpu(),
+        });
+        let voices = torch
+            .chain(self.known.iter().map(|v| pb::Voice {
                 name: v.language.clone(),
                 language: v.language.clone(),
                 sample_rate,
                 backend: "espeak-ng".into(),
                 on_gpu: false,
-            })
+            }))
             .collect();
         Ok(Response::new(pb::ListVoicesReply { voices }))
     }

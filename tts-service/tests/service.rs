@@ -236,3 +236,102 @@ async fn bad_requests_are_refused_with_the_rule() {
         .expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument);
 }
+
+/// Writes a TorchScript test voice (random weights) with scripts/make-test-voice.py, using
+/// the venv's python3 (scripts/env.sh).
+fn make_voice(dir: &Path, extra: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-test-voice.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(dir)
+        .args(extra)
+        .output()
+        .expect("python3 runs: source scripts/env.sh (after scripts/setup.sh) first");
+    assert!(
+        out.status.success(),
+        "make-test-voice.py failed (is torch installed? run scripts/setup.sh and source \
+         scripts/env.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_torchscript_voice_is_listed_and_speaks_with_contiguous_visemes() {
+    let voices_dir = tempfile::tempdir().unwrap();
+    let voice_dir = voices_dir.path().join("tiny-vits");
+    make_voice(&voice_dir, &["--sample-rate", "16000", "--hop", "160"]);
+    let dir = voice_dir.to_str().unwrap();
+    let (_service, mut client) = start(&["--voice-dir", dir]).await;
+    let voices = client
+        .list_voices(pb::ListVoicesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .voices;
+    let tiny = voices
+        .iter()
+        .find(|v| v.name == "tiny-vits")
+        .expect("the TorchScript voice is listed");
+    assert_eq!(tiny.backend, "torchscript");
+    assert_eq!(tiny.sample_rate, 16000);
+    assert_eq!(tiny.language, "en-us");
+    assert!(voices.iter().any(|v| v.backend == "espeak-ng"));
+
+    let chunks = chunks(
+        &mut client,
+        pb::SynthesizeRequest {
+            text: "Hello world. Goodbye!".into(),
+            voice: "tiny-vits".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(chunks.len(), 2, "one chunk per sentence");
+    let mut expected_start = 0.0;
+    for chunk in &chunks {
+        assert_eq!(chunk.sample_rate, 16000);
+        let samples = chunk.audio.len() / 2;
+        assert!(
+            samples > 0 && samples % 160 == 0,
+            "whole frames of 160: {samples}"
+        );
+        let seconds = samples as f64 / 16000.0;
+        assert!((secs(&chunk.duration) - seconds).abs() < 0.002);
+        assert!((secs(&chunk.start) - expected_start).abs() < 0.002);
+        assert!(chunk.audio.iter().any(|&b| b != 0), "not silence");
+        let mut at = secs(&chunk.start);
+        for viseme in &chunk.visemes {
+            assert!((secs(&viseme.start) - at).abs() < 0.002, "no gap at {at}");
+            at += secs(&viseme.duration);
+        }
+        assert!(
+            (at - (secs(&chunk.start) + seconds)).abs() < 0.002,
+            "visemes cover the model's audio"
+        );
+        expected_start += seconds;
+    }
+
+    // The voice's rate is checked against its own sample rate, and LipSync takes it too.
+    let status = client
+        .synthesize(pb::SynthesizeRequest {
+            text: "Hi.".into(),
+            voice: "tiny-vits".into(),
+            sample_rate: 22050,
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert!(status.message().contains("16000"), "{}", status.message());
+    let reply = client
+        .lip_sync(pb::LipSyncRequest {
+            input: Some(pb::lip_sync_request::Input::Text(
+                "Peter picked a pepper.".into(),
+            )),
+            voice: "tiny-vits".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let covered: f64 = reply.visemes.iter().map(|v| secs(&v.duration)).sum();
+    assert!((covered - secs(&reply.duration)).abs() < 0.002);
+}
