@@ -10,10 +10,12 @@
 //!   from a directory with `voice.ts.pt` and a Piper-style `voice.json`.
 //! - [`wav`]: PCM s16le to WAV bytes.
 //! - [`service`]: `arbiter.tts.v1.Tts`, streaming a sentence at a time; [`server`]: the
-//!   listeners, reflection and health around it; [`say`]: a small client that writes what
+//!   listeners, reflection and health around it; [`lease`]: holding the GPU memory from
+//!   the supervisor, re-acquired after a loss; [`say`]: a small client that writes what
 //!   the service says to a WAV file (for scripts and the main job).
 
 pub mod espeak;
+pub mod lease;
 pub mod say;
 pub mod sentences;
 pub mod server;

@@ -46,6 +46,13 @@ enum Command {
         /// sees one, else on the CPU.
         #[arg(long = "voice-dir")]
         voice_dirs: Vec<PathBuf>,
+        /// The supervisor: its socket or host:port (default: its default socket).
+        #[arg(long, env = "ARBITER_SUPERVISOR")]
+        supervisor: Option<String>,
+        /// Hold a lease of this size (such as 2GiB) instead of measuring what the voices
+        /// hold on the GPU.
+        #[arg(long)]
+        lease_bytes: Option<arbiter::ByteSize>,
     },
     /// Speak text through a running service and write a WAV file (a client, for scripts).
     Say {
@@ -96,6 +103,8 @@ fn main() -> ExitCode {
             max_text_chars,
             max_streams,
             voice_dirs,
+            supervisor,
+            lease_bytes,
         } => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
@@ -114,6 +123,14 @@ fn main() -> ExitCode {
                     max_streams: max_streams.max(1),
                 },
                 voice_dirs,
+                supervisor: supervisor
+                    .map(|s| arbiter::endpoint::Address::parse(&s))
+                    .unwrap_or_else(|| {
+                        arbiter::endpoint::Address::unix(
+                            arbiter::endpoint::default_supervisor_socket(),
+                        )
+                    }),
+                lease_bytes: lease_bytes.map(|b| b.0),
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,

@@ -23,6 +23,11 @@ pub struct Settings {
     pub limits: Limits,
     /// TorchScript voice directories (`--voice-dir`), loaded before listening.
     pub voice_dirs: Vec<PathBuf>,
+    /// Where the supervisor is.
+    pub supervisor: arbiter::endpoint::Address,
+    /// The lease to hold: given explicitly, or None to size it from what the voices hold on
+    /// the GPU (no lease when nothing is on a GPU).
+    pub lease_bytes: Option<u64>,
 }
 
 /// The service's default socket, beside the supervisor's.
@@ -59,6 +64,24 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TtsServer<TtsService>>().await;
+    // GPU memory the models hold: what libtorch's allocator reserved plus the CUDA context
+    // (about 0.7 GiB per process on an H100), unless the operator says otherwise.
+    let on_gpu = voices.iter().any(|v| v.on_gpu());
+    let lease_bytes = settings.lease_bytes.or_else(|| {
+        on_gpu.then(|| arbiter_torch::allocator::stats(0).map_or(0, |s| s.reserved) + (768 << 20))
+    });
+    let stop_lease = tokio_util::sync::CancellationToken::new();
+    let lease = lease_bytes.map(|bytes| {
+        tokio::spawn(crate::lease::hold(
+            crate::lease::LeaseSettings {
+                supervisor: settings.supervisor.clone(),
+                holder: format!("arbiter-tts (pid {})", std::process::id()),
+                bytes,
+            },
+            health.clone(),
+            stop_lease.clone(),
+        ))
+    });
     let (reflection_v1, reflection_v1alpha) = reflection();
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -110,6 +133,10 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         Ok::<(), tonic::transport::Error>(())
     };
     let result = tokio::try_join!(unix_server, tcp_server, signal);
+    stop_lease.cancel();
+    if let Some(lease) = lease {
+        let _ = lease.await;
+    }
     let _ = std::fs::remove_file(&socket.path);
     result.map(|_| ()).map_err(ServeError::from)
 }
