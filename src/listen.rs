@@ -145,6 +145,34 @@ pub async fn signals() {
     }
 }
 
+/// Serves `router` on the Unix listener and, when given, the TCP one, until `stop` fires
+/// (then both stop accepting and drain). Every Arbiter server runs its listeners this way.
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    unix: UnixListener,
+    tcp: Option<tokio::net::TcpListener>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let unix_server = router.clone().serve_with_incoming_shutdown(
+        tokio_stream::wrappers::UnixListenerStream::new(unix),
+        stop.clone().cancelled_owned(),
+    );
+    let tcp_server = async {
+        match tcp {
+            Some(tcp) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(tcp),
+                        stop.clone().cancelled_owned(),
+                    )
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(unix_server, tcp_server).map(|_| ())
+}
+
 /// Reflection services, v1 and v1alpha, describing Arbiter's protos and health's.
 pub fn reflection() -> (
     tonic_reflection::server::v1::ServerReflectionServer<

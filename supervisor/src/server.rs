@@ -9,9 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arbiter::listen::{UnixSocket, bind_tcp, reflection};
+use arbiter::listen::{UnixSocket, bind_tcp, reflection, serve};
 use arbiter::pb::supervisor::v1::supervisor_server::SupervisorServer;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
@@ -142,29 +141,12 @@ pub async fn run(
         stop.clone(),
     ));
 
-    let unix_server = router.clone().serve_with_incoming_shutdown(
-        UnixListenerStream::new(unix),
-        stop.clone().cancelled_owned(),
-    );
-    let tcp_server = async {
-        match tcp {
-            Some(tcp) => {
-                router
-                    .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(tcp),
-                        stop.clone().cancelled_owned(),
-                    )
-                    .await
-            }
-            None => Ok(()),
-        }
-    };
-    let servers = async { tokio::try_join!(unix_server, tcp_server) };
+    let servers = serve(router, unix, tcp, stop.clone());
     tokio::pin!(servers);
 
     systemd::ready(&format!("serving {} GPU(s)", inventory.gpus().len()));
     let outcome = tokio::select! {
-        result = &mut servers => result.map(|_| ()),
+        result = &mut servers => result,
         () = shutdown => {
             tracing::info!("shutting down: revoking leases and draining connections");
             systemd::stopping();
@@ -172,7 +154,7 @@ pub async fn run(
             broker.close();
             stop.cancel();
             match tokio::time::timeout(config.server.shutdown_grace, &mut servers).await {
-                Ok(result) => result.map(|_| ()),
+                Ok(result) => result,
                 Err(_) => {
                     tracing::warn!(grace = ?config.server.shutdown_grace, "connections did not drain in time; closing them");
                     Ok(())

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arbiter::listen::{UnixSocket, bind_tcp, reflection, signals};
+use arbiter::listen::{UnixSocket, bind_tcp, reflection, serve, signals};
 use arbiter::pb::tts::v1::tts_server::TtsServer;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
 use crate::espeak::Espeak;
@@ -106,23 +105,7 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         tracing::info!(%address, "listening on TCP");
     }
     let stop = tokio_util::sync::CancellationToken::new();
-    let unix_server = router.clone().serve_with_incoming_shutdown(
-        UnixListenerStream::new(unix),
-        stop.clone().cancelled_owned(),
-    );
-    let tcp_server = async {
-        match tcp {
-            Some(tcp) => {
-                router
-                    .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(tcp),
-                        stop.clone().cancelled_owned(),
-                    )
-                    .await
-            }
-            None => Ok(()),
-        }
-    };
+    let servers = serve(router, unix, tcp, stop.clone());
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let signal = async {
         signals().await;
@@ -132,7 +115,7 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         stop.cancel();
         Ok::<(), tonic::transport::Error>(())
     };
-    let result = tokio::try_join!(unix_server, tcp_server, signal);
+    let result = tokio::try_join!(servers, signal);
     stop_lease.cancel();
     if let Some(lease) = lease {
         let _ = lease.await;

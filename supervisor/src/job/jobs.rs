@@ -226,22 +226,7 @@ impl Jobs {
                 _ => spec.reference_image = Some(path),
             }
         }
-        let record = JobRecord {
-            id,
-            spec,
-            state: JobState::Queued,
-            attempt: 1,
-            progress: Progress::default(),
-            result: None,
-            error: String::new(),
-            created_at: SystemTime::now(),
-            started_at: None,
-            finished_at: None,
-            lease_id: String::new(),
-            gpu_uuid: String::new(),
-            worker_pid: None,
-            dir,
-        };
+        let record = JobRecord::new(id, spec, dir);
         self.store.put(&record)?;
         tracing::info!(job = %record.id, pipeline = %record.spec.pipeline, lease = %arbiter::ByteSize(record.spec.lease_bytes), "job accepted");
         self.insert(record.clone());

@@ -114,6 +114,26 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A job just accepted: queued, first attempt, nothing run yet.
+    pub fn new(id: String, spec: JobSpec, dir: PathBuf) -> JobRecord {
+        JobRecord {
+            id,
+            spec,
+            state: JobState::Queued,
+            attempt: 1,
+            progress: Progress::default(),
+            result: None,
+            error: String::new(),
+            created_at: SystemTime::now(),
+            started_at: None,
+            finished_at: None,
+            lease_id: String::new(),
+            gpu_uuid: String::new(),
+            worker_pid: None,
+            dir,
+        }
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("worker.log")
     }

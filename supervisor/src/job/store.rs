@@ -116,42 +116,28 @@ fn db_error(path: &Path, e: impl Into<redb::Error>) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{JobSpec, JobState, Progress};
+    use crate::job::{JobSpec, JobState};
     use crate::lease::Priority;
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     fn record(id: &str) -> JobRecord {
-        JobRecord {
-            id: id.into(),
-            spec: JobSpec {
-                prompt: "a cat".into(),
-                negative_prompt: String::new(),
-                audio: None,
-                reference_image: None,
-                width: 128,
-                height: 128,
-                frames: 17,
-                fps: 8,
-                steps: 4,
-                seed: 7,
-                pipeline: "tiny".into(),
-                priority: Priority::Normal,
-                timeout: Duration::from_secs(60),
-                lease_bytes: 1 << 30,
-            },
-            state: JobState::Queued,
-            attempt: 1,
-            progress: Progress::default(),
-            result: None,
-            error: String::new(),
-            created_at: SystemTime::now(),
-            started_at: None,
-            finished_at: None,
-            lease_id: String::new(),
-            gpu_uuid: String::new(),
-            worker_pid: None,
-            dir: PathBuf::from("/tmp/x"),
-        }
+        let spec = JobSpec {
+            prompt: "a cat".into(),
+            negative_prompt: String::new(),
+            audio: None,
+            reference_image: None,
+            width: 128,
+            height: 128,
+            frames: 17,
+            fps: 8,
+            steps: 4,
+            seed: 7,
+            pipeline: "tiny".into(),
+            priority: Priority::Normal,
+            timeout: Duration::from_secs(60),
+            lease_bytes: 1 << 30,
+        };
+        JobRecord::new(id.into(), spec, PathBuf::from("/tmp/x"))
     }
 
     #[test]
