@@ -129,6 +129,10 @@ pub struct GenerateArgs {
     pub steps: Option<u32>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Where a component runs, `COMPONENT=PLACEMENT` (gpu, resident, cpu, stream, auto);
+    /// repeat for several.
+    #[arg(long = "placement", value_name = "COMPONENT=PLACEMENT")]
+    pub placement: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -78,6 +78,12 @@ pub struct JobsConfig {
     /// Finished jobs (and their files) are deleted after this long.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// The text-embedding cache the workers share (a repeated prompt skips the text
+    /// encoder). Default: `<state_dir>/embeddings`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_cache_dir: Option<PathBuf>,
+    /// Its size cap; least recently used entries go first. 0 turns the cache off.
+    pub embedding_cache_bytes: ByteSize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -205,6 +211,8 @@ impl Default for JobsConfig {
             memory_tolerance: ByteSize(64 << 20),
             overuse_action: OveruseAction::Log,
             retention: Duration::from_secs(7 * 24 * 3600),
+            embedding_cache_dir: None,
+            embedding_cache_bytes: ByteSize(4 << 30),
         }
     }
 }
@@ -308,6 +316,16 @@ impl Config {
             }
             _ => PathBuf::from("/var/lib/arbiter"),
         }
+    }
+
+    /// The workers' embedding cache, unless it is turned off.
+    pub fn embedding_cache_dir(&self) -> Option<PathBuf> {
+        (self.jobs.embedding_cache_bytes.0 > 0).then(|| {
+            self.jobs
+                .embedding_cache_dir
+                .clone()
+                .unwrap_or_else(|| self.state_dir().join("embeddings"))
+        })
     }
 
     pub fn output_dir(&self) -> PathBuf {

@@ -2,6 +2,31 @@
 //!
 //! Only processes that run models depend on this crate; the supervisor never does (it must
 //! not link libtorch nor create a CUDA context).
+//!
+//! - `device`, `allocator`: which device the process runs on, and libtorch's caching
+//!   allocator (empty its cache, read its statistics).
+//! - Loading weights fast, so that a per-job worker's model components reach the GPU at
+//!   close to page-cache speed:
+//!   - `safetensors`: the file format, read (every header checked against the file) and
+//!     written (atomically, with a 64-byte-aligned data section);
+//!   - `load`: a file onto the CPU or a GPU as views of one buffer, read by parallel
+//!     `pread`s; `staging`: the pinned host ring through which GPU loads go;
+//!   - `prewarm`: pulling files into the page cache ahead of their load;
+//!   - `stream`: CUDA copy streams and events, to overlap copies (e.g. transformer blocks
+//!     streamed from pinned host memory) with compute.
+//!   - the `arbiter-loadbench` binary measures all of it against the machine's limits.
 
 pub mod allocator;
 pub mod device;
+pub mod load;
+pub mod prewarm;
+pub mod safetensors;
+pub mod staging;
+pub mod stream;
+pub mod weights_error;
+
+pub use load::{LoadOptions, LoadStats, Loaded, load, load_staged};
+pub use prewarm::{PrewarmStats, prewarm};
+pub use staging::Staging;
+pub use stream::{CopyStream, Event, StreamError};
+pub use weights_error::WeightsError;

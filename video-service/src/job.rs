@@ -16,8 +16,16 @@ use std::time::Instant;
 use tch::Device;
 use tokio::runtime::Runtime;
 
-use crate::metadata::{Metadata, MetadataError, RequestRecord, StageRecord};
+use arbiter::pipeline::{Manifest, Shape, StageKind};
+use arbiter_torch::load::LoadOptions;
+
+use crate::input::audio::{Audio, AudioError, AudioSpec, load_audio};
+use crate::input::image::{Image, ImageError, load_image};
+use crate::metadata::{Metadata, MetadataError, StageRecord};
 use crate::mux::{self, MuxError, Video};
+use crate::pipeline::Frames;
+use crate::pipeline::cache::EmbeddingCache;
+use crate::pipeline::staged::{self, Request, Settings, StageMetrics, StagedError};
 use crate::pipeline::tiny::{self, TinyError};
 use crate::pipeline::{self, PipelineError, Resolved};
 use crate::progress::{Progress, Stage, Stop};
@@ -70,6 +78,14 @@ pub enum JobError {
     #[error(transparent)]
     Model(TinyError),
     #[error(transparent)]
+    Staged(StagedError),
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("pipeline {0} has no image stage, so it cannot take a reference image: leave it out")]
+    NoImageStage(String),
+    #[error(transparent)]
     Mux(#[from] MuxError),
     #[error(transparent)]
     Record(#[from] RecordError),
@@ -87,6 +103,15 @@ impl From<Stop> for JobError {
             Stop::Cancelled => JobError::Cancelled,
             Stop::Supervisor(error) => JobError::Supervisor(error),
             Stop::Record(error) => JobError::Record(error),
+        }
+    }
+}
+
+impl From<StagedError> for JobError {
+    fn from(error: StagedError) -> JobError {
+        match error {
+            StagedError::Stopped(stop) => stop.into(),
+            other => JobError::Staged(other),
         }
     }
 }
@@ -166,19 +191,62 @@ fn execute(
 ) -> Result<Done, JobError> {
     let job = Job::try_from(assignment)?;
     let Resolved { manifest, shape } = pipeline::resolve(&job)?;
+    manifest
+        .check_placements(&job.placements)
+        .map_err(|violation| PipelineError::Request {
+            pipeline: manifest.name.clone(),
+            violation,
+        })?;
     // Everything that can be checked without the model is checked before it runs.
     let ffmpeg = mux::ffmpeg()?;
-    if let Some(audio) = job.audio.as_deref().filter(|a| !a.is_file()) {
-        return Err(MuxError::NoAudio(audio.to_path_buf()).into());
-    }
-    if job.reference_image.is_some() {
-        tracing::warn!(pipeline = %manifest.name, "this pipeline takes no reference image; ignoring it");
-    }
     std::fs::create_dir_all(&job.output_dir).map_err(|source| JobError::OutputDir {
         path: job.output_dir.clone(),
         source,
     })?;
+    let inputs = Inputs::prepare(&job, &manifest, &shape)?;
     let device = arbiter_torch::device::preferred();
+    let mut reporter = Reporter {
+        runtime,
+        supervisor,
+        estimates: Estimates::new(&manifest, &shape, job.lease_bytes, &job.placements),
+        residency: Residency::from_env(),
+        current: None,
+        stages: Vec::new(),
+    };
+    let (frames, pipeline_stages) =
+        render(&job, &manifest, &shape, &inputs, device, &mut reporter)?;
+
+    reporter.begin(Stage::Mux, 1)?;
+    let video = job.output_dir.join(VIDEO_FILE);
+    let video_bytes = mux::encode(
+        &ffmpeg,
+        &Video {
+            frames: &frames,
+            fps: shape.fps,
+            audio: inputs.soundtrack.as_deref(),
+        },
+        &video,
+    )?;
+    let stages = reporter.finish()?;
+
+    let metadata = job.output_dir.join(METADATA_FILE);
+    Metadata::of(&job, &manifest, &shape, device_name(device))
+        .with_run(stages, pipeline_stages, inputs.record())
+        .finish(millis(started), VIDEO_FILE, video_bytes)
+        .write(&metadata)?;
+    Ok(Done { video, metadata })
+}
+
+/// Runs the job's pipeline on `device`: the staged pipeline for a manifest with stages,
+/// else the built-in model. Shared by `run` (under the supervisor) and `generate` (local).
+pub fn render(
+    job: &Job,
+    manifest: &Manifest,
+    shape: &Shape,
+    inputs: &Inputs,
+    device: Device,
+    progress: &mut dyn Progress,
+) -> Result<(Frames, Vec<StageMetrics>), JobError> {
     tracing::info!(
         device = %device_name(device),
         width = shape.width,
@@ -190,58 +258,114 @@ fn execute(
         lease_bytes = job.lease_bytes,
         "running"
     );
-
-    let mut reporter = Reporter {
-        runtime,
-        supervisor,
-        estimates: Estimates::new(&manifest, &shape, job.lease_bytes),
-        residency: Residency::from_env(),
-        current: None,
-        stages: Vec::new(),
-    };
-    let frames = tiny::generate(&job.prompt, &shape, job.seed, device, &mut reporter)?;
-
-    reporter.begin(Stage::Mux, 1)?;
-    let video = job.output_dir.join(VIDEO_FILE);
-    let video_bytes = mux::encode(
-        &ffmpeg,
-        &Video {
-            frames: &frames,
-            fps: shape.fps,
-            audio: job.audio.as_deref(),
-        },
-        &video,
-    )?;
-    let stages = reporter.finish()?;
-
-    let metadata = job.output_dir.join(METADATA_FILE);
-    Metadata {
-        job_id: job.id.clone(),
-        attempt: job.attempt,
-        pipeline: manifest.name.clone(),
-        request: RequestRecord {
-            prompt: job.prompt.clone(),
-            negative_prompt: job.negative_prompt.clone(),
-            width: shape.width,
-            height: shape.height,
-            frames: shape.frames,
-            fps: shape.fps,
-            steps: shape.steps,
-            seed: job.seed,
-            audio: job.audio.as_ref().map(|a| a.display().to_string()),
-        },
-        device: device_name(device),
-        gpu_uuid: job.gpu_uuid.clone(),
-        lease_bytes: job.lease_bytes,
-        stages,
-        total_ms: millis(started),
-        video_file: VIDEO_FILE.into(),
-        video_bytes,
-        worker_pid: std::process::id(),
-        worker_version: env!("CARGO_PKG_VERSION").into(),
+    match job.pipeline_dir.as_deref() {
+        Some(dir) if !manifest.stages.is_empty() => {
+            let settings = Settings {
+                device,
+                load: LoadOptions::default(),
+                cache: job.embedding_cache.as_ref().and_then(|(dir, cap)| {
+                    EmbeddingCache::open(dir, *cap)
+                        .inspect_err(|error| {
+                            tracing::warn!(%error, "no embedding cache for this job");
+                        })
+                        .ok()
+                }),
+            };
+            let request = Request {
+                prompt: &job.prompt,
+                negative_prompt: &job.negative_prompt,
+                shape: *shape,
+                seed: job.seed,
+                audio: inputs.audio.as_ref(),
+                image: inputs.image.as_ref(),
+                placements: &job.placements,
+                lease_bytes: job.lease_bytes,
+            };
+            let output = staged::run(manifest, dir, &settings, &request, progress)?;
+            Ok((output.frames, output.stages))
+        }
+        _ => Ok((
+            tiny::generate(&job.prompt, shape, job.seed, device, progress)?,
+            Vec::new(),
+        )),
     }
-    .write(&metadata)?;
-    Ok(Done { video, metadata })
+}
+
+/// The request's media, decoded and normalized before any model work, so that a bad file
+/// fails the job before the GPU is touched.
+pub struct Inputs {
+    pub audio: Option<Audio>,
+    pub image: Option<Image>,
+    /// What the MP4's audio track is made from.
+    pub soundtrack: Option<PathBuf>,
+}
+
+impl Inputs {
+    pub fn prepare(job: &Job, manifest: &Manifest, shape: &Shape) -> Result<Inputs, JobError> {
+        let Some(model) = manifest
+            .model
+            .as_ref()
+            .filter(|_| !manifest.stages.is_empty())
+        else {
+            // The built-in model takes neither; the soundtrack is muxed as it is.
+            if let Some(audio) = job.audio.as_deref().filter(|a| !a.is_file()) {
+                return Err(MuxError::NoAudio(audio.to_path_buf()).into());
+            }
+            if job.reference_image.is_some() {
+                tracing::warn!(pipeline = %manifest.name, "this pipeline takes no reference image; ignoring it");
+            }
+            return Ok(Inputs {
+                audio: None,
+                image: None,
+                soundtrack: job.audio.clone(),
+            });
+        };
+        let duration = f64::from(shape.frames) / f64::from(shape.fps);
+        let audio = job
+            .audio
+            .as_deref()
+            .map(|path| {
+                load_audio(
+                    path,
+                    AudioSpec {
+                        sample_rate: model.audio_sample_rate,
+                        channels: model.audio_channels,
+                    },
+                    duration,
+                )
+            })
+            .transpose()?;
+        let soundtrack = match &audio {
+            Some(audio) => {
+                let path = job.output_dir.join("audio.wav");
+                audio.write_wav(&path)?;
+                Some(path)
+            }
+            None => None,
+        };
+        let image = match job.reference_image.as_deref() {
+            None => None,
+            Some(path) => {
+                if !manifest.stages.iter().any(|s| s.stage == StageKind::Image) {
+                    return Err(JobError::NoImageStage(manifest.name.clone()));
+                }
+                Some(load_image(path, shape.width, shape.height)?)
+            }
+        };
+        Ok(Inputs {
+            audio,
+            image,
+            soundtrack,
+        })
+    }
+
+    /// What came in and what was done to it, for the metadata.
+    pub fn record(&self) -> serde_json::Value {
+        serde_json::json!({
+            "audio": self.audio.as_ref().map(|a| &a.source),
+            "image": self.image.as_ref().map(|i| &i.source),
+        })
+    }
 }
 
 /// The stage a [`Reporter`] is in.
@@ -329,7 +453,7 @@ impl Progress for Reporter<'_> {
     }
 }
 
-fn device_name(device: Device) -> String {
+pub fn device_name(device: Device) -> String {
     match device {
         Device::Cpu => "cpu".into(),
         Device::Cuda(index) => format!("cuda:{index}"),
@@ -337,7 +461,7 @@ fn device_name(device: Device) -> String {
     }
 }
 
-fn millis(since: Instant) -> f64 {
+pub fn millis(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1e5).round() / 100.0
 }
 

@@ -11,13 +11,23 @@
 //!   complete, fail, and the assignment converted once into a [`worker::Job`];
 //! - [`job`]: the lifecycle of one job, from claim to exit code, tying the others together;
 //! - [`progress`]: the stages, and how a running pipeline reports and is told to stop;
+//! - [`input`]: the request's audio and image, normalized to exactly what the model takes;
 //! - [`residency`]: what the process holds on the GPU at each stage, as the supervisor sees
 //!   it (written to the simulated GPU's process table when the GPU is simulated);
-//! - [`pipeline`]: which pipeline a job runs, and the built-in models ([`pipeline::tiny`]);
+//! - [`pipeline`]: which pipeline a job runs: the staged pipeline ([`pipeline::staged`]:
+//!   components loaded stage by stage with their placements) or the built-in model
+//!   ([`pipeline::tiny`]);
+//! - [`make`]: `make-pipeline`, generated pipelines of realistic shapes (random weights);
+//! - [`inspect`]: a manifest with the memory each stage holds;
+//! - [`local`]: `generate`, one job run in this process without a supervisor;
 //! - [`mux`]: frames (and the request's audio) into an MP4 with ffmpeg;
 //! - [`metadata`]: the `metadata.json` written next to the video.
 
+pub mod input;
+pub mod inspect;
 pub mod job;
+pub mod local;
+pub mod make;
 pub mod metadata;
 pub mod mux;
 pub mod pipeline;

@@ -4,15 +4,20 @@
 //! context and every byte it allocated go back to the GPU.
 //!
 //! Commands: `run` (what the supervisor starts: claim the job named by the token in the
-//! environment, run it, exit with the outcome's code) and `info` (what libtorch sees in a
-//! process started the way the supervisor starts workers). The work is in the library.
+//! environment, run it, exit with the outcome's code), `info` (what libtorch sees in a
+//! process started the way the supervisor starts workers), `make-pipeline` (generate a
+//! pipeline of realistic shapes with random weights) and `inspect` (a manifest with its
+//! memory estimate per stage). The work is in the library.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use arbiter_video::job;
+use arbiter::pipeline::{Manifest, Placement, Placements};
+use arbiter_video::local::Local;
+use arbiter_video::make::{self, Make, Preset};
 use arbiter_video::worker::{SOCKET_ENV, TOKEN_ENV};
+use arbiter_video::{inspect, job};
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -35,6 +40,101 @@ enum Command {
     /// Exit codes: 0 done, 1 failed (the supervisor was told why), 2 could not claim the
     /// job, 3 cancelled.
     Run(RunArgs),
+    /// Write a generated pipeline: TorchScript components with the shapes and sizes of a
+    /// real one and RANDOM weights (its video is noise), and its manifest. Needs Python 3
+    /// with PyTorch (scripts/setup.sh installs them).
+    MakePipeline(MakeArgs),
+    /// Print a pipeline's components, stages and the GPU memory each stage holds.
+    Inspect(InspectArgs),
+    /// Run one job in this process, without a supervisor or a lease (for trying a
+    /// pipeline, and for benchmarks): writes video.mp4 (or PNG frames when ffmpeg is
+    /// missing) and metadata.json into --out.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// A pipeline directory, or `tiny` for the built-in model.
+    #[arg(long)]
+    pipeline: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// The soundtrack: WAV, FLAC, MP3 or OGG Vorbis.
+    #[arg(long)]
+    audio: Option<PathBuf>,
+    /// A reference image: PNG, JPEG, WebP or BMP.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    width: u32,
+    #[arg(long, default_value_t = 0)]
+    height: u32,
+    #[arg(long, default_value_t = 0)]
+    frames: u32,
+    #[arg(long, default_value_t = 0)]
+    fps: u32,
+    #[arg(long, default_value_t = 0)]
+    steps: u32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where a component runs, `COMPONENT=PLACEMENT`; repeat for several.
+    #[arg(long = "placement", value_name = "COMPONENT=PLACEMENT")]
+    placement: Vec<String>,
+    /// The memory `auto` placement may plan with (0: no limit), such as 40GiB.
+    #[arg(long, default_value = "0")]
+    lease: arbiter::ByteSize,
+    /// A text-embedding cache directory to use.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    #[arg(long, default_value = "4GiB")]
+    cache_size: arbiter::ByteSize,
+    /// The output directory.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct MakeArgs {
+    #[arg(long, value_enum)]
+    preset: Preset,
+    /// The pipeline directory to write.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// The pipeline's name (default: the directory's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The Python that has PyTorch.
+    #[arg(long, env = "ARBITER_PYTHON", default_value = "python3")]
+    python: String,
+    /// Where the random weights are drawn: auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A pipeline directory (with manifest.toml); `tiny` for the built-in one.
+    pipeline: PathBuf,
+    #[arg(long)]
+    width: Option<u32>,
+    #[arg(long)]
+    height: Option<u32>,
+    #[arg(long)]
+    frames: Option<u32>,
+    #[arg(long)]
+    fps: Option<u32>,
+    #[arg(long)]
+    steps: Option<u32>,
+    /// Override a component's placement, `COMPONENT=PLACEMENT`; repeat for several.
+    #[arg(long = "placement", value_name = "COMPONENT=PLACEMENT")]
+    placement: Vec<String>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -56,7 +156,142 @@ fn main() -> ExitCode {
             let outcome = job::run(&args.supervisor_socket, args.token);
             ExitCode::from(outcome.exit_code())
         }
+        Command::MakePipeline(args) => make_pipeline(args),
+        Command::Inspect(args) => inspect_pipeline(args),
+        Command::Generate(args) => {
+            init_logging();
+            generate(args)
+        }
     }
+}
+
+fn parse_placements(pairs: &[String]) -> Result<Placements, String> {
+    let mut placements = Placements::new();
+    for pair in pairs {
+        let Some((component, value)) = pair.split_once('=') else {
+            return Err(format!(
+                "--placement {pair}: write COMPONENT=PLACEMENT, such as text_encoder=stream"
+            ));
+        };
+        let placement = value
+            .parse::<Placement>()
+            .map_err(|rule| format!("--placement {pair}: {rule}"))?;
+        placements.insert(component.to_string(), placement);
+    }
+    Ok(placements)
+}
+
+fn generate(args: GenerateArgs) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("arbiter-video generate: {message}");
+        ExitCode::FAILURE
+    };
+    let mut local = match Local::new(&args.pipeline, args.out) {
+        Ok(local) => local,
+        Err(error) => return fail(error.to_string()),
+    };
+    let placements = match parse_placements(&args.placement) {
+        Ok(p) => p,
+        Err(message) => return fail(message),
+    };
+    let job = &mut local.job;
+    job.prompt = args.prompt;
+    job.negative_prompt = args.negative_prompt;
+    job.audio = args.audio;
+    job.reference_image = args.image;
+    (job.width, job.height, job.frames, job.fps, job.steps) =
+        (args.width, args.height, args.frames, args.fps, args.steps);
+    job.seed = args.seed;
+    job.placements = placements;
+    job.lease_bytes = args.lease.0;
+    job.embedding_cache = args.cache_dir.map(|dir| (dir, args.cache_size.0));
+    match local.run() {
+        Ok(written) => {
+            println!(
+                "wrote {} and {} in {:.2} s",
+                written.video.display(),
+                written.metadata.display(),
+                written.seconds
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(error.to_string()),
+    }
+}
+
+fn make_pipeline(args: MakeArgs) -> ExitCode {
+    let request = Make {
+        preset: args.preset,
+        out: args.out,
+        name: args.name,
+        python: args.python,
+        device: args.device,
+        seed: args.seed,
+    };
+    match make::make(&request) {
+        Ok(manifest) => {
+            let bytes: u64 = manifest
+                .components
+                .values()
+                .map(|c| c.parameter_bytes.0)
+                .sum();
+            println!(
+                "wrote pipeline {} to {} ({} of random weights in {} components)",
+                manifest.name,
+                request.out.display(),
+                arbiter::ByteSize(bytes),
+                manifest.components.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("arbiter-video make-pipeline: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn inspect_pipeline(args: InspectArgs) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("arbiter-video inspect: {message}");
+        ExitCode::FAILURE
+    };
+    let manifest =
+        if args.pipeline.as_os_str() == arbiter::pipeline::TINY && !args.pipeline.exists() {
+            Manifest::tiny()
+        } else {
+            match Manifest::load(&args.pipeline) {
+                Ok(m) => m,
+                Err(error) => return fail(error.to_string()),
+            }
+        };
+    let placements = match parse_placements(&args.placement) {
+        Ok(p) => p,
+        Err(message) => return fail(message),
+    };
+    if let Err(v) = manifest.check_placements(&placements) {
+        return fail(v.to_string());
+    }
+    let shape = match manifest.shape(
+        args.width.unwrap_or(0),
+        args.height.unwrap_or(0),
+        args.frames.unwrap_or(0),
+        args.fps.unwrap_or(0),
+        args.steps.unwrap_or(0),
+    ) {
+        Ok(shape) => shape,
+        Err(v) => return fail(v.to_string()),
+    };
+    let report = inspect::report(&manifest, &shape, &placements);
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(error) => return fail(error.to_string()),
+        }
+    } else {
+        print!("{}", inspect::text(&report));
+    }
+    ExitCode::SUCCESS
 }
 
 /// Human lines on stderr, which the supervisor sends to the job's log file; `RUST_LOG`

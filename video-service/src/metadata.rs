@@ -22,6 +22,16 @@ pub struct Metadata {
     pub gpu_uuid: String,
     pub lease_bytes: u64,
     pub stages: Vec<StageRecord>,
+    /// What each stage of a staged pipeline loaded, where, how fast, and what the caching
+    /// allocator peaked at.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pipeline_stages: Vec<crate::pipeline::staged::StageMetrics>,
+    /// The request's placement overrides.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub placements: std::collections::BTreeMap<String, String>,
+    /// The media as found and as normalized (format, rate, channels, padding).
+    #[serde(default)]
+    pub inputs: serde_json::Value,
     /// From the start of `arbiter-video run` (the claim included) to the end of the mux.
     pub total_ms: f64,
     pub video_file: String,
@@ -66,6 +76,67 @@ pub struct MetadataError {
 }
 
 impl Metadata {
+    /// The job's part of the record; the run's part comes with [`Metadata::with_run`] and
+    /// the output's with [`Metadata::finish`].
+    pub fn of(
+        job: &crate::worker::Job,
+        manifest: &arbiter::pipeline::Manifest,
+        shape: &arbiter::pipeline::Shape,
+        device: String,
+    ) -> Metadata {
+        Metadata {
+            job_id: job.id.clone(),
+            attempt: job.attempt,
+            pipeline: manifest.name.clone(),
+            request: RequestRecord {
+                prompt: job.prompt.clone(),
+                negative_prompt: job.negative_prompt.clone(),
+                width: shape.width,
+                height: shape.height,
+                frames: shape.frames,
+                fps: shape.fps,
+                steps: shape.steps,
+                seed: job.seed,
+                audio: job.audio.as_ref().map(|a| a.display().to_string()),
+            },
+            device,
+            gpu_uuid: job.gpu_uuid.clone(),
+            lease_bytes: job.lease_bytes,
+            stages: Vec::new(),
+            pipeline_stages: Vec::new(),
+            placements: job
+                .placements
+                .iter()
+                .map(|(c, p)| (c.clone(), p.name().to_string()))
+                .collect(),
+            inputs: serde_json::Value::Null,
+            total_ms: 0.0,
+            video_file: String::new(),
+            video_bytes: 0,
+            worker_pid: std::process::id(),
+            worker_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    pub fn with_run(
+        mut self,
+        stages: Vec<StageRecord>,
+        pipeline_stages: Vec<crate::pipeline::staged::StageMetrics>,
+        inputs: serde_json::Value,
+    ) -> Metadata {
+        self.stages = stages;
+        self.pipeline_stages = pipeline_stages;
+        self.inputs = inputs;
+        self
+    }
+
+    pub fn finish(mut self, total_ms: f64, video_file: &str, video_bytes: u64) -> Metadata {
+        self.total_ms = total_ms;
+        self.video_file = video_file.into();
+        self.video_bytes = video_bytes;
+        self
+    }
+
     /// Writes the metadata as pretty JSON to `path`, atomically.
     pub fn write(&self, path: &Path) -> Result<(), MetadataError> {
         let error = |source| MetadataError {
@@ -110,6 +181,9 @@ mod tests {
                 estimated_bytes: 600 << 20,
                 recorded_bytes: 600 << 20,
             }],
+            pipeline_stages: Vec::new(),
+            placements: Default::default(),
+            inputs: serde_json::json!({"audio": null}),
             total_ms: 10.0,
             video_file: "video.mp4".into(),
             video_bytes: 1234,

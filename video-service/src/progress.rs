@@ -18,8 +18,16 @@ use crate::worker::WorkerError;
 pub enum Stage {
     /// The prompt becomes an embedding.
     Text,
+    /// The soundtrack becomes conditioning tokens.
+    Audio,
+    /// The reference image becomes a first-frame latent.
+    Image,
     /// The sampler turns noise into latents, one report per step.
     Denoise,
+    /// Latents are doubled in resolution.
+    Upsample,
+    /// The sampler refines the upsampled latents, one report per step.
+    Refine,
     /// Latents become RGB frames.
     Decode,
     /// Frames (and the request's audio) become the MP4.
@@ -27,12 +35,25 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Text, Stage::Denoise, Stage::Decode, Stage::Mux];
+    pub const ALL: [Stage; 8] = [
+        Stage::Text,
+        Stage::Audio,
+        Stage::Image,
+        Stage::Denoise,
+        Stage::Upsample,
+        Stage::Refine,
+        Stage::Decode,
+        Stage::Mux,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Stage::Text => "text",
+            Stage::Audio => "audio",
+            Stage::Image => "image",
             Stage::Denoise => "denoise",
+            Stage::Upsample => "upsample",
+            Stage::Refine => "refine",
             Stage::Decode => "decode",
             Stage::Mux => "mux",
         }

@@ -7,13 +7,17 @@
 //! same figure: that is how the supervisor's accounting, enforcement and "memory came back"
 //! checks get exercised without a GPU.
 //!
-//! The figures come from the manifest, the one estimate both sides share: the denoise stage
-//! holds the manifest's peak for the job's size (the CUDA context included, as the manifest
-//! defines it); the other stages hold the context plus a fraction of the working set,
-//! since each stage frees its components when it ends. No figure exceeds the lease.
+//! The figures come from the manifest, the one estimate both sides share. A staged
+//! pipeline's stages hold what [`Manifest::estimate`] says for the request's placements;
+//! a pipeline without components (the built-in `tiny`) holds its peak in `denoise` and the
+//! context plus a fraction of the working set in the other stages. No figure exceeds the
+//! lease.
 
-use arbiter::pipeline::{Manifest, Shape};
+use std::collections::HashMap;
 
+use arbiter::pipeline::{Manifest, Placements, Shape};
+
+use crate::pipeline::staged::progress_stage;
 use crate::progress::Stage;
 
 /// What a CUDA context costs on its own (measured on an H100: about 0.6 GiB).
@@ -21,22 +25,20 @@ pub const CUDA_CONTEXT_BYTES: u64 = 600 << 20;
 
 /// What each stage of a job of this shape holds on the GPU, at most `lease_bytes` (when
 /// the lease is known, i.e. not 0).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Estimates {
-    pub text: u64,
-    pub denoise: u64,
-    pub decode: u64,
-    pub mux: u64,
+    by_stage: HashMap<Stage, u64>,
+    /// Stages not listed (mux, and stages a pipeline lacks) hold the context.
+    context: u64,
 }
 
 impl Estimates {
-    pub fn new(manifest: &Manifest, shape: &Shape, lease_bytes: u64) -> Estimates {
-        // The lease is peak + growth + margin; the margin is headroom, not use.
-        let peak = manifest
-            .lease_bytes(shape)
-            .saturating_sub(manifest.memory.margin.0)
-            .max(CUDA_CONTEXT_BYTES);
-        let working = peak - CUDA_CONTEXT_BYTES;
+    pub fn new(
+        manifest: &Manifest,
+        shape: &Shape,
+        lease_bytes: u64,
+        placements: &Placements,
+    ) -> Estimates {
         let cap = |bytes: u64| {
             if lease_bytes == 0 {
                 bytes
@@ -44,22 +46,28 @@ impl Estimates {
                 bytes.min(lease_bytes)
             }
         };
-        Estimates {
-            text: cap(CUDA_CONTEXT_BYTES + working / 8),
-            denoise: cap(peak),
-            decode: cap(CUDA_CONTEXT_BYTES + working / 4),
-            // The frames are on the host by now; the context lives until the process exits.
-            mux: cap(CUDA_CONTEXT_BYTES),
+        let context = cap(manifest.memory.context.0.max(CUDA_CONTEXT_BYTES));
+        let mut by_stage = HashMap::new();
+        if manifest.stages.is_empty() {
+            // The lease is peak + growth + margin; the margin is headroom, not use.
+            let peak = manifest
+                .lease_bytes(shape)
+                .saturating_sub(manifest.memory.margin.0)
+                .max(CUDA_CONTEXT_BYTES);
+            let working = peak - CUDA_CONTEXT_BYTES;
+            by_stage.insert(Stage::Text, cap(CUDA_CONTEXT_BYTES + working / 8));
+            by_stage.insert(Stage::Denoise, cap(peak));
+            by_stage.insert(Stage::Decode, cap(CUDA_CONTEXT_BYTES + working / 4));
+        } else {
+            for estimate in manifest.estimate(shape, placements) {
+                by_stage.insert(progress_stage(estimate.stage), cap(estimate.total));
+            }
         }
+        Estimates { by_stage, context }
     }
 
     pub fn of(&self, stage: Stage) -> u64 {
-        match stage {
-            Stage::Text => self.text,
-            Stage::Denoise => self.denoise,
-            Stage::Decode => self.decode,
-            Stage::Mux => self.mux,
-        }
+        self.by_stage.get(&stage).copied().unwrap_or(self.context)
     }
 }
 
@@ -129,21 +137,24 @@ impl Drop for Residency {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arbiter::ByteSize;
 
     #[test]
     fn denoise_is_the_peak_and_no_stage_exceeds_the_lease() {
         let tiny = Manifest::tiny();
         let shape = tiny.shape(0, 0, 0, 0, 0).unwrap();
         let lease = tiny.lease_bytes(&shape);
-        let estimates = Estimates::new(&tiny, &shape, lease);
-        assert_eq!(estimates.denoise, tiny.memory.peak.0);
+        let none = Placements::new();
+        let estimates = Estimates::new(&tiny, &shape, lease, &none);
+        let denoise = estimates.of(Stage::Denoise);
+        assert_eq!(Some(ByteSize(denoise)), tiny.memory.peak);
         for stage in Stage::ALL {
-            assert!(estimates.of(stage) <= estimates.denoise, "{stage}");
+            assert!(estimates.of(stage) <= denoise, "{stage}");
             assert!(estimates.of(stage) >= CUDA_CONTEXT_BYTES, "{stage}");
         }
-        let tight = Estimates::new(&tiny, &shape, 700 << 20);
+        let tight = Estimates::new(&tiny, &shape, 700 << 20, &none);
         assert!(Stage::ALL.iter().all(|&s| tight.of(s) <= 700 << 20));
         let large = tiny.shape(512, 512, 49, 8, 0).unwrap();
-        assert!(Estimates::new(&tiny, &large, 0).denoise > estimates.denoise);
+        assert!(Estimates::new(&tiny, &large, 0, &none).of(Stage::Denoise) > denoise);
     }
 }

@@ -156,6 +156,10 @@ pub struct Job {
     pub output_dir: PathBuf,
     pub lease_bytes: u64,
     pub gpu_uuid: String,
+    /// Per-component placement overrides.
+    pub placements: arbiter::pipeline::Placements,
+    /// The shared text-embedding cache and its cap, when the supervisor keeps one.
+    pub embedding_cache: Option<(PathBuf, u64)>,
 }
 
 /// An assignment the worker cannot run as given: the supervisor broke the contract.
@@ -169,6 +173,8 @@ pub enum AssignmentError {
         "the request's {0} came inline; the supervisor saves inline media to a file and passes its path"
     )]
     InlineMedia(&'static str),
+    #[error("placement of {component}: {rule}")]
+    Placement { component: String, rule: String },
 }
 
 impl TryFrom<pb::Assignment> for Job {
@@ -187,6 +193,27 @@ impl TryFrom<pb::Assignment> for Job {
             Some(Source::Path(path)) => Ok(Some(PathBuf::from(path))),
             Some(Source::Data(_)) => Err(AssignmentError::InlineMedia(what)),
         };
+        let placements = request
+            .placement
+            .iter()
+            .map(|(component, value)| {
+                value
+                    .parse()
+                    .map(|p| (component.clone(), p))
+                    .map_err(|rule| AssignmentError::Placement {
+                        component: component.clone(),
+                        rule,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let embedding_cache = (!assignment.embedding_cache_dir.is_empty()
+            && assignment.embedding_cache_bytes > 0)
+            .then(|| {
+                (
+                    PathBuf::from(&assignment.embedding_cache_dir),
+                    assignment.embedding_cache_bytes,
+                )
+            });
         Ok(Job {
             id: assignment.job_id,
             attempt: assignment.attempt,
@@ -206,6 +233,8 @@ impl TryFrom<pb::Assignment> for Job {
             output_dir: PathBuf::from(assignment.output_dir),
             lease_bytes: assignment.lease_bytes,
             gpu_uuid: assignment.gpu_uuid,
+            placements,
+            embedding_cache,
         })
     }
 }

@@ -194,6 +194,7 @@ impl World {
             lease_bytes: LEASE,
             gpu_uuid: "GPU-sim-0".into(),
             attempt: 1,
+            ..Default::default()
         };
         edit(&mut assignment, dir.path());
         let calls = Arc::new(Mutex::new(Vec::new()));

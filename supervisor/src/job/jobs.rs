@@ -76,6 +76,7 @@ pub struct Settings {
     pub worker: PathBuf,
     pub socket: PathBuf,
     pub simulated_dir: Option<PathBuf>,
+    pub embedding_cache: Option<PathBuf>,
 }
 
 pub struct Jobs {
@@ -116,6 +117,7 @@ impl Jobs {
                 worker: config.worker_binary(),
                 socket: config.server.socket.clone(),
                 simulated_dir: inventory.simulated().then(|| config.simulated_dir()),
+                embedding_cache: config.embedding_cache_dir(),
             },
             inventory,
             live: Mutex::new(HashMap::new()),
@@ -332,6 +334,14 @@ impl Jobs {
             .filter(|l| l.record.finished_at.is_some_and(|at| at + retention <= now))
             .map(|l| l.record.id.clone())
             .collect()
+    }
+
+    /// Where workers cache text embeddings, and the cap (None: no cache).
+    pub fn embedding_cache(&self) -> Option<(PathBuf, u64)> {
+        self.settings
+            .embedding_cache
+            .clone()
+            .map(|dir| (dir, self.settings.jobs.embedding_cache_bytes.0))
     }
 
     /// The directory of a pipeline that has one.

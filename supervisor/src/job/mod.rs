@@ -66,6 +66,9 @@ pub struct JobSpec {
     pub timeout: Duration,
     /// Memory the lease asks for: the manifest's peak for this shape plus its margin.
     pub lease_bytes: u64,
+    /// Per-component placement overrides (staged pipelines).
+    #[serde(default)]
+    pub placement: arbiter::pipeline::Placements,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -78,6 +78,16 @@ pub fn check(
             request.steps,
         )
         .map_err(|v| invalid(v.field, v.rule))?;
+    let mut placement = arbiter::pipeline::Placements::new();
+    for (component, value) in &request.placement {
+        let value = value
+            .parse()
+            .map_err(|rule: String| invalid("placement", format!("{component}: {rule}")))?;
+        placement.insert(component.clone(), value);
+    }
+    manifest
+        .check_placements(&placement)
+        .map_err(|v| invalid(v.field, v.rule))?;
     let timeout = match request.timeout {
         None => config.default_timeout,
         Some(t) => {
@@ -102,10 +112,10 @@ pub fn check(
     let mut inline = Vec::new();
     let audio = media(
         "audio",
-        "audio.wav",
+        "audio",
         request.audio,
         config,
-        Format::Wav,
+        Format::Audio,
         &mut inline,
     )?;
     let reference_image = media(
@@ -133,7 +143,8 @@ pub fn check(
             pipeline: manifest.name.clone(),
             priority: crate::rpc::convert::priority(request.priority),
             timeout,
-            lease_bytes: manifest.lease_bytes(&shape),
+            lease_bytes: manifest.lease_bytes_with(&shape, &placement),
+            placement,
         },
         inline,
     })
@@ -141,24 +152,35 @@ pub fn check(
 
 #[derive(Clone, Copy)]
 enum Format {
-    Wav,
+    Audio,
     Image,
 }
 
 impl Format {
+    /// Recognises the file by its first bytes; the worker decodes it fully later, but a
+    /// request for a file of the wrong kind is refused before it is queued.
     fn matches(self, head: &[u8]) -> bool {
         match self {
-            Format::Wav => head.len() >= 12 && &head[0..4] == b"RIFF" && &head[8..12] == b"WAVE",
+            Format::Audio => {
+                (head.len() >= 12 && &head[0..4] == b"RIFF" && &head[8..12] == b"WAVE")
+                    || head.starts_with(b"fLaC")
+                    || head.starts_with(b"OggS")
+                    || head.starts_with(b"ID3")
+                    || (head.len() >= 2 && head[0] == 0xff && head[1] & 0xe0 == 0xe0)
+            }
             Format::Image => {
-                head.starts_with(b"\x89PNG\r\n\x1a\n") || head.starts_with(b"\xff\xd8\xff")
+                head.starts_with(b"\x89PNG\r\n\x1a\n")
+                    || head.starts_with(b"\xff\xd8\xff")
+                    || head.starts_with(b"BM")
+                    || (head.len() >= 12 && &head[0..4] == b"RIFF" && &head[8..12] == b"WEBP")
             }
         }
     }
 
     fn describe(self) -> &'static str {
         match self {
-            Format::Wav => "a WAV file (RIFF/WAVE)",
-            Format::Image => "a PNG or JPEG image",
+            Format::Audio => "audio in WAV, FLAC, MP3 or OGG Vorbis",
+            Format::Image => "a PNG, JPEG, WebP or BMP image",
         }
     }
 }

@@ -136,6 +136,7 @@ mod tests {
             priority: Priority::Normal,
             timeout: Duration::from_secs(60),
             lease_bytes: 1 << 30,
+            placement: Default::default(),
         };
         JobRecord::new(id.into(), spec, PathBuf::from("/tmp/x"))
     }

@@ -158,6 +158,12 @@ impl Worker for WorkerService {
             lease_bytes: record.spec.lease_bytes,
             gpu_uuid: record.gpu_uuid.clone(),
             attempt: record.attempt,
+            embedding_cache_dir: self
+                .jobs
+                .embedding_cache()
+                .map(|(dir, _)| dir.display().to_string())
+                .unwrap_or_default(),
+            embedding_cache_bytes: self.jobs.embedding_cache().map_or(0, |(_, bytes)| bytes),
         }))
     }
 
@@ -252,6 +258,11 @@ fn request_pb(record: &JobRecord) -> pb::VideoRequest {
         pipeline: s.pipeline.clone(),
         priority: super::convert::priority_to_pb(s.priority) as i32,
         timeout: duration(s.timeout),
+        placement: s
+            .placement
+            .iter()
+            .map(|(name, placement)| (name.clone(), placement.name().to_string()))
+            .collect(),
     }
 }
 

@@ -7,11 +7,21 @@
 //! bug, then fails the job with the rule that was broken instead of running a shape the
 //! model cannot take.
 //!
-//! Manifests name no model components yet, so every pipeline without a `command` runs the
+//! A manifest with stages runs the staged pipeline ([`staged`]): its components
+//! ([`component`]) loaded one stage at a time with their placements (block streaming in
+//! [`stream`]), the flow-matching [`sampler`], byte-level [`tokens`], the embedding
+//! [`cache`] and tiled decoding ([`tiles`]). A manifest without stages or command runs the
 //! built-in seeded model ([`tiny`]) under its own rules and memory figures. Pipelines with
-//! a `command` (an external program) need the adapter, which this worker does not have yet.
+//! a `command` run as external programs under the supervisor, never in this worker.
 
+pub mod cache;
+pub mod component;
+pub mod sampler;
+pub mod staged;
+pub mod stream;
+pub mod tiles;
 pub mod tiny;
+pub mod tokens;
 
 use std::path::Path;
 
@@ -123,6 +133,8 @@ mod tests {
             output_dir: "/tmp".into(),
             lease_bytes: 0,
             gpu_uuid: String::new(),
+            placements: Default::default(),
+            embedding_cache: None,
         }
     }
 

@@ -107,7 +107,7 @@ pub fn latent_shape(shape: &Shape) -> [i64; 4] {
 
 /// Runs `draw` right after seeding libtorch's generators with `seed`, with no other seeded
 /// draw in between.
-fn seeded<T>(seed: u64, draw: impl FnOnce() -> T) -> T {
+pub(crate) fn seeded<T>(seed: u64, draw: impl FnOnce() -> T) -> T {
     let _only_us = RNG.lock().unwrap_or_else(PoisonError::into_inner);
     // libtorch takes the seed as a signed 64-bit value; the bits are what matter.
     tch::manual_seed(seed as i64);

@@ -1,15 +1,25 @@
 //! A video pipeline's manifest: the one description both sides read.
 //!
 //! The supervisor reads it to validate a request before accepting it (sizes, frame rule,
-//! fps, steps, duration) and to size the job's lease (peak estimate plus margin); the worker
-//! reads it to run the pipeline. A pipeline is a directory with `manifest.toml`; `tiny` is
-//! built in so that the main job and the tests need no files.
+//! fps, steps, duration, placements) and to size the job's lease ([`memory`]); the worker
+//! reads it to run the pipeline. A pipeline is a directory with `manifest.toml` naming its
+//! components and stages ([`component`]); `tiny` is built in (no files, one seeded model)
+//! so that the supervisor's tests need nothing on disk, and `arbiter-video make-pipeline`
+//! generates staged ones.
 
+pub mod component;
+pub mod memory;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::ByteSize;
+pub use component::{
+    Component, Dtype, Model, Placement, Placements, Role, StageKind, StageSpec, TilingSpec,
+};
+pub use memory::StageEstimate;
 
 /// The manifest file inside a pipeline directory.
 pub const MANIFEST_FILE: &str = "manifest.toml";
@@ -31,6 +41,14 @@ pub struct Manifest {
     pub rules: Rules,
     pub defaults: Defaults,
     pub memory: Memory,
+    /// Constants that connect the components; required when there are stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<Model>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, Component>,
+    /// Run in this order; each frees what no later stage needs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageSpec>,
 }
 
 /// What the model accepts. Every rule is checked before any GPU work.
@@ -63,19 +81,28 @@ pub struct Defaults {
     pub steps: u32,
 }
 
-/// How much GPU memory a job needs: the lease is `peak + margin`, where the peak grows with
-/// the video's size.
+/// How much GPU memory a job needs: the lease is the peak plus `margin`. The peak is the
+/// largest stage of the components' estimate ([`memory`]), or `peak` when given (for
+/// external pipelines and to cap a staged one, whose `auto` components then stream).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Memory {
     /// Peak for the default size: the largest stage's weights and activations plus the CUDA
     /// context.
-    pub peak: ByteSize,
-    /// Extra per megapixel-frame above the default size (activations grow with the video).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak: Option<ByteSize>,
+    /// With `peak`: extra per megapixel-frame above the default size.
     #[serde(default)]
     pub per_megapixel_frame: ByteSize,
     /// Headroom added to the estimate.
     pub margin: ByteSize,
+    /// What a CUDA context costs in the worker (about 0.6 GiB on an H100).
+    #[serde(default = "default_context")]
+    pub context: ByteSize,
+}
+
+fn default_context() -> ByteSize {
+    ByteSize(640 << 20)
 }
 
 /// A request's sizes with defaults filled in.
@@ -142,10 +169,14 @@ impl Manifest {
                 steps: 4,
             },
             memory: Memory {
-                peak: ByteSize(1 << 30),
+                peak: Some(ByteSize(1 << 30)),
                 per_megapixel_frame: ByteSize(64 << 20),
                 margin: ByteSize(256 << 20),
+                context: default_context(),
             },
+            model: None,
+            components: BTreeMap::new(),
+            stages: Vec::new(),
         }
     }
 
@@ -160,9 +191,23 @@ impl Manifest {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        manifest
-            .check()
-            .map_err(|message| ManifestError::Invalid { path, message })?;
+        manifest.check().map_err(|message| ManifestError::Invalid {
+            path: path.clone(),
+            message,
+        })?;
+        for (name, code, weights) in manifest.component_files(dir) {
+            for (what, file) in [("code", code), ("weights", weights)] {
+                if !file.is_file() {
+                    return Err(ManifestError::Invalid {
+                        path,
+                        message: format!(
+                            "components.{name}: {what} file {} is missing",
+                            file.display()
+                        ),
+                    });
+                }
+            }
+        }
         Ok(manifest)
     }
 
@@ -184,8 +229,175 @@ impl Manifest {
         }
         let d = &self.defaults;
         self.shape(d.width, d.height, d.frames, d.fps, d.steps)
-            .map(|_| ())
-            .map_err(|v| format!("defaults break the rules: {v}"))
+            .map_err(|v| format!("defaults break the rules: {v}"))?;
+        if self.stages.is_empty() && self.memory.peak.is_none() {
+            return Err("memory: give peak (there are no components to estimate it from)".into());
+        }
+        if !self.stages.is_empty() {
+            self.check_stages()?;
+        }
+        Ok(())
+    }
+
+    /// The staged pipeline's wiring: every stage runs a component of its role, in an order
+    /// the data allows, and the rules agree with the model's factors.
+    fn check_stages(&self) -> Result<(), String> {
+        let model = self
+            .model
+            .as_ref()
+            .ok_or("[model] is missing: a pipeline with stages needs its constants")?;
+        if model.latent_channels == 0
+            || model.spatial_factor == 0
+            || model.temporal_factor == 0
+            || model.low_res_factor == 0
+            || model.text_tokens == 0
+        {
+            return Err("model: latent_channels, spatial_factor, temporal_factor, low_res_factor and text_tokens must be at least 1".into());
+        }
+        if model.audio_sample_rate == 0 || !(1..=2).contains(&model.audio_channels) {
+            return Err(
+                "model: audio_sample_rate must be positive and audio_channels 1 or 2".into(),
+            );
+        }
+        let t = model.tiling;
+        if t.spatial < 1
+            || t.temporal < 1
+            || t.spatial_overlap < 0
+            || t.temporal_overlap < 1
+            || t.spatial_overlap >= t.spatial
+            || t.temporal_overlap >= t.temporal.max(2)
+        {
+            return Err("model.tiling: need spatial > spatial_overlap >= 0 and temporal > temporal_overlap >= 1".into());
+        }
+        let unit = model.spatial_factor * model.low_res_factor;
+        let r = &self.rules;
+        if !r.width_multiple.is_multiple_of(unit) || !r.height_multiple.is_multiple_of(unit) {
+            return Err(format!(
+                "rules: width_multiple and height_multiple must be multiples of {unit} (spatial_factor x low_res_factor)"
+            ));
+        }
+        if r.frames_step != model.temporal_factor || r.frames_offset != 1 {
+            return Err(format!(
+                "rules: frames must be {}k+1 to match the model's temporal_factor",
+                model.temporal_factor
+            ));
+        }
+        for (name, c) in &self.components {
+            if c.parameter_bytes.0 == 0 {
+                return Err(format!(
+                    "components.{name}: parameter_bytes must be positive"
+                ));
+            }
+            if c.placement == Placement::Stream && c.blocks == 0 {
+                return Err(format!(
+                    "components.{name}: placement stream needs blocks (the code's block method)"
+                ));
+            }
+            if !self.stages.iter().any(|s| s.component == *name) {
+                return Err(format!("components.{name}: no stage runs it"));
+            }
+        }
+        let mut seen: Vec<StageKind> = Vec::new();
+        for (i, spec) in self.stages.iter().enumerate() {
+            let at = format!("stages[{i}] ({})", spec.stage);
+            let component = self.components.get(&spec.component).ok_or_else(|| {
+                format!(
+                    "{at}: component `{}` is not in [components]",
+                    spec.component
+                )
+            })?;
+            if component.role != spec.stage.role() {
+                return Err(format!(
+                    "{at}: runs `{}`, a {}, but a {} stage needs a {}",
+                    spec.component,
+                    component.role,
+                    spec.stage,
+                    spec.stage.role()
+                ));
+            }
+            if seen.contains(&spec.stage) {
+                return Err(format!("{at}: a pipeline has one {} stage", spec.stage));
+            }
+            let needs: &[StageKind] = match spec.stage {
+                StageKind::Text | StageKind::Audio | StageKind::Image => &[],
+                StageKind::Denoise => &[StageKind::Text],
+                StageKind::Upsample => &[StageKind::Denoise],
+                StageKind::Refine => &[StageKind::Upsample],
+                StageKind::Decode => &[StageKind::Denoise],
+            };
+            if let Some(missing) = needs.iter().find(|k| !seen.contains(k)) {
+                return Err(format!("{at}: must come after a {missing} stage"));
+            }
+            if matches!(spec.stage, StageKind::Audio | StageKind::Image)
+                && seen.contains(&StageKind::Denoise)
+            {
+                return Err(format!("{at}: conditioning must come before denoise"));
+            }
+            if seen.contains(&StageKind::Decode) {
+                return Err(format!("{at}: nothing may follow decode"));
+            }
+            if spec
+                .sigma_start
+                .is_some_and(|s| !(0.0..=1.0).contains(&s) || s == 0.0)
+            {
+                return Err(format!("{at}: sigma_start must be in (0, 1]"));
+            }
+            if spec.guidance.is_some_and(|g| !(g.is_finite() && g >= 1.0)) {
+                return Err(format!("{at}: guidance must be at least 1"));
+            }
+            if spec.shift.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+                return Err(format!("{at}: shift must be positive"));
+            }
+            seen.push(spec.stage);
+        }
+        if !seen.contains(&StageKind::Decode) {
+            return Err("stages: the last stage must be decode".into());
+        }
+        if model.low_res_factor > 1 && !seen.contains(&StageKind::Refine) {
+            return Err(format!(
+                "stages: low_res_factor {} needs upsample and refine stages",
+                model.low_res_factor
+            ));
+        }
+        if model.low_res_factor == 1 && seen.contains(&StageKind::Upsample) {
+            return Err("stages: upsample needs model.low_res_factor 2".into());
+        }
+        Ok(())
+    }
+
+    /// Checks a request's placement overrides against the components.
+    pub fn check_placements(&self, overrides: &Placements) -> Result<(), Violation> {
+        for (name, placement) in overrides {
+            let Some(component) = self.components.get(name) else {
+                return Err(Violation {
+                    field: "placement",
+                    rule: format!(
+                        "pipeline {} has no component `{name}`; it has: {}",
+                        self.name,
+                        self.components
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            };
+            if *placement == Placement::Stream && component.blocks == 0 {
+                return Err(Violation {
+                    field: "placement",
+                    rule: format!("`{name}` cannot stream: it has no blocks; use gpu, cpu or auto"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The files a staged pipeline's components need, relative paths resolved in `dir`.
+    pub fn component_files(&self, dir: &Path) -> Vec<(String, PathBuf, PathBuf)> {
+        self.components
+            .iter()
+            .map(|(name, c)| (name.clone(), dir.join(&c.code), dir.join(&c.weights)))
+            .collect()
     }
 
     /// Fills in defaults (0 means default) and checks every rule.
@@ -269,20 +481,6 @@ impl Manifest {
             });
         }
         Ok(shape)
-    }
-
-    /// The lease a job of this shape needs.
-    pub fn lease_bytes(&self, shape: &Shape) -> u64 {
-        let d = &self.defaults;
-        let default_mpf = d.width as f64 * d.height as f64 * d.frames as f64 / 1e6;
-        let mpf = shape.width as f64 * shape.height as f64 * shape.frames as f64 / 1e6;
-        let extra =
-            ((mpf - default_mpf).max(0.0) * self.memory.per_megapixel_frame.0 as f64) as u64;
-        self.memory
-            .peak
-            .0
-            .saturating_add(extra)
-            .saturating_add(self.memory.margin.0)
     }
 }
 

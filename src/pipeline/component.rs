@@ -1,0 +1,263 @@
+//! A staged pipeline's parts: its components (model files with a role, a dtype, a size and a
+//! placement), the stages that use them in order, and the model constants the worker needs
+//! to wire them together.
+//!
+//! A component is two files: TorchScript code whose parameters are empty placeholders, and
+//! a safetensors file with the weights, named as the code's parameters are. Keeping the
+//! weights out of the TorchScript archive is what lets the worker load them its own way
+//! (parallel reads, pinned staging, overlapped copies) and stream them block by block;
+//! docs/pipeline-format.md describes the methods each role must have.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ByteSize;
+
+/// What a component does, which fixes the TorchScript interface the worker calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Token ids in, prompt embedding out.
+    TextEncoder,
+    /// Stereo waveform at the model's rate in, audio conditioning tokens out.
+    AudioEncoder,
+    /// Reference image in, first-frame latent out.
+    ImageEncoder,
+    /// Noisy latents, noise level and conditioning in, velocity out (both denoising stages).
+    Transformer,
+    /// Latents in, latents at twice the resolution out.
+    Upsampler,
+    /// Latents in, pixels out (decoded in tiles).
+    VaeDecoder,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::TextEncoder => "text-encoder",
+            Role::AudioEncoder => "audio-encoder",
+            Role::ImageEncoder => "image-encoder",
+            Role::Transformer => "transformer",
+            Role::Upsampler => "upsampler",
+            Role::VaeDecoder => "vae-decoder",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where a component's weights live while its stage runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// Loaded onto the GPU for its stages, freed after the last one.
+    #[default]
+    Gpu,
+    /// Loaded onto the GPU before the first stage and kept until the worker exits (what a
+    /// persistent server does; here for comparison).
+    Resident,
+    /// Runs on the CPU; only its inputs and outputs cross to the GPU.
+    Cpu,
+    /// Weights stay in pinned host memory; blocks are copied to the GPU one at a time, the
+    /// next one prefetched on a second CUDA stream while the current one computes.
+    Stream,
+    /// `gpu` when the lease has room for the component and its activations, else `stream`
+    /// (or `cpu` for a component without blocks): decided when its stage starts.
+    Auto,
+}
+
+impl Placement {
+    pub const ALL: [Placement; 5] = [
+        Placement::Gpu,
+        Placement::Resident,
+        Placement::Cpu,
+        Placement::Stream,
+        Placement::Auto,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Gpu => "gpu",
+            Placement::Resident => "resident",
+            Placement::Cpu => "cpu",
+            Placement::Stream => "stream",
+            Placement::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Placement {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Placement, String> {
+        Placement::ALL
+            .into_iter()
+            .find(|p| p.name() == text)
+            .ok_or_else(|| {
+                format!("`{text}` is not a placement: use gpu, resident, cpu, stream or auto")
+            })
+    }
+}
+
+/// The precision a component's weights are stored and run in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    Bf16,
+    F16,
+    F32,
+}
+
+impl Dtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
+            Dtype::F32 => "f32",
+        }
+    }
+}
+
+/// One model file of the pipeline.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    pub role: Role,
+    /// TorchScript code, relative to the pipeline directory.
+    pub code: PathBuf,
+    /// Safetensors weights, relative to the pipeline directory.
+    pub weights: PathBuf,
+    pub dtype: Dtype,
+    /// Size of the weights (what loading it costs on the GPU).
+    pub parameter_bytes: ByteSize,
+    /// Working memory of one call at the pipeline's default size.
+    #[serde(default)]
+    pub activations: ByteSize,
+    /// Repeated blocks the code exposes through `block(h, c, i)`; 0: not streamable.
+    #[serde(default)]
+    pub blocks: u32,
+    #[serde(default)]
+    pub placement: Placement,
+    /// SHA-256 of the weights file, written by `make-pipeline`; keys the embedding cache
+    /// without hashing tens of GB per job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// What a stage does; each kind runs components of one role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageKind {
+    Text,
+    Audio,
+    Image,
+    Denoise,
+    Upsample,
+    Refine,
+    Decode,
+}
+
+impl StageKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Text => "text",
+            StageKind::Audio => "audio",
+            StageKind::Image => "image",
+            StageKind::Denoise => "denoise",
+            StageKind::Upsample => "upsample",
+            StageKind::Refine => "refine",
+            StageKind::Decode => "decode",
+        }
+    }
+
+    /// The role of the component a stage of this kind runs.
+    pub fn role(self) -> Role {
+        match self {
+            StageKind::Text => Role::TextEncoder,
+            StageKind::Audio => Role::AudioEncoder,
+            StageKind::Image => Role::ImageEncoder,
+            StageKind::Denoise | StageKind::Refine => Role::Transformer,
+            StageKind::Upsample => Role::Upsampler,
+            StageKind::Decode => Role::VaeDecoder,
+        }
+    }
+}
+
+impl fmt::Display for StageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One stage, in the order the manifest lists them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    pub stage: StageKind,
+    /// The component it runs (a key of `[components]`).
+    pub component: String,
+    /// Sampler steps; for `denoise` the request's `steps` (or the default) wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+    /// Classifier-free guidance scale; above 1 the conditional and unconditional passes
+    /// run as one batch of two, so a streamed block is copied once for both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f64>,
+    /// Shift of the sigma schedule (`shift * t / (1 + (shift - 1) * t)`); 1: linear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift: Option<f64>,
+    /// For `refine`: the noise level the upsampled latents are re-noised to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigma_start: Option<f64>,
+}
+
+/// How a VAE decode is cut into tiles, in latent units.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TilingSpec {
+    pub spatial: i64,
+    pub spatial_overlap: i64,
+    pub temporal: i64,
+    pub temporal_overlap: i64,
+}
+
+/// Constants the worker needs to connect the components.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub latent_channels: u32,
+    /// Pixels per latent pixel, each way (32 for LTX-2).
+    pub spatial_factor: u32,
+    /// Frames per latent frame after the first (8 for LTX-2).
+    pub temporal_factor: u32,
+    /// The first denoising stage runs at 1/this resolution and is upsampled after (2 for
+    /// a two-stage pipeline, 1 for one stage).
+    #[serde(default = "one")]
+    pub low_res_factor: u32,
+    /// Prompt length in tokens (byte-level tokens, padded or cut).
+    pub text_tokens: u32,
+    pub audio_sample_rate: u32,
+    pub audio_channels: u16,
+    pub tiling: TilingSpec,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Placement overrides for one request: component name to placement.
+pub type Placements = BTreeMap<String, Placement>;

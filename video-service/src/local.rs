@@ -1,0 +1,201 @@
+//! `arbiter-video generate`: one job run in this process, without a supervisor, for trying
+//! a pipeline and for benchmarks on a machine of one's own.
+//!
+//! It takes the same request as a job, runs the same code (`job::render`), and writes the
+//! same files: `video.mp4` (when ffmpeg is on PATH) and `metadata.json`. Without ffmpeg
+//! it writes the frames as PNG files in `frames/` instead (documented frames-only output),
+//! so a GPU host without ffmpeg can still run and measure a pipeline. Nothing here holds a
+//! lease: on a shared GPU, submit the job to the supervisor instead.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use arbiter::pipeline::{Manifest, Placements, Shape};
+
+use crate::job::{self, Inputs, JobError, METADATA_FILE, VIDEO_FILE};
+use crate::metadata::{Metadata, StageRecord};
+use crate::mux::{self, Video};
+use crate::pipeline::{self, Frames, Resolved};
+use crate::progress::{Progress, Stage, Stop};
+use crate::worker::Job;
+
+/// The frames-only output's directory, inside the output directory.
+pub const FRAMES_DIR: &str = "frames";
+
+/// What `generate` was asked for, as a worker job.
+pub struct Local {
+    pub job: Job,
+}
+
+/// Where the output went.
+pub struct Written {
+    /// The MP4, or the frames directory without ffmpeg.
+    pub video: PathBuf,
+    pub metadata: PathBuf,
+    pub seconds: f64,
+}
+
+impl Local {
+    /// A job for `pipeline` (a directory, or `tiny`) writing into `output_dir`.
+    pub fn new(pipeline: &Path, output_dir: PathBuf) -> Result<Local, JobError> {
+        let (name, dir) = if pipeline.as_os_str() == arbiter::pipeline::TINY && !pipeline.exists() {
+            (arbiter::pipeline::TINY.to_string(), None)
+        } else {
+            let manifest = Manifest::load(pipeline).map_err(pipeline::PipelineError::from)?;
+            (manifest.name, Some(pipeline.to_path_buf()))
+        };
+        Ok(Local {
+            job: Job {
+                id: "local".into(),
+                attempt: 1,
+                prompt: String::new(),
+                negative_prompt: String::new(),
+                audio: None,
+                reference_image: None,
+                width: 0,
+                height: 0,
+                frames: 0,
+                fps: 0,
+                steps: 0,
+                seed: 0,
+                pipeline: name,
+                pipeline_dir: dir,
+                output_dir,
+                lease_bytes: 0,
+                gpu_uuid: String::new(),
+                placements: Placements::new(),
+                embedding_cache: None,
+            },
+        })
+    }
+
+    /// Runs the job and writes its files.
+    pub fn run(&self) -> Result<Written, JobError> {
+        let started = Instant::now();
+        let job = &self.job;
+        let Resolved { manifest, shape } = pipeline::resolve(job)?;
+        manifest
+            .check_placements(&job.placements)
+            .map_err(|violation| pipeline::PipelineError::Request {
+                pipeline: manifest.name.clone(),
+                violation,
+            })?;
+        let ffmpeg = mux::ffmpeg().ok();
+        std::fs::create_dir_all(&job.output_dir).map_err(|source| JobError::OutputDir {
+            path: job.output_dir.clone(),
+            source,
+        })?;
+        let inputs = Inputs::prepare(job, &manifest, &shape)?;
+        let device = arbiter_torch::device::preferred();
+        let mut console = Console::default();
+        let (frames, pipeline_stages) =
+            job::render(job, &manifest, &shape, &inputs, device, &mut console)?;
+        console.begin(Stage::Mux, 1)?;
+        let (video, video_file, video_bytes) = match &ffmpeg {
+            Some(ffmpeg) => {
+                let path = job.output_dir.join(VIDEO_FILE);
+                let bytes = mux::encode(
+                    ffmpeg,
+                    &Video {
+                        frames: &frames,
+                        fps: shape.fps,
+                        audio: inputs.soundtrack.as_deref(),
+                    },
+                    &path,
+                )?;
+                (path, VIDEO_FILE.to_string(), bytes)
+            }
+            None => {
+                tracing::warn!(
+                    "ffmpeg is not on PATH: writing the frames as PNG files instead of an MP4"
+                );
+                let dir = job.output_dir.join(FRAMES_DIR);
+                let bytes = write_frames(&frames, &dir)?;
+                (dir, format!("{FRAMES_DIR}/"), bytes)
+            }
+        };
+        let stages = console.finish();
+        let metadata = job.output_dir.join(METADATA_FILE);
+        let seconds = started.elapsed().as_secs_f64();
+        Metadata::of(job, &manifest, &shape, job::device_name(device))
+            .with_run(stages, pipeline_stages, inputs.record())
+            .finish(job::millis(started), &video_file, video_bytes)
+            .write(&metadata)?;
+        Ok(Written {
+            video,
+            metadata,
+            seconds,
+        })
+    }
+
+    /// The request's sizes as the pipeline fills them in.
+    pub fn shape(&self) -> Result<Shape, JobError> {
+        Ok(pipeline::resolve(&self.job)?.shape)
+    }
+}
+
+/// Writes `frames/000001.png`, ...; returns the bytes written.
+fn write_frames(frames: &Frames, dir: &Path) -> Result<u64, JobError> {
+    let error = |source| JobError::OutputDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(error)?;
+    let mut total = 0;
+    for (index, pixels) in frames.rgb.chunks(frames.frame_len()).enumerate() {
+        let path = dir.join(format!("{:06}.png", index + 1));
+        image::save_buffer(
+            &path,
+            pixels,
+            frames.width,
+            frames.height,
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| error(std::io::Error::other(e)))?;
+        total += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Progress as log lines, with each stage timed for the metadata.
+#[derive(Default)]
+struct Console {
+    current: Option<(Stage, Instant, u32)>,
+    stages: Vec<StageRecord>,
+}
+
+impl Console {
+    fn close(&mut self) {
+        if let Some((stage, since, _)) = self.current.take() {
+            let ms = job::millis(since);
+            tracing::info!(%stage, ms, "stage done");
+            self.stages.push(StageRecord {
+                name: stage.name().into(),
+                ms,
+                estimated_bytes: 0,
+                recorded_bytes: 0,
+            });
+        }
+    }
+
+    fn finish(mut self) -> Vec<StageRecord> {
+        self.close();
+        self.stages
+    }
+}
+
+impl Progress for Console {
+    fn begin(&mut self, stage: Stage, total: u32) -> Result<(), Stop> {
+        self.close();
+        tracing::info!(%stage, total, "stage starts");
+        self.current = Some((stage, Instant::now(), total));
+        Ok(())
+    }
+
+    fn step(&mut self, step: u32) -> Result<(), Stop> {
+        if let Some((stage, _, total)) = self.current {
+            tracing::info!(%stage, step, total, "step");
+        }
+        Ok(())
+    }
+}

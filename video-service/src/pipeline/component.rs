@@ -1,0 +1,295 @@
+//! One component, loaded with a placement and ready to call.
+//!
+//! The TorchScript code is loaded with empty parameters; the weights come from the
+//! component's safetensors file through `arbiter_torch::load` (parallel reads, pinned
+//! staging, overlapped copies) and are put into the module's parameters in place with
+//! `set_data`, which is what `Module::to` does inside libtorch. Where the weights go
+//! depends on the placement:
+//! - `gpu` / `resident`: all onto the device;
+//! - `cpu`: all on the host; inputs go to the host and outputs come back;
+//! - `stream`: everything but the blocks onto the device, the blocks in pinned host memory,
+//!   copied to the device block by block as they run ([`super::stream`]).
+//!
+//! Float inputs are cast to the component's dtype on the way in and outputs to float32 on
+//! the way out, so the sampler accumulates in float32 whatever the weights are stored in.
+
+use std::path::Path;
+use std::time::Instant;
+
+use arbiter::pipeline::{Component, Dtype, Placement};
+use arbiter_torch::load::{LoadOptions, load};
+use tch::{CModule, Device, IValue, Kind, TchError, Tensor};
+
+use super::stream::{StreamError, Streamer};
+
+/// Why a component could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("component {name}: cannot load its code {path}: {source}")]
+    Code {
+        name: String,
+        path: String,
+        source: TchError,
+    },
+    #[error("component {name}: cannot load its weights: {source}")]
+    Weights {
+        name: String,
+        source: arbiter_torch::WeightsError,
+    },
+    #[error(
+        "component {name}: the weights file does not match the code: {detail} (regenerate the pipeline or fix the manifest)"
+    )]
+    Mismatch { name: String, detail: String },
+    #[error("component {name}: {method} failed: {source}")]
+    Call {
+        name: String,
+        method: &'static str,
+        source: TchError,
+    },
+    #[error("component {name}: {source}")]
+    Stream { name: String, source: StreamError },
+}
+
+/// How the weights got where they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LoadReport {
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+impl LoadReport {
+    pub fn gb_per_s(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.bytes as f64 / self.seconds / 1e9
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A loaded component.
+pub struct Live {
+    pub name: String,
+    /// What it runs with (never `auto`: that is decided before loading).
+    pub placement: Placement,
+    module: CModule,
+    /// Where its inputs must be.
+    compute: Device,
+    /// Where the pipeline's tensors live.
+    device: Device,
+    kind: Kind,
+    streamer: Option<Streamer>,
+    pub load: LoadReport,
+    /// Bytes it holds on the device (all weights, or the streamed share).
+    pub device_bytes: u64,
+    /// Drops with the component: the views into the loaded buffer.
+    _weights: Vec<Tensor>,
+}
+
+pub fn kind_of(dtype: Dtype) -> Kind {
+    match dtype {
+        Dtype::Bf16 => Kind::BFloat16,
+        Dtype::F16 => Kind::Half,
+        Dtype::F32 => Kind::Float,
+    }
+}
+
+impl Live {
+    /// Loads `spec` (files relative to `dir`) for `device` with a concrete `placement`.
+    pub fn load(
+        dir: &Path,
+        name: &str,
+        spec: &Component,
+        placement: Placement,
+        device: Device,
+        options: &LoadOptions,
+    ) -> Result<Live, ComponentError> {
+        let started = Instant::now();
+        let code_path = dir.join(&spec.code);
+        let mut module = CModule::load_on_device(&code_path, Device::Cpu).map_err(|source| {
+            ComponentError::Code {
+                name: name.into(),
+                path: code_path.display().to_string(),
+                source,
+            }
+        })?;
+        module.set_eval();
+        let weights_device = match placement {
+            Placement::Gpu | Placement::Resident | Placement::Auto => device,
+            Placement::Cpu | Placement::Stream => Device::Cpu,
+        };
+        let loaded = load(&dir.join(&spec.weights), weights_device, options).map_err(|source| {
+            ComponentError::Weights {
+                name: name.into(),
+                source,
+            }
+        })?;
+        let mut weights: std::collections::HashMap<String, Tensor> =
+            loaded.tensors.into_iter().collect();
+        let params = module
+            .named_parameters()
+            .map_err(|source| ComponentError::Call {
+                name: name.into(),
+                method: "named_parameters",
+                source,
+            })?;
+        let kind = kind_of(spec.dtype);
+        let mismatch = |detail: String| ComponentError::Mismatch {
+            name: name.into(),
+            detail,
+        };
+        let mut blocks: Vec<(String, Tensor, Tensor)> = Vec::new();
+        let mut kept = Vec::with_capacity(params.len());
+        let mut device_bytes = 0u64;
+        for (pname, mut param) in params {
+            let value = weights
+                .remove(&pname)
+                .ok_or_else(|| mismatch(format!("no tensor named {pname}")))?;
+            if value.kind() != kind {
+                return Err(mismatch(format!(
+                    "{pname} is {:?}, the manifest says {}",
+                    value.kind(),
+                    spec.dtype.name()
+                )));
+            }
+            let bytes = (value.numel() * value.kind().elt_size_in_bytes()) as u64;
+            if placement == Placement::Stream && pname.starts_with("blocks.") {
+                blocks.push((pname, param, value));
+                continue;
+            }
+            let value = if placement == Placement::Stream {
+                device_bytes += bytes;
+                value.to_device(device)
+            } else {
+                if weights_device == device && device.is_cuda() {
+                    device_bytes += bytes;
+                }
+                value
+            };
+            param
+                .f_set_data(&value)
+                .map_err(|e| mismatch(format!("{pname}: {e}")))?;
+            kept.push(value);
+        }
+        if let Some(extra) = weights.keys().next() {
+            return Err(mismatch(format!("{extra} is not a parameter of the code")));
+        }
+        let streamer = if placement == Placement::Stream {
+            let streamer =
+                Streamer::new(blocks, device).map_err(|source| ComponentError::Stream {
+                    name: name.into(),
+                    source,
+                })?;
+            device_bytes += streamer.device_bytes();
+            Some(streamer)
+        } else {
+            None
+        };
+        if device.is_cuda() {
+            tch::Cuda::synchronize(device_index(device));
+        }
+        let load = LoadReport {
+            bytes: spec.parameter_bytes.0,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            component = name,
+            %placement,
+            bytes = load.bytes,
+            seconds = format!("{:.3}", load.seconds),
+            gb_per_s = format!("{:.2}", load.gb_per_s()),
+            read_gb_per_s = format!("{:.2}", loaded.stats.gb_per_s()),
+            "loaded"
+        );
+        Ok(Live {
+            name: name.into(),
+            placement,
+            module,
+            compute: if placement == Placement::Cpu {
+                Device::Cpu
+            } else {
+                device
+            },
+            device,
+            kind,
+            streamer,
+            load,
+            device_bytes,
+            _weights: kept,
+        })
+    }
+
+    /// Calls the component's `forward` (streamed block by block when placed `stream`).
+    /// Float inputs are cast to the component's dtype; the output comes back as float32
+    /// on the pipeline's device.
+    pub fn call(&mut self, inputs: &[&Tensor]) -> Result<Tensor, ComponentError> {
+        let inputs = inputs
+            .iter()
+            .map(|t| self.prepare(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| self.error("inputs", source))?;
+        let output =
+            match self.streamer.as_mut() {
+                None => {
+                    let ivalues: Vec<IValue> = inputs
+                        .iter()
+                        .map(|t| IValue::Tensor(t.shallow_clone()))
+                        .collect();
+                    let out = self.module.forward_is(&ivalues).map_err(|source| {
+                        ComponentError::Call {
+                            name: self.name.clone(),
+                            method: "forward",
+                            source,
+                        }
+                    })?;
+                    tensor_of(out).map_err(|source| ComponentError::Call {
+                        name: self.name.clone(),
+                        method: "forward",
+                        source,
+                    })?
+                }
+                Some(streamer) => streamer.run(&self.module, &inputs).map_err(|source| {
+                    ComponentError::Stream {
+                        name: self.name.clone(),
+                        source,
+                    }
+                })?,
+            };
+        output
+            .f_to_kind(Kind::Float)
+            .and_then(|t| t.f_to_device(self.device))
+            .map_err(|source| self.error("output", source))
+    }
+
+    fn prepare(&self, t: &Tensor) -> Result<Tensor, TchError> {
+        let t = t.f_to_device(self.compute)?;
+        if t.is_floating_point() && t.kind() != self.kind {
+            t.f_to_kind(self.kind)
+        } else {
+            Ok(t)
+        }
+    }
+
+    fn error(&self, method: &'static str, source: TchError) -> ComponentError {
+        ComponentError::Call {
+            name: self.name.clone(),
+            method,
+            source,
+        }
+    }
+}
+
+/// The tensor inside a TorchScript return value.
+pub fn tensor_of(value: IValue) -> Result<Tensor, TchError> {
+    match value {
+        IValue::Tensor(t) => Ok(t),
+        other => Err(TchError::Kind(format!("expected a tensor, got {other:?}"))),
+    }
+}
+
+pub fn device_index(device: Device) -> i64 {
+    match device {
+        Device::Cuda(index) => index as i64,
+        _ => 0,
+    }
+}

@@ -1,0 +1,615 @@
+//! The staged pipeline: the manifest's stages run in order, each loading only the
+//! component it needs and freeing what no later stage uses, so peak VRAM is the largest
+//! stage, not the sum.
+//!
+//! Data flow (LTX-2-shaped): `text` turns the prompt (and, with guidance, the negative
+//! prompt) into embeddings, skipped entirely on an embedding-cache hit; `audio` turns the
+//! normalized soundtrack (or silence) into conditioning tokens; `image` turns the
+//! reference image into a first-frame latent (skipped without one); `denoise` samples
+//! latents at low resolution from the job's seed; `upsample` doubles them; `refine`
+//! re-noises them part way and samples again at full resolution; `decode` turns them into
+//! pixels in tiles. After each stage the caching allocator is emptied, so the memory of a
+//! freed component goes back to the driver, not just to libtorch's cache.
+//!
+//! Per stage the pipeline records where its component ran, the load time and rate, the
+//! compute time, and the allocator's peak allocated and reserved bytes.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use arbiter::pipeline::{Manifest, Placement, Placements, Shape, StageKind};
+use arbiter_torch::allocator;
+use arbiter_torch::load::LoadOptions;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, TchError, Tensor};
+
+use super::Frames;
+use super::cache::EmbeddingCache;
+use super::component::{ComponentError, Live};
+use super::sampler;
+use super::tiles::{self, Factors, Tiling};
+use super::tokens;
+use crate::input::audio::Audio;
+use crate::input::image::Image;
+use crate::progress::{Progress, Stage, Stop};
+
+/// Why the staged pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StagedError {
+    #[error("pipeline {0} has no stages to run")]
+    NoStages(String),
+    #[error(transparent)]
+    Component(#[from] ComponentError),
+    #[error("libtorch failed in the {stage} stage: {source}")]
+    Torch { stage: StageKind, source: TchError },
+    #[error("the {stage} stage: {source}")]
+    Tiles {
+        stage: StageKind,
+        source: tiles::TileError,
+    },
+    #[error("libtorch failed in the sampler: {0}")]
+    Sampler(#[from] TchError),
+    #[error(transparent)]
+    Stopped(#[from] Stop),
+}
+
+/// What a job asks of the pipeline, inputs already normalized.
+pub struct Request<'a> {
+    pub prompt: &'a str,
+    pub negative_prompt: &'a str,
+    pub shape: Shape,
+    pub seed: u64,
+    pub audio: Option<&'a Audio>,
+    pub image: Option<&'a Image>,
+    pub placements: &'a Placements,
+    /// The job's lease (0: unknown), which `auto` placement is decided against.
+    pub lease_bytes: u64,
+}
+
+/// How this process runs pipelines.
+pub struct Settings {
+    pub device: Device,
+    pub load: LoadOptions,
+    pub cache: Option<EmbeddingCache>,
+}
+
+/// One stage as it ran.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageMetrics {
+    pub stage: String,
+    pub component: String,
+    /// Where the component ran (`auto` resolved); `skipped` when the stage did not need it.
+    pub placement: String,
+    /// 0 when the component was already loaded or not needed.
+    pub load_ms: f64,
+    pub load_bytes: u64,
+    pub load_gb_per_s: f64,
+    pub compute_ms: f64,
+    /// Weights of every loaded component on the device during the stage.
+    pub device_weight_bytes: u64,
+    /// The caching allocator's peaks during the stage (0 without a GPU).
+    pub peak_allocated_bytes: u64,
+    pub peak_reserved_bytes: u64,
+    /// Reserved after the stage freed what it could.
+    pub reserved_after_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_hit: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<usize>,
+    /// Components still loaded when the stage ended (what later stages need, and
+    /// `resident` ones).
+    #[serde(default)]
+    pub held_after: Vec<String>,
+}
+
+/// The pipeline's result.
+pub struct Output {
+    pub frames: Frames,
+    /// The latents the last sampling stage ended with, before decoding.
+    pub latents: Tensor,
+    pub stages: Vec<StageMetrics>,
+}
+
+/// The progress stage a manifest stage reports as.
+pub fn progress_stage(kind: StageKind) -> Stage {
+    match kind {
+        StageKind::Text => Stage::Text,
+        StageKind::Audio => Stage::Audio,
+        StageKind::Image => Stage::Image,
+        StageKind::Denoise => Stage::Denoise,
+        StageKind::Upsample => Stage::Upsample,
+        StageKind::Refine => Stage::Refine,
+        StageKind::Decode => Stage::Decode,
+    }
+}
+
+/// `auto`: the GPU when the component and its activations fit in what the lease has left,
+/// else streamed (or on the CPU when it has no blocks). An unknown lease (0) means the GPU.
+pub fn decide_auto(need: u64, lease: u64, held: u64, blocks: u32) -> Placement {
+    if lease == 0 || held.saturating_add(need) <= lease {
+        Placement::Gpu
+    } else if blocks > 0 {
+        Placement::Stream
+    } else {
+        Placement::Cpu
+    }
+}
+
+/// The data passed from stage to stage.
+#[derive(Default)]
+struct Carry {
+    text: Option<Tensor>,
+    audio: Option<Tensor>,
+    image: Option<Tensor>,
+    latents: Option<Tensor>,
+    /// The final latents, kept for the output when decode takes them.
+    decoded: Option<Tensor>,
+    video: Option<Tensor>,
+}
+
+struct Run<'a> {
+    manifest: &'a Manifest,
+    dir: &'a Path,
+    settings: &'a Settings,
+    request: &'a Request<'a>,
+    live: HashMap<String, Live>,
+}
+
+/// Runs every stage of `manifest` (a directory pipeline at `dir`) for `request`.
+pub fn run(
+    manifest: &Manifest,
+    dir: &Path,
+    settings: &Settings,
+    request: &Request<'_>,
+    progress: &mut dyn Progress,
+) -> Result<Output, StagedError> {
+    if manifest.stages.is_empty() {
+        return Err(StagedError::NoStages(manifest.name.clone()));
+    }
+    tch::no_grad(|| {
+        let mut run = Run {
+            manifest,
+            dir,
+            settings,
+            request,
+            live: HashMap::new(),
+        };
+        let mut carry = Carry::default();
+        let mut stages = Vec::with_capacity(manifest.stages.len());
+        for index in 0..manifest.stages.len() {
+            stages.push(run.stage(index, &mut carry, progress)?);
+        }
+        drop(run);
+        empty_cache(settings.device);
+        let video = carry.video.ok_or(StagedError::Torch {
+            stage: StageKind::Decode,
+            source: TchError::Kind("no decode stage produced the video".into()),
+        })?;
+        let frames = to_frames(&video).map_err(|source| StagedError::Torch {
+            stage: StageKind::Decode,
+            source,
+        })?;
+        let latents = carry
+            .decoded
+            .unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, Device::Cpu)));
+        Ok(Output {
+            frames,
+            latents,
+            stages,
+        })
+    })
+}
+
+impl Run<'_> {
+    fn model(&self) -> &arbiter::pipeline::Model {
+        // check_stages guarantees a model for a manifest with stages.
+        self.manifest
+            .model
+            .as_ref()
+            .expect("a manifest with stages has a model")
+    }
+
+    fn guidance(&self) -> f64 {
+        self.manifest
+            .stages
+            .iter()
+            .filter_map(|s| s.guidance)
+            .fold(1.0, f64::max)
+    }
+
+    fn stage(
+        &mut self,
+        index: usize,
+        carry: &mut Carry,
+        progress: &mut dyn Progress,
+    ) -> Result<StageMetrics, StagedError> {
+        let spec = &self.manifest.stages[index];
+        let kind = spec.stage;
+        let torch = |source| StagedError::Torch {
+            stage: kind,
+            source,
+        };
+        let shape = self.request.shape;
+        let total = match kind {
+            StageKind::Denoise => shape.steps,
+            StageKind::Refine => spec.steps.unwrap_or(1),
+            _ => 1,
+        };
+        progress.begin(progress_stage(kind), total)?;
+        let device = self.settings.device;
+        if device.is_cuda() {
+            let _ = allocator::reset_peak(0);
+        }
+        let mut metrics = StageMetrics {
+            stage: kind.name().into(),
+            component: spec.component.clone(),
+            ..StageMetrics::default()
+        };
+        let started = Instant::now();
+        let model = self.model().clone();
+        let lr = i64::from(model.low_res_factor);
+        let sf = i64::from(model.spatial_factor);
+        let latent_frames = i64::from((shape.frames - 1) / model.temporal_factor + 1);
+        let (h, w) = (i64::from(shape.height) / sf, i64::from(shape.width) / sf);
+        let channels = i64::from(model.latent_channels);
+        match kind {
+            StageKind::Text => {
+                let mut prompts = vec![self.request.prompt];
+                if self.guidance() > 1.0 {
+                    prompts.push(self.request.negative_prompt);
+                }
+                let encoder = self.encoder_id(&spec.component);
+                let keys: Vec<_> = prompts
+                    .iter()
+                    .map(|p| EmbeddingCache::key(p, &format!("{encoder}/{}", model.text_tokens)))
+                    .collect();
+                let hits: Option<Vec<Tensor>> = self.settings.cache.as_ref().and_then(|cache| {
+                    keys.iter()
+                        .map(|k| match cache.get(k, device) {
+                            Ok(hit) => hit,
+                            Err(error) => {
+                                tracing::warn!(%error, "embedding cache unreadable; encoding");
+                                None
+                            }
+                        })
+                        .collect()
+                });
+                metrics.cache_hit = self.settings.cache.as_ref().map(|_| hits.is_some());
+                let text = match hits {
+                    Some(rows) => {
+                        metrics.placement = "skipped".into();
+                        Tensor::f_cat(&rows, 0).map_err(torch)?
+                    }
+                    None => {
+                        let ids = tokens::tokenize(&prompts, model.text_tokens, device);
+                        let component = self.acquire(index, &mut metrics)?;
+                        let text = component.call(&[&ids])?;
+                        if let Some(cache) = &self.settings.cache {
+                            for (row, key) in keys.iter().enumerate() {
+                                let one = text.f_narrow(0, row as i64, 1).map_err(torch)?;
+                                if let Err(error) = cache.put(key, &one) {
+                                    tracing::warn!(%error, "cannot store the embedding");
+                                }
+                            }
+                        }
+                        text
+                    }
+                };
+                carry.text = Some(text);
+            }
+            StageKind::Audio => {
+                let wave = waveform(self.request.audio, &model, &shape, device).map_err(torch)?;
+                let component = self.acquire(index, &mut metrics)?;
+                carry.audio = Some(component.call(&[&wave])?);
+            }
+            StageKind::Image => match self.request.image {
+                Some(image) => {
+                    let pixels = image_tensor(image, device).map_err(torch)?;
+                    let component = self.acquire(index, &mut metrics)?;
+                    carry.image = Some(component.call(&[&pixels])?);
+                }
+                None => metrics.placement = "skipped".into(),
+            },
+            StageKind::Denoise | StageKind::Refine => {
+                let (text, audio) = match (&carry.text, &carry.audio) {
+                    (Some(t), Some(a)) => (t.shallow_clone(), a.shallow_clone()),
+                    _ => {
+                        return Err(torch(TchError::Kind(
+                            "text and audio conditioning must come first".into(),
+                        )));
+                    }
+                };
+                let image = match &carry.image {
+                    Some(i) => i.shallow_clone(),
+                    None => Tensor::f_zeros([1, channels, 1, h, w], (Kind::Float, device))
+                        .map_err(torch)?,
+                };
+                let shift = spec.shift.unwrap_or(1.0);
+                let guidance = spec.guidance.unwrap_or(1.0);
+                let text = if guidance > 1.0 {
+                    text
+                } else {
+                    text.f_narrow(0, 0, 1).map_err(torch)?
+                };
+                let (x, sigmas) = if kind == StageKind::Denoise {
+                    let noise = seeded_noise(
+                        [1, channels, latent_frames, h / lr, w / lr],
+                        self.request.seed,
+                        device,
+                    )
+                    .map_err(torch)?;
+                    (noise, sampler::sigmas(shape.steps, shift, 1.0))
+                } else {
+                    let start = spec.sigma_start.unwrap_or(0.4);
+                    let up = carry.latents.take().ok_or_else(|| {
+                        torch(TchError::Kind("refine needs upsampled latents".into()))
+                    })?;
+                    let noise = seeded_noise(
+                        [1, channels, latent_frames, h, w],
+                        self.request.seed.wrapping_add(1),
+                        device,
+                    )
+                    .map_err(torch)?;
+                    let x = sampler::renoise(&up, &noise, start).map_err(torch)?;
+                    (x, sampler::sigmas(total, shift, start))
+                };
+                let component = self.acquire(index, &mut metrics)?;
+                let latents = sampler::sample::<StagedError>(
+                    x,
+                    &sigmas,
+                    guidance,
+                    &mut |x, sigma| Ok(component.call(&[x, sigma, &text, &audio, &image])?),
+                    &mut |step| Ok(progress.step(step)?),
+                )?;
+                carry.latents = Some(latents);
+            }
+            StageKind::Upsample => {
+                let x = carry
+                    .latents
+                    .take()
+                    .ok_or_else(|| torch(TchError::Kind("upsample needs latents".into())))?;
+                let component = self.acquire(index, &mut metrics)?;
+                carry.latents = Some(component.call(&[&x])?);
+            }
+            StageKind::Decode => {
+                let x = carry
+                    .latents
+                    .take()
+                    .ok_or_else(|| torch(TchError::Kind("decode needs latents".into())))?;
+                let t = model.tiling;
+                let tiling = Tiling {
+                    spatial: t.spatial,
+                    spatial_overlap: t.spatial_overlap,
+                    temporal: t.temporal,
+                    temporal_overlap: t.temporal_overlap,
+                };
+                let factors = Factors {
+                    spatial: sf,
+                    temporal: i64::from(model.temporal_factor),
+                };
+                let component = self.acquire(index, &mut metrics)?;
+                let mut failure = None;
+                let decoded = tiles::decode_tiled(&x, tiling, factors, &mut |tile| {
+                    component.call(&[tile]).map_err(|error| {
+                        let message = error.to_string();
+                        failure = Some(error);
+                        TchError::Kind(message)
+                    })
+                });
+                let (video, stats) = match decoded {
+                    Ok(done) => done,
+                    Err(_) if failure.is_some() => {
+                        return Err(failure.take().expect("checked").into());
+                    }
+                    Err(source) => {
+                        return Err(StagedError::Tiles {
+                            stage: kind,
+                            source,
+                        });
+                    }
+                };
+                metrics.tiles = Some(stats.tiles);
+                carry.video = Some(video);
+                carry.decoded = Some(x);
+            }
+        }
+        if device.is_cuda() {
+            tch::Cuda::synchronize(super::component::device_index(device));
+        }
+        metrics.compute_ms = ((millis(started) - metrics.load_ms) * 100.0).round() / 100.0;
+        metrics.device_weight_bytes = self.live.values().map(|l| l.device_bytes).sum();
+        self.release_after(index);
+        let mut held: Vec<String> = self.live.keys().cloned().collect();
+        held.sort();
+        metrics.held_after = held;
+        if device.is_cuda()
+            && let Ok(stats) = allocator::stats(0)
+        {
+            metrics.peak_allocated_bytes = stats.max_allocated;
+            metrics.peak_reserved_bytes = stats.max_reserved;
+            metrics.reserved_after_bytes = stats.reserved;
+        }
+        tracing::info!(
+            stage = %kind,
+            component = %metrics.component,
+            placement = %metrics.placement,
+            load_ms = metrics.load_ms,
+            compute_ms = format!("{:.1}", metrics.compute_ms),
+            peak_reserved = metrics.peak_reserved_bytes,
+            "stage done"
+        );
+        Ok(metrics)
+    }
+
+    /// What identifies the text encoder for the cache: its weights' SHA-256 from the
+    /// manifest, else the file's path, size and modification time.
+    fn encoder_id(&self, name: &str) -> String {
+        let Some(component) = self.manifest.components.get(name) else {
+            return name.into();
+        };
+        if let Some(sha) = &component.sha256 {
+            return sha.clone();
+        }
+        let path = self.dir.join(&component.weights);
+        let stamp = std::fs::metadata(&path)
+            .ok()
+            .map(|m| {
+                let modified = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                format!("{}:{modified}", m.len())
+            })
+            .unwrap_or_default();
+        format!("{}:{stamp}", path.display())
+    }
+
+    /// The stage's component, loaded now unless an earlier stage left it loaded.
+    fn acquire(
+        &mut self,
+        index: usize,
+        metrics: &mut StageMetrics,
+    ) -> Result<&mut Live, StagedError> {
+        let name = self.manifest.stages[index].component.clone();
+        if !self.live.contains_key(&name) {
+            let spec = &self.manifest.components[&name];
+            let mut placement = self.manifest.placement_of(&name, self.request.placements);
+            if placement == Placement::Auto {
+                let held = self.manifest.memory.context.0
+                    + self.live.values().map(|l| l.device_bytes).sum::<u64>();
+                let need = spec.parameter_bytes.0
+                    + self.manifest.activation_bytes(index, &self.request.shape);
+                placement = decide_auto(need, self.request.lease_bytes, held, spec.blocks);
+                tracing::info!(component = %name, %placement, need, held, lease = self.request.lease_bytes, "auto placement");
+            }
+            let live = Live::load(
+                self.dir,
+                &name,
+                spec,
+                placement,
+                self.settings.device,
+                &self.settings.load,
+            )?;
+            metrics.load_ms = (live.load.seconds * 1e5).round() / 100.0;
+            metrics.load_bytes = live.load.bytes;
+            metrics.load_gb_per_s = live.load.gb_per_s();
+            self.live.insert(name.clone(), live);
+        }
+        let live = self.live.get_mut(&name).expect("inserted above");
+        metrics.placement = live.placement.name().into();
+        Ok(live)
+    }
+
+    /// Frees every component no stage after `index` runs (resident ones stay), then
+    /// empties the caching allocator so the bytes go back to the driver.
+    fn release_after(&mut self, index: usize) {
+        let later: Vec<&str> = self.manifest.stages[index + 1..]
+            .iter()
+            .map(|s| s.component.as_str())
+            .collect();
+        let before = self.live.len();
+        self.live.retain(|name, live| {
+            live.placement == Placement::Resident || later.contains(&name.as_str())
+        });
+        if self.live.len() != before {
+            empty_cache(self.settings.device);
+        }
+    }
+}
+
+fn empty_cache(device: Device) {
+    if device.is_cuda()
+        && let Err(error) = allocator::empty_cache()
+    {
+        tracing::warn!(%error, "cannot empty the caching allocator");
+    }
+}
+
+/// Gaussian noise from `seed`, drawn on the CPU so every device and placement starts from
+/// the same latents.
+fn seeded_noise(shape: [i64; 5], seed: u64, device: Device) -> Result<Tensor, TchError> {
+    let generator =
+        super::tiny::seeded(seed, || Tensor::f_randn(shape, (Kind::Float, Device::Cpu)));
+    generator?.f_to_device(device)
+}
+
+/// The soundtrack as `[1, channels, samples]`, or silence of the video's length.
+fn waveform(
+    audio: Option<&Audio>,
+    model: &arbiter::pipeline::Model,
+    shape: &Shape,
+    device: Device,
+) -> Result<Tensor, TchError> {
+    let channels = i64::from(model.audio_channels);
+    match audio {
+        Some(audio) => {
+            let frames = audio.frames() as i64;
+            Tensor::from_slice(&audio.samples)
+                .f_view([frames, i64::from(audio.channels)])?
+                .f_transpose(0, 1)?
+                .f_unsqueeze(0)?
+                .f_to_device(device)
+        }
+        None => {
+            let seconds = f64::from(shape.frames) / f64::from(shape.fps);
+            let samples = (seconds * f64::from(model.audio_sample_rate)).round() as i64;
+            Tensor::f_zeros([1, channels, samples], (Kind::Float, device))
+        }
+    }
+}
+
+/// `[1, 3, H, W]` in [-1, 1].
+fn image_tensor(image: &Image, device: Device) -> Result<Tensor, TchError> {
+    Tensor::from_slice(&image.rgb)
+        .f_view([i64::from(image.height), i64::from(image.width), 3])?
+        .f_permute([2, 0, 1])?
+        .f_unsqueeze(0)?
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(127.5)?
+        .f_sub_scalar(1.0)?
+        .f_to_device(device)
+}
+
+/// `[1, 3, F, H, W]` in [-1, 1] to rgb24 frames.
+fn to_frames(video: &Tensor) -> Result<Frames, TchError> {
+    let size = video.size();
+    let (count, height, width) = (size[2], size[3], size[4]);
+    let bytes = video
+        .f_squeeze_dim(0)?
+        .f_permute([1, 2, 3, 0])?
+        .f_add_scalar(1.0)?
+        .f_mul_scalar(127.5)?
+        .f_round()?
+        .f_clamp(0.0, 255.0)?
+        .f_to_kind(Kind::Uint8)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?;
+    let len = (count * height * width * 3) as usize;
+    let mut rgb = vec![0u8; len];
+    bytes.f_copy_data_u8(&mut rgb, len)?;
+    Ok(Frames {
+        width: width as u32,
+        height: height as u32,
+        count: count as u32,
+        rgb,
+    })
+}
+
+fn millis(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1e5).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_takes_the_gpu_when_the_lease_has_room() {
+        assert_eq!(decide_auto(10, 100, 50, 4), Placement::Gpu);
+        assert_eq!(decide_auto(60, 100, 50, 4), Placement::Stream);
+        assert_eq!(decide_auto(60, 100, 50, 0), Placement::Cpu);
+        assert_eq!(decide_auto(60, 0, 50, 0), Placement::Gpu);
+    }
+}

@@ -1,0 +1,316 @@
+//! The staged pipeline on the CPU with a generated `tiny` pipeline (random weights, the
+//! real interfaces): placements agree, stages run in order and free what they no longer
+//! need, the embedding cache skips the encoder, and bad inputs are refused by name.
+//!
+//! The pipeline is generated once per test binary with `arbiter-video make-pipeline`,
+//! which needs Python with PyTorch on PATH (`source scripts/env.sh`; scripts/test.sh does).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use arbiter::pipeline::{Manifest, Placement, Placements, Shape};
+use arbiter_torch::LoadOptions;
+use arbiter_video::input::audio::{AudioSpec, load_audio};
+use arbiter_video::pipeline::cache::EmbeddingCache;
+use arbiter_video::pipeline::staged::{self, Output, Request, Settings};
+use arbiter_video::progress::{Progress, Stage, Stop};
+use tch::Device;
+
+/// The generated pipeline, shared by every test in this binary.
+fn pipeline() -> &'static (PathBuf, Manifest) {
+    static PIPELINE: OnceLock<(PathBuf, Manifest)> = OnceLock::new();
+    PIPELINE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("arbiter-staged-test-{}", std::process::id()));
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_arbiter-video"))
+            .args([
+                "make-pipeline",
+                "--preset",
+                "tiny",
+                "--device",
+                "cpu",
+                "--name",
+                "tiny-staged",
+                "--out",
+            ])
+            .arg(&dir)
+            .status()
+            .expect("run arbiter-video make-pipeline");
+        assert!(
+            status.success(),
+            "make-pipeline failed: is PyTorch on PATH (source scripts/env.sh)?"
+        );
+        let manifest = Manifest::load(&dir).expect("the generated manifest loads");
+        (dir, manifest)
+    })
+}
+
+#[derive(Default)]
+struct Record {
+    stages: Vec<(Stage, u32)>,
+    steps: u32,
+}
+
+impl Progress for Record {
+    fn begin(&mut self, stage: Stage, total: u32) -> Result<(), Stop> {
+        self.stages.push((stage, total));
+        Ok(())
+    }
+    fn step(&mut self, _: u32) -> Result<(), Stop> {
+        self.steps += 1;
+        Ok(())
+    }
+}
+
+fn shape(manifest: &Manifest) -> Shape {
+    manifest.shape(128, 128, 17, 8, 3).unwrap()
+}
+
+fn run_with(
+    placements: &Placements,
+    lease_bytes: u64,
+    cache: Option<EmbeddingCache>,
+    progress: &mut dyn Progress,
+) -> Output {
+    let (dir, manifest) = pipeline();
+    let settings = Settings {
+        device: Device::Cpu,
+        load: LoadOptions::default(),
+        cache,
+    };
+    let request = Request {
+        prompt: "a red fox in the snow",
+        negative_prompt: "blurry",
+        shape: shape(manifest),
+        seed: 1234,
+        audio: None,
+        image: None,
+        placements,
+        lease_bytes,
+    };
+    staged::run(manifest, dir, &settings, &request, progress).expect("the pipeline runs")
+}
+
+fn all(placement: Placement) -> Placements {
+    let (_, manifest) = pipeline();
+    manifest
+        .components
+        .iter()
+        .map(|(name, c)| {
+            let p = if placement == Placement::Stream && c.blocks == 0 {
+                Placement::Gpu
+            } else {
+                placement
+            };
+            (name.clone(), p)
+        })
+        .collect()
+}
+
+#[test]
+fn every_placement_gives_the_same_latents_for_the_same_seed() {
+    let reference = run_with(&all(Placement::Gpu), 0, None, &mut Record::default());
+    assert_eq!(reference.latents.size(), [1, 8, 3, 4, 4]);
+    assert_eq!(
+        (
+            reference.frames.count,
+            reference.frames.width,
+            reference.frames.height
+        ),
+        (17, 128, 128)
+    );
+    for placement in [
+        Placement::Cpu,
+        Placement::Stream,
+        Placement::Auto,
+        Placement::Resident,
+    ] {
+        let other = run_with(&all(placement), 0, None, &mut Record::default());
+        assert!(
+            other
+                .latents
+                .allclose(&reference.latents, 1e-5, 1e-5, false),
+            "{placement} gives other latents"
+        );
+        assert_eq!(other.frames.rgb, reference.frames.rgb, "{placement}");
+    }
+    // A tight lease makes auto stream the components with blocks.
+    let tight = run_with(&all(Placement::Auto), 1, None, &mut Record::default());
+    let text = &tight.stages[0];
+    assert_eq!(
+        (text.stage.as_str(), text.placement.as_str()),
+        ("text", "stream")
+    );
+    assert!(
+        tight
+            .latents
+            .allclose(&reference.latents, 1e-5, 1e-5, false)
+    );
+    let other = run_with(&Placements::new(), 0, None, &mut Record::default());
+    let seeded = staged_with_seed(99);
+    assert!(!seeded.latents.allclose(&other.latents, 1e-3, 1e-3, false));
+}
+
+fn staged_with_seed(seed: u64) -> Output {
+    let (dir, manifest) = pipeline();
+    let settings = Settings {
+        device: Device::Cpu,
+        load: LoadOptions::default(),
+        cache: None,
+    };
+    let placements = Placements::new();
+    let request = Request {
+        prompt: "a red fox in the snow",
+        negative_prompt: "blurry",
+        shape: shape(manifest),
+        seed,
+        audio: None,
+        image: None,
+        placements: &placements,
+        lease_bytes: 0,
+    };
+    staged::run(manifest, dir, &settings, &request, &mut Record::default()).unwrap()
+}
+
+#[test]
+fn stages_run_in_order_and_free_what_no_later_stage_needs() {
+    let mut record = Record::default();
+    let output = run_with(&Placements::new(), 0, None, &mut record);
+    assert_eq!(
+        record.stages,
+        [
+            (Stage::Text, 1),
+            (Stage::Audio, 1),
+            (Stage::Image, 1),
+            (Stage::Denoise, 3),
+            (Stage::Upsample, 1),
+            (Stage::Refine, 2),
+            (Stage::Decode, 1),
+        ]
+    );
+    assert_eq!(record.steps, 3 + 2);
+    let held: Vec<(&str, Vec<&str>)> = output
+        .stages
+        .iter()
+        .map(|s| {
+            (
+                s.stage.as_str(),
+                s.held_after.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        held,
+        [
+            ("text", vec![]),
+            ("audio", vec![]),
+            // No reference image: the encoder is not even loaded.
+            ("image", vec![]),
+            // The transformer runs again in refine, so it stays across upsample.
+            ("denoise", vec!["transformer"]),
+            ("upsample", vec!["transformer"]),
+            ("refine", vec![]),
+            ("decode", vec![]),
+        ]
+    );
+    assert_eq!(output.stages[2].placement, "skipped");
+    assert!(output.stages[0].load_bytes > 0);
+    assert!(
+        output.stages[6].tiles.is_some_and(|t| t > 1),
+        "decode is tiled"
+    );
+
+    // Resident components stay to the end.
+    let mut resident = Placements::new();
+    resident.insert("text_encoder".into(), Placement::Resident);
+    let output = run_with(&resident, 0, None, &mut Record::default());
+    assert!(
+        output
+            .stages
+            .iter()
+            .all(|s| s.held_after.contains(&"text_encoder".to_string()))
+    );
+}
+
+#[test]
+fn a_cached_prompt_skips_the_text_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = || Some(EmbeddingCache::open(dir.path(), 1 << 20).unwrap());
+    let first = run_with(&Placements::new(), 0, cache(), &mut Record::default());
+    assert_eq!(first.stages[0].cache_hit, Some(false));
+    assert!(first.stages[0].load_bytes > 0);
+    let second = run_with(&Placements::new(), 0, cache(), &mut Record::default());
+    let text = &second.stages[0];
+    assert_eq!(text.cache_hit, Some(true));
+    assert_eq!((text.placement.as_str(), text.load_bytes), ("skipped", 0));
+    assert!(second.latents.allclose(&first.latents, 1e-6, 1e-6, false));
+}
+
+#[test]
+fn audio_and_an_image_condition_the_video() {
+    let (dir, manifest) = pipeline();
+    let work = tempfile::tempdir().unwrap();
+    let wav = work.path().join("tone.wav");
+    write_tone(&wav, 22_050, 1, 0.5);
+    let model = manifest.model.as_ref().unwrap();
+    let audio = load_audio(
+        &wav,
+        AudioSpec {
+            sample_rate: model.audio_sample_rate,
+            channels: model.audio_channels,
+        },
+        17.0 / 8.0,
+    )
+    .unwrap();
+    assert_eq!(audio.channels, 2);
+    let png = work.path().join("face.png");
+    image::RgbImage::from_fn(200, 100, |x, _| image::Rgb([(x % 256) as u8, 40, 200]))
+        .save(&png)
+        .unwrap();
+    let image = arbiter_video::input::image::load_image(&png, 128, 128).unwrap();
+    let settings = Settings {
+        device: Device::Cpu,
+        load: LoadOptions::default(),
+        cache: None,
+    };
+    let placements = Placements::new();
+    let request = Request {
+        prompt: "a red fox in the snow",
+        negative_prompt: "blurry",
+        shape: shape(manifest),
+        seed: 1234,
+        audio: Some(&audio),
+        image: Some(&image),
+        placements: &placements,
+        lease_bytes: 0,
+    };
+    let conditioned =
+        staged::run(manifest, dir, &settings, &request, &mut Record::default()).unwrap();
+    assert_eq!(
+        conditioned.stages[2].placement, "gpu",
+        "the image encoder ran"
+    );
+    let plain = run_with(&Placements::new(), 0, None, &mut Record::default());
+    assert!(
+        !conditioned
+            .latents
+            .allclose(&plain.latents, 1e-4, 1e-4, false)
+    );
+}
+
+/// A sine tone as 16-bit PCM WAV.
+fn write_tone(path: &Path, rate: u32, channels: u16, seconds: f64) {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..(seconds * f64::from(rate)) as u32 {
+        let v = (f64::from(i) * 440.0 * std::f64::consts::TAU / f64::from(rate)).sin();
+        for _ in 0..channels {
+            writer.write_sample((v * 12_000.0) as i16).unwrap();
+        }
+    }
+    writer.finalize().unwrap();
+}
