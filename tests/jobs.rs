@@ -1239,3 +1239,137 @@ async fn the_worker_service_refuses_wrong_tokens_and_other_processes() {
     cancel(&video, &id).await.expect("Cancel");
     assert_state(&final_job(&video, &id).await, JobState::Cancelled);
 }
+
+/// A generated staged pipeline (`make-pipeline --preset tiny`, random weights) in a
+/// pipelines directory of its own.
+fn staged_pipelines() -> TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("arbiter-staged-")
+        .tempdir()
+        .expect("a temporary directory");
+    let worker = support::binary()
+        .parent()
+        .expect("the binaries' directory")
+        .join("arbiter-video");
+    let out = std::process::Command::new(worker)
+        .args([
+            "make-pipeline",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--out",
+        ])
+        .arg(dir.path().join("tiny-staged"))
+        .output()
+        .expect("run arbiter-video make-pipeline");
+    assert!(
+        out.status.success(),
+        "make-pipeline failed (is PyTorch on PATH? source scripts/env.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// A PNG made by ffmpeg's test source.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=size={width}x{height}"))
+        .args(["-frames:v", "1", "-f", "image2pipe", "-vcodec", "png", "-"])
+        .output()
+        .expect("run ffmpeg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_pipeline_job_normalizes_its_inputs_and_runs_stage_by_stage() {
+    let pipelines = staged_pipelines();
+    let supervisor = start(&pipelines, "8GiB", "").await;
+    let video = supervisor.video_client().await;
+    let client = supervisor.unix_client().await;
+
+    // Placements are checked against the pipeline's components before anything is queued.
+    for (placement, words) in [
+        (
+            ("nowhere", "gpu"),
+            vec!["no component `nowhere`", "text_encoder"],
+        ),
+        (
+            ("vae_decoder", "stream"),
+            vec!["cannot stream", "no blocks"],
+        ),
+        (("text_encoder", "fast"), vec!["not a placement"]),
+    ] {
+        let mut request = request("tiny-staged", "a fox", 2);
+        request
+            .placement
+            .insert(placement.0.into(), placement.1.into());
+        assert_refused(
+            video.clone().submit(request).await,
+            Code::InvalidArgument,
+            &words,
+        );
+    }
+
+    let mut request = request("tiny-staged", "a red fox in the snow", 3);
+    request.seed = Some(5);
+    request.audio = Some(vpb::Media {
+        source: Some(vpb::media::Source::Data(wav())),
+    });
+    request.reference_image = Some(vpb::Media {
+        source: Some(vpb::media::Source::Data(png(200, 100))),
+    });
+    request
+        .placement
+        .insert("text_encoder".into(), "stream".into());
+    let id = submit(&video, request).await;
+    let job = final_job(&video, &id).await;
+    assert_state(&job, JobState::Succeeded);
+    // One second of 8 kHz mono became 17 frames at 8 fps of 16 kHz stereo, and the MP4
+    // carries it as its soundtrack.
+    check_video(&job, 128, 128, 17, true);
+    let result = job.result.as_ref().unwrap();
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&result.metadata_path).unwrap()).unwrap();
+    let stages: Vec<(&str, &str)> = metadata["pipeline_stages"]
+        .as_array()
+        .expect("per-stage records")
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap(),
+                s["placement"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            ("text", "stream"),
+            ("audio", "gpu"),
+            ("image", "gpu"),
+            ("denoise", "gpu"),
+            ("upsample", "gpu"),
+            ("refine", "gpu"),
+            ("decode", "gpu"),
+        ]
+    );
+    let audio = &metadata["inputs"]["audio"];
+    assert_eq!(
+        (audio["sample_rate"].as_u64(), audio["channels"].as_u64()),
+        (Some(8000), Some(1))
+    );
+    assert!(
+        (audio["padded_s"].as_f64().unwrap() - 1.125).abs() < 1e-3,
+        "{audio}"
+    );
+    assert_eq!(metadata["inputs"]["image"]["width"], 200);
+    assert_eq!(metadata["placements"]["text_encoder"], "stream");
+    nothing_leased(&client).await;
+}

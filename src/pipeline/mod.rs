@@ -293,9 +293,6 @@ impl Manifest {
                     "components.{name}: placement stream needs blocks (the code's block method)"
                 ));
             }
-            if !self.stages.iter().any(|s| s.component == *name) {
-                return Err(format!("components.{name}: no stage runs it"));
-            }
         }
         let mut seen: Vec<StageKind> = Vec::new();
         for (i, spec) in self.stages.iter().enumerate() {
@@ -320,13 +317,14 @@ impl Manifest {
             }
             let needs: &[StageKind] = match spec.stage {
                 StageKind::Text | StageKind::Audio | StageKind::Image => &[],
-                StageKind::Denoise => &[StageKind::Text],
+                // Audio-to-video: a request without audio is conditioned on silence.
+                StageKind::Denoise => &[StageKind::Text, StageKind::Audio],
                 StageKind::Upsample => &[StageKind::Denoise],
                 StageKind::Refine => &[StageKind::Upsample],
                 StageKind::Decode => &[StageKind::Denoise],
             };
             if let Some(missing) = needs.iter().find(|k| !seen.contains(k)) {
-                return Err(format!("{at}: must come after a {missing} stage"));
+                return Err(format!("{at}: must come after the {missing} stage"));
             }
             if matches!(spec.stage, StageKind::Audio | StageKind::Image)
                 && seen.contains(&StageKind::Denoise)
@@ -361,6 +359,13 @@ impl Manifest {
         }
         if model.low_res_factor == 1 && seen.contains(&StageKind::Upsample) {
             return Err("stages: upsample needs model.low_res_factor 2".into());
+        }
+        if let Some(name) = self
+            .components
+            .keys()
+            .find(|name| !self.stages.iter().any(|s| s.component == **name))
+        {
+            return Err(format!("components.{name}: no stage runs it"));
         }
         Ok(())
     }
@@ -535,6 +540,256 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("frames_step")
+        );
+    }
+
+    /// A staged manifest (files created) that loads; tests break one thing at a time.
+    const STAGED: &str = r#"
+name = "staged"
+[rules]
+width_multiple = 64
+height_multiple = 64
+min_side = 64
+max_width = 512
+max_height = 512
+frames_step = 8
+frames_offset = 1
+max_frames = 49
+min_fps = 1
+max_fps = 60
+max_steps = 50
+max_duration_s = 10.0
+[defaults]
+width = 128
+height = 128
+frames = 17
+fps = 8
+steps = 4
+[memory]
+margin = "64MiB"
+[model]
+latent_channels = 8
+spatial_factor = 32
+temporal_factor = 8
+low_res_factor = 2
+text_tokens = 32
+audio_sample_rate = 16000
+audio_channels = 2
+[model.tiling]
+spatial = 4
+spatial_overlap = 1
+temporal = 2
+temporal_overlap = 1
+[components.text]
+role = "text-encoder"
+code = "text.pt"
+weights = "text.safetensors"
+dtype = "bf16"
+parameter_bytes = "8GiB"
+activations = "1GiB"
+blocks = 8
+[components.audio]
+role = "audio-encoder"
+code = "audio.pt"
+weights = "audio.safetensors"
+dtype = "bf16"
+parameter_bytes = "128MiB"
+[components.dit]
+role = "transformer"
+code = "dit.pt"
+weights = "dit.safetensors"
+dtype = "bf16"
+parameter_bytes = "16GiB"
+activations = "4GiB"
+blocks = 16
+[components.up]
+role = "upsampler"
+code = "up.pt"
+weights = "up.safetensors"
+dtype = "bf16"
+parameter_bytes = "1GiB"
+[components.vae]
+role = "vae-decoder"
+code = "vae.pt"
+weights = "vae.safetensors"
+dtype = "bf16"
+parameter_bytes = "1GiB"
+activations = "2GiB"
+[[stages]]
+stage = "text"
+component = "text"
+[[stages]]
+stage = "audio"
+component = "audio"
+[[stages]]
+stage = "denoise"
+component = "dit"
+guidance = 3.0
+[[stages]]
+stage = "upsample"
+component = "up"
+[[stages]]
+stage = "refine"
+component = "dit"
+steps = 2
+sigma_start = 0.4
+[[stages]]
+stage = "decode"
+component = "vae"
+"#;
+
+    fn staged_dir(text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["text", "audio", "dit", "up", "vae"] {
+            std::fs::write(dir.path().join(format!("{name}.pt")), b"code").unwrap();
+            std::fs::write(dir.path().join(format!("{name}.safetensors")), b"w").unwrap();
+        }
+        std::fs::write(dir.path().join(MANIFEST_FILE), text).unwrap();
+        dir
+    }
+
+    #[test]
+    fn each_manifest_error_has_its_own_message() {
+        let good = staged_dir(STAGED);
+        Manifest::load(good.path()).expect("the staged fixture loads");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                STAGED.replace(
+                    "stage = \"refine\"\ncomponent = \"dit\"",
+                    "stage = \"refine\"\ncomponent = \"up\"",
+                ),
+                "needs a transformer",
+            ),
+            (
+                STAGED.replace("component = \"vae\"", "component = \"nope\""),
+                "`nope` is not in [components]",
+            ),
+            (
+                STAGED.replace(
+                    "stage = \"text\"\ncomponent = \"text\"",
+                    "stage = \"upsample\"\ncomponent = \"up\"",
+                ),
+                "must come after the denoise stage",
+            ),
+            (
+                STAGED.replace("[[stages]]\nstage = \"decode\"\ncomponent = \"vae\"\n", ""),
+                "the last stage must be decode",
+            ),
+            (
+                STAGED.replace("low_res_factor = 2", "low_res_factor = 1"),
+                "upsample needs model.low_res_factor 2",
+            ),
+            (
+                STAGED.replace("width_multiple = 64", "width_multiple = 32"),
+                "multiples of 64",
+            ),
+            (
+                STAGED.replace("frames_step = 8", "frames_step = 4"),
+                "to match the model's temporal_factor",
+            ),
+            (
+                STAGED.replace("guidance = 3.0", "guidance = 0.5"),
+                "guidance must be at least 1",
+            ),
+            (
+                STAGED.replace("sigma_start = 0.4", "sigma_start = 1.5"),
+                "sigma_start must be in (0, 1]",
+            ),
+            (
+                STAGED.replace("temporal_overlap = 1", "temporal_overlap = 0"),
+                "model.tiling",
+            ),
+            (
+                STAGED.replace("audio_channels = 2", "audio_channels = 6"),
+                "audio_channels 1 or 2",
+            ),
+            (STAGED.replace("[model]", "[unused]"), "missing field `latent_channels`"),
+            (
+                STAGED.replacen(
+                    "[[stages]]",
+                    "[components.extra]\nrole = \"upsampler\"\ncode = \"up.pt\"\nweights = \"up.safetensors\"\ndtype = \"bf16\"\nparameter_bytes = \"1GiB\"\n[[stages]]",
+                    1,
+                ),
+                "components.extra: no stage runs it",
+            ),
+            (
+                STAGED.replace("blocks = 16", "blocks = 0\nplacement = \"stream\""),
+                "placement stream needs blocks",
+            ),
+            (
+                STAGED.replace("role = \"upsampler\"", "role = \"painter\""),
+                "unknown variant",
+            ),
+            (
+                STAGED.replacen(
+                    "[[stages]]\nstage = \"text\"\ncomponent = \"text\"\n",
+                    "[[stages]]\nstage = \"text\"\ncomponent = \"text\"\n[[stages]]\nstage = \"text\"\ncomponent = \"text\"\n",
+                    1,
+                ),
+                "a pipeline has one text stage",
+            ),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (text, expected) in cases {
+            let dir = staged_dir(&text);
+            let error = Manifest::load(dir.path()).unwrap_err().to_string();
+            assert!(error.contains(expected), "expected {expected:?} in {error}");
+            assert!(
+                seen.insert(error.clone()),
+                "two cases gave the same message: {error}"
+            );
+        }
+        std::fs::remove_file(good.path().join("dit.safetensors")).unwrap();
+        let missing = Manifest::load(good.path()).unwrap_err().to_string();
+        assert!(
+            missing.contains("components.dit: weights file") && missing.contains("missing"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn the_lease_is_the_largest_stage_and_streaming_shrinks_it() {
+        let dir = staged_dir(STAGED);
+        let m = Manifest::load(dir.path()).unwrap();
+        let shape = m.shape(0, 0, 0, 0, 0).unwrap();
+        let none = Placements::new();
+        let stages = m.estimate(&shape, &none);
+        let gib = 1u64 << 30;
+        let context = m.memory.context.0;
+        // denoise: the transformer, its activations at 1/4 the pixels, doubled for guidance.
+        assert_eq!(stages[2].total, context + 16 * gib + 2 * gib);
+        // upsample keeps the transformer loaded for refine.
+        assert_eq!(stages[3].weights, 17 * gib);
+        // refine at full size, no guidance.
+        assert_eq!(stages[4].total, context + 16 * gib + 4 * gib);
+        let peak = stages.iter().map(|s| s.total).max().unwrap();
+        assert_eq!(m.lease_bytes(&shape), peak + m.memory.margin.0);
+        // Streaming the transformer holds three blocks' worth, only in its own stages.
+        let mut stream = Placements::new();
+        stream.insert("dit".into(), Placement::Stream);
+        let streamed = m.estimate(&shape, &stream);
+        assert_eq!(streamed[4].weights, 3 * gib);
+        assert_eq!(streamed[3].weights, gib, "not held across upsample");
+        assert!(m.lease_bytes_with(&shape, &stream) < m.lease_bytes(&shape));
+        // A larger video needs more activations.
+        let large = m.shape(512, 512, 49, 8, 0).unwrap();
+        assert!(m.lease_bytes(&large) > m.lease_bytes(&shape));
+        // Overrides name real components and streamable ones.
+        let mut bad = Placements::new();
+        bad.insert("vae".into(), Placement::Stream);
+        assert!(
+            m.check_placements(&bad)
+                .unwrap_err()
+                .rule
+                .contains("cannot stream")
+        );
+        bad.clear();
+        bad.insert("nope".into(), Placement::Gpu);
+        assert!(
+            m.check_placements(&bad)
+                .unwrap_err()
+                .rule
+                .contains("no component `nope`")
         );
     }
 }

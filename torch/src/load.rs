@@ -146,6 +146,7 @@ fn load_cpu(path: &Path, options: &LoadOptions) -> Result<Loaded, WeightsError> 
     let start = Instant::now();
     let (file, header) = open(path)?;
     let buffer = allocate(path, &header, Device::Cpu)?;
+    advise_huge_pages(&buffer, header.data_len());
     let read = fill_cpu(path, &file, &header, &buffer, options)?;
     finish(path, &header, &buffer, start, read, false)
 }
@@ -173,6 +174,38 @@ pub(crate) fn advise(file: &File, offset: u64, len: u64) {
     };
     let _ = posix_fadvise(file, offset, len, PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
     let _ = posix_fadvise(file, offset, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+}
+
+/// Asks for 2 MiB pages under a fresh CPU buffer. Reading into fresh memory is bound by
+/// page faults, one per 4 KiB page: on the development machine a 256 MiB load ran at
+/// 1.9 GB/s with small pages and 7 GB/s with huge ones. Where transparent huge pages are
+/// set to `madvise` (the common default) nothing else enables them. Advice only: failures
+/// are ignored.
+fn advise_huge_pages(buffer: &Tensor, len: u64) {
+    const HUGE: usize = 2 << 20;
+    let start = buffer.data_ptr() as usize;
+    let Some(end) = usize::try_from(len)
+        .ok()
+        .and_then(|len| start.checked_add(len))
+    else {
+        return;
+    };
+    // Only whole huge pages inside the buffer.
+    let (first, last) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+    let Some(addr) = std::ptr::NonNull::new(first as *mut std::ffi::c_void) else {
+        return;
+    };
+    if last > first {
+        // SAFETY: [first, last) lies inside the buffer's allocation, which nothing has
+        // touched yet; MADV_HUGEPAGE changes how its pages are backed, never their contents.
+        let _ = unsafe {
+            nix::sys::mman::madvise(
+                addr,
+                last - first,
+                nix::sys::mman::MmapAdvise::MADV_HUGEPAGE,
+            )
+        };
+    }
 }
 
 /// The one buffer every tensor will view.
