@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The main job, on a simulated GPU (no NVIDIA card needed): a supervisor owns a 96 GiB
 # card (the seed's RTX PRO 6000), a foreign process shrinks its budget, the TTS stack holds
-# its models under leases, arbiter-tts speaks a sentence, a real video job runs in its own leased worker process (the
-# built-in tiny pipeline on the CPU) with that speech as its soundtrack, and its memory is checked back before the lease is
-# returned; then big jobs queue for what is left, and a critical request makes the
+# its models under leases, arbiter-tts speaks a sentence, a real video job runs in its own leased worker process (a
+# generated staged pipeline, `make-pipeline --preset tiny`: LTX-shaped components with random weights, on the CPU) with
+# that speech as its soundtrack, and its memory is checked back before the lease is returned; then big jobs queue for what is left, and a critical request makes the
 # preemptible lip-sync model give memory back. Every step prints the supervisor's view.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +26,14 @@ status() { "$bin" status --address "$sock"; }
 hold() { "$bin" hold --address "$sock" "$@" >>"$work/holders.log" 2>&1 & pids+=($!); }
 settle() { sleep "${1:-0.5}"; }
 
+video="$PWD/target/debug/arbiter-video"
+step "0. A staged pipeline to serve: LTX-shaped TorchScript components with RANDOM weights (its video is noise)"
+"$video" make-pipeline --preset tiny --out "$work/pipelines/tiny-ltx" 2>"$work/make-pipeline.log"
+"$video" inspect "$work/pipelines/tiny-ltx"
+
 step "1. A supervisor on a simulated 96 GiB GPU (512 MiB reserve)"
 "$bin" --simulated-gpus 96GiB --simulated-dir "$work/gpu" --state-dir "$work/state" --socket "$sock" \
-    --sample-interval 200ms 2>"$work/supervisor.log" &
+    --pipelines-dir "$work/pipelines" --sample-interval 200ms 2>"$work/supervisor.log" &
 supervisor=$!
 pids+=($supervisor)
 for _ in $(seq 100); do [ -S "$sock" ] && "$bin" status --address "$sock" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -59,8 +64,10 @@ sleep 0.3
     --text "Welcome to Arbiter. One card, many models, and no memory errors."
 
 step "5. A video job with that soundtrack: its own arbiter-video process under a lease sized from the pipeline"
-"$bin" generate --address "$sock" --prompt "a lighthouse at dusk, waves" --audio "@$work/voice.wav" \
-    --width 256 --height 192 --frames 17 --fps 8 --steps 6 --seed 42
+echo "(stages load one component at a time; the text encoder is streamed block by block)"
+"$bin" generate --address "$sock" --pipeline tiny-ltx --prompt "a lighthouse at dusk, waves" \
+    --audio "@$work/voice.wav" --width 256 --height 192 --frames 17 --fps 8 --steps 6 --seed 42 \
+    --placement text_encoder=stream
 status
 
 step "6. Video job 1 asks for its cold-start peak, 39.5 GiB: granted"
