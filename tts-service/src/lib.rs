@@ -8,18 +8,27 @@
 //! - [`viseme`]: the documented phoneme-to-viseme table and the viseme timeline of a speech.
 //! - [`torchscript`]: TorchScript voices (VITS/Piper style: phoneme ids in, waveform out)
 //!   from a directory with `voice.ts.pt` and a Piper-style `voice.json`.
-//! - [`wav`]: PCM s16le to WAV bytes.
+//! - [`wav`]: PCM s16le to WAV bytes, and WAV bytes back ([`wav::decode`]).
+//! - [`audio`]: audio a client sends to be lip-synced (WAV or raw PCM), checked and mixed to
+//!   mono; [`audio_viseme`]: a viseme timeline from audio alone (its loudness).
+//! - [`lipsync`]: the optional TorchScript lip-sync model (face and audio in, mouth frames
+//!   out) and its own preemptible lease, given back when the supervisor reclaims it.
 //! - [`service`]: `arbiter.tts.v1.Tts`, streaming a sentence at a time; [`server`]: the
-//!   listeners, reflection and health around it; [`lease`]: holding the GPU memory from
-//!   the supervisor, re-acquired after a loss; [`say`]: a small client that writes what
-//!   the service says to a WAV file (for scripts and the main job).
+//!   listeners, reflection and health around it; [`status`]: errors to gRPC codes;
+//!   [`lease`]: holding the GPU memory from the supervisor, re-acquired after a loss;
+//!   [`say`]: a small client that writes what the service says to a WAV file (for scripts
+//!   and the main job).
 
+pub mod audio;
+pub mod audio_viseme;
 pub mod espeak;
 pub mod lease;
+pub mod lipsync;
 pub mod say;
 pub mod sentences;
 pub mod server;
 pub mod service;
+pub mod status;
 pub mod torchscript;
 pub mod viseme;
 pub mod wav;

@@ -2,7 +2,8 @@
 //! resident on the GPU under one lease from the supervisor and serves gRPC clients.
 //!
 //! `serve` runs the gRPC service (eSpeak NG voices on the CPU, TorchScript voices from
-//! `--voice-dir` on the GPU when there is one); `info` shows what
+//! `--voice-dir` and a lip-sync model from `--lipsync-dir` on the GPU when there is one);
+//! `info` shows what
 //! libtorch sees in this process (the device its TorchScript voices will load on). The
 //! logic lives in the library (`arbiter_tts`); this file only parses flags and starts it.
 
@@ -10,9 +11,30 @@ use std::process::ExitCode;
 
 use std::path::PathBuf;
 
-use arbiter_tts::server::{self, Settings};
+use arbiter::pb::supervisor::v1 as spb;
+use arbiter_tts::server::{self, LipSyncSettings, Settings};
 use arbiter_tts::service::Limits;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// A lease priority class, as the flag spells it.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Priority {
+    Batch,
+    Normal,
+    Interactive,
+    Critical,
+}
+
+impl From<Priority> for spb::Priority {
+    fn from(p: Priority) -> spb::Priority {
+        match p {
+            Priority::Batch => spb::Priority::Batch,
+            Priority::Normal => spb::Priority::Normal,
+            Priority::Interactive => spb::Priority::Interactive,
+            Priority::Critical => spb::Priority::Critical,
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -27,7 +49,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve Synthesize, ListVoices and LipSync until SIGTERM/SIGINT.
+    /// Serve Synthesize, ListVoices, LipSync and LipSyncStream until SIGTERM/SIGINT.
     Serve {
         /// The Unix socket (default: $XDG_RUNTIME_DIR/arbiter/tts.sock, else /run/arbiter/tts.sock).
         #[arg(long, env = "ARBITER_TTS_SOCKET")]
@@ -38,9 +60,19 @@ enum Command {
         /// Longest text one request may speak, in characters.
         #[arg(long, default_value_t = 5000)]
         max_text_chars: usize,
-        /// Streams speaking at once; more are refused with RESOURCE_EXHAUSTED.
+        /// Streams speaking (or rendering mouths) at once; more are refused with
+        /// RESOURCE_EXHAUSTED.
         #[arg(long, default_value_t = 16)]
         max_streams: usize,
+        /// Largest audio a lip-sync request may send (WAV or PCM bytes).
+        #[arg(long, default_value = "32MiB")]
+        max_audio_bytes: arbiter::ByteSize,
+        /// Longest audio a lip-sync request may send, in seconds.
+        #[arg(long, default_value_t = 120)]
+        max_audio_seconds: u32,
+        /// Largest face image (PNG or JPEG) a lip-sync request may send.
+        #[arg(long, default_value = "8MiB")]
+        max_face_bytes: arbiter::ByteSize,
         /// A TorchScript voice directory (voice.ts.pt and a Piper-style voice.json, as
         /// scripts/make-test-voice.py writes); repeatable. Loaded on CUDA device 0 if libtorch
         /// sees one, else on the CPU.
@@ -53,6 +85,25 @@ enum Command {
         /// hold on the GPU.
         #[arg(long)]
         lease_bytes: Option<arbiter::ByteSize>,
+        /// A TorchScript lip-sync model directory (lipsync.ts.pt and lipsync.json, as
+        /// scripts/make-test-lipsync.py writes; see docs/lipsync.md). Renders mouth frames
+        /// for LipSyncStream: on CUDA device 0 under its own preemptible lease, else on the
+        /// CPU.
+        #[arg(long)]
+        lipsync_dir: Option<PathBuf>,
+        /// The lip-sync model's lease (such as 1GiB) instead of its parameters plus a
+        /// workspace; given, the lease is held (and given back on reclaim) even without
+        /// CUDA, where the model runs on the CPU.
+        #[arg(long)]
+        lipsync_lease_bytes: Option<arbiter::ByteSize>,
+        /// The priority class of the lip-sync lease: waiters of a higher class that cannot
+        /// fit make the supervisor reclaim it.
+        #[arg(long, value_enum, default_value = "batch")]
+        lipsync_priority: Priority,
+        /// How long a render waits for the lip-sync lease, in milliseconds, before it
+        /// renders on the CPU.
+        #[arg(long, default_value_t = 300)]
+        lipsync_wait_ms: u64,
     },
     /// Speak text through a running service and write a WAV file (a client, for scripts).
     Say {
@@ -105,6 +156,13 @@ fn main() -> ExitCode {
             voice_dirs,
             supervisor,
             lease_bytes,
+            max_audio_bytes,
+            max_audio_seconds,
+            max_face_bytes,
+            lipsync_dir,
+            lipsync_lease_bytes,
+            lipsync_priority,
+            lipsync_wait_ms,
         } => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
@@ -121,6 +179,13 @@ fn main() -> ExitCode {
                 limits: Limits {
                     max_text_chars: max_text_chars.max(1),
                     max_streams: max_streams.max(1),
+                    max_audio_bytes: usize::try_from(max_audio_bytes.0)
+                        .unwrap_or(usize::MAX)
+                        .max(1),
+                    max_audio_seconds: max_audio_seconds.max(1),
+                    max_face_bytes: usize::try_from(max_face_bytes.0)
+                        .unwrap_or(usize::MAX)
+                        .max(1),
                 },
                 voice_dirs,
                 supervisor: supervisor
@@ -131,6 +196,12 @@ fn main() -> ExitCode {
                         )
                     }),
                 lease_bytes: lease_bytes.map(|b| b.0),
+                lipsync: lipsync_dir.map(|dir| LipSyncSettings {
+                    dir,
+                    lease_bytes: lipsync_lease_bytes.map(|b| b.0),
+                    priority: lipsync_priority.into(),
+                    wait: std::time::Duration::from_millis(lipsync_wait_ms),
+                }),
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,

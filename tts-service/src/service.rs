@@ -10,6 +10,13 @@
 //! end (phonemes and timings), makes the audio from those phonemes, and takes its visemes from
 //! the eSpeak NG timings stretched to the model audio's length. A TorchScript voice's name
 //! wins over an eSpeak NG voice of the same name.
+//!
+//! Lip-sync (`LipSync`, `LipSyncStream`, `GetLipSyncStatus`) lives in [`lip_sync`]: viseme
+//! timelines for text or audio, and mouth frames from the optional lip-sync model.
+
+mod lip_sync;
+
+pub(crate) use lip_sync::LipSyncError;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,20 +24,58 @@ use std::time::Duration;
 
 use arbiter::pb::tts::v1 as pb;
 use pb::tts_server::Tts;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::audio::AudioLimits;
 use crate::espeak::{self, Espeak, Speech};
+use crate::lipsync::LipSync;
 use crate::torchscript::{self, TorchVoice};
 use crate::viseme::{self, Viseme};
-use crate::{sentences, wav};
+use crate::{sentences, status, wav};
 
 /// Limits on what clients may ask.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_text_chars: usize,
     pub max_streams: usize,
+    /// Audio sent to be lip-synced: its encoded size and its length.
+    pub max_audio_bytes: usize,
+    pub max_audio_seconds: u32,
+    /// A face image sent for mouth frames.
+    pub max_face_bytes: usize,
+}
+
+impl Limits {
+    pub fn audio(&self) -> AudioLimits {
+        AudioLimits {
+            max_bytes: self.max_audio_bytes,
+            max_seconds: self.max_audio_seconds,
+        }
+    }
+
+    /// The largest request message worth reading: the audio and face limits with room for
+    /// the other fields. gRPC refuses larger messages before they reach a handler.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_audio_bytes
+            .saturating_add(self.max_face_bytes)
+            .saturating_add(self.max_text_chars * 4)
+            .saturating_add(64 << 10)
+    }
+}
+
+impl Default for Limits {
+    /// What `arbiter-tts serve` allows unless told otherwise.
+    fn default() -> Limits {
+        Limits {
+            max_text_chars: 5000,
+            max_streams: 16,
+            max_audio_bytes: 32 << 20,
+            max_audio_seconds: 120,
+            max_face_bytes: 8 << 20,
+        }
+    }
 }
 
 pub struct TtsService {
@@ -42,6 +87,8 @@ pub struct TtsService {
     limits: Limits,
     /// One permit per stream speaking now; more are refused rather than queued.
     streams: Arc<Semaphore>,
+    /// The lip-sync model, when one is configured.
+    lipsync: Option<Arc<LipSync>>,
 }
 
 impl TtsService {
@@ -53,6 +100,23 @@ impl TtsService {
             streams: Arc::new(Semaphore::new(limits.max_streams)),
             espeak,
             limits,
+            lipsync: None,
+        })
+    }
+
+    /// Adds the lip-sync model (already loaded).
+    pub fn with_lipsync(mut self, lipsync: Arc<LipSync>) -> TtsService {
+        self.lipsync = Some(lipsync);
+        self
+    }
+
+    /// A permit for one more stream, or RESOURCE_EXHAUSTED at the limit.
+    fn stream_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} streams are running already, the limit: retry shortly",
+                self.limits.max_streams
+            ))
         })
     }
 
@@ -141,14 +205,6 @@ fn visemes_pb(visemes: &[Viseme], offset_ms: u64) -> Vec<pb::Viseme> {
         .collect()
 }
 
-/// A synthesis error as a status: bad voices and rates are the caller's to fix.
-fn synthesis_status(error: espeak::Error) -> Status {
-    match error {
-        espeak::Error::Init(_) | espeak::Error::Synthesis(_) => Status::internal(error.to_string()),
-        _ => Status::invalid_argument(error.to_string()),
-    }
-}
-
 /// Speaks one sentence on a blocking thread. A TorchScript voice gets its phonemes from
 /// eSpeak NG (at `rate_wpm`, also applied to the model as a length scale), and the phoneme
 /// timings are stretched to the model audio, so the visemes follow it.
@@ -161,17 +217,17 @@ async fn speak(
     tokio::task::spawn_blocking(move || match voice {
         Voice::Espeak(voice) => espeak
             .synthesize(&text, &voice, rate_wpm)
-            .map_err(synthesis_status),
+            .map_err(status::synthesis),
         Voice::Torch(voice) => {
             let front = espeak
                 .synthesize(&text, voice.espeak_voice(), rate_wpm)
-                .map_err(synthesis_status)?;
+                .map_err(status::synthesis)?;
             let length_scale = voice.config().inference.length_scale
                 * espeak::RATE_WPM_DEFAULT as f32
                 / rate_wpm as f32;
             let samples = voice
                 .speak_scaled(&front.phonemes, length_scale)
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .map_err(Status::from)?;
             let mut speech = Speech {
                 sample_rate: voice.sample_rate(),
                 samples,
@@ -185,7 +241,7 @@ async fn speak(
         }
     })
     .await
-    .map_err(|e| Status::internal(format!("the synthesis task failed: {e}")))?
+    .map_err(status::task)?
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::SynthesizeChunk, Status>> + Send>>;
@@ -234,12 +290,7 @@ impl Tts for TtsService {
             rate_wpm,
         )
         .await?;
-        let permit = Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "{} streams are speaking already, the limit: retry shortly",
-                self.limits.max_streams
-            ))
-        })?;
+        let permit = self.stream_permit()?;
         let (sender, receiver) = mpsc::channel(2);
         let espeak = self.espeak.clone();
         tokio::spawn(async move {
@@ -318,23 +369,26 @@ impl Tts for TtsService {
         &self,
         request: Request<pb::LipSyncRequest>,
     ) -> Result<Response<pb::LipSyncReply>, Status> {
-        let request = request.into_inner();
-        let Some(pb::lip_sync_request::Input::Text(text)) = request.input else {
-            return Err(Status::invalid_argument(
-                "input is missing: give the text whose visemes you want",
-            ));
-        };
-        self.check_text(&text)?;
-        let speech = speak(
-            self.espeak.clone(),
-            text,
-            self.voice(&request.voice)?,
-            espeak::RATE_WPM_DEFAULT,
-        )
-        .await?;
-        Ok(Response::new(pb::LipSyncReply {
-            visemes: visemes_pb(&viseme::visemes(&speech.phonemes), 0),
-            duration: ms(u64::from(speech.duration_ms())),
-        }))
+        self.lip_sync_reply(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type LipSyncStreamStream = lip_sync::LipSyncChunkStream;
+
+    async fn lip_sync_stream(
+        &self,
+        request: Request<pb::LipSyncRequest>,
+    ) -> Result<Response<lip_sync::LipSyncChunkStream>, Status> {
+        self.lip_sync_chunks(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_lip_sync_status(
+        &self,
+        _: Request<pb::GetLipSyncStatusRequest>,
+    ) -> Result<Response<pb::LipSyncStatus>, Status> {
+        Ok(Response::new(self.lip_sync_status()))
     }
 }

@@ -19,6 +19,7 @@ use tokio::runtime::Runtime;
 use arbiter::pipeline::{Manifest, Shape, StageKind};
 use arbiter_torch::load::LoadOptions;
 
+use crate::gpu_memory::ProcessMemory;
 use crate::input::audio::{Audio, AudioError, AudioSpec, load_audio};
 use crate::input::image::{Image, ImageError, load_image};
 use crate::metadata::{Metadata, MetadataError, StageRecord};
@@ -270,6 +271,7 @@ pub fn render(
                         })
                         .ok()
                 }),
+                nvml: device.is_cuda().then(|| ProcessMemory::open(&job.gpu_uuid)),
             };
             let request = Request {
                 prompt: &job.prompt,

@@ -19,10 +19,12 @@
 //!   ([`pipeline::tiny`]);
 //! - [`make`]: `make-pipeline`, generated pipelines of realistic shapes (random weights);
 //! - [`inspect`]: a manifest with the memory each stage holds;
+//! - [`gpu_memory`]: this process's GPU memory as NVML counts it;
 //! - [`local`]: `generate`, one job run in this process without a supervisor;
 //! - [`mux`]: frames (and the request's audio) into an MP4 with ffmpeg;
 //! - [`metadata`]: the `metadata.json` written next to the video.
 
+pub mod gpu_memory;
 pub mod input;
 pub mod inspect;
 pub mod job;

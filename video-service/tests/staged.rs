@@ -76,6 +76,7 @@ fn run_with(
         device: Device::Cpu,
         load: LoadOptions::default(),
         cache,
+        nvml: None,
     };
     let request = Request {
         prompt: "a red fox in the snow",
@@ -156,6 +157,7 @@ fn staged_with_seed(seed: u64) -> Output {
         device: Device::Cpu,
         load: LoadOptions::default(),
         cache: None,
+        nvml: None,
     };
     let placements = Placements::new();
     let request = Request {
@@ -271,6 +273,7 @@ fn audio_and_an_image_condition_the_video() {
         device: Device::Cpu,
         load: LoadOptions::default(),
         cache: None,
+        nvml: None,
     };
     let placements = Placements::new();
     let request = Request {

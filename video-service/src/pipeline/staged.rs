@@ -30,6 +30,7 @@ use super::component::{ComponentError, Live};
 use super::sampler;
 use super::tiles::{self, Factors, Tiling};
 use super::tokens;
+use crate::gpu_memory::ProcessMemory;
 use crate::input::audio::Audio;
 use crate::input::image::Image;
 use crate::progress::{Progress, Stage, Stop};
@@ -72,6 +73,8 @@ pub struct Settings {
     pub device: Device,
     pub load: LoadOptions,
     pub cache: Option<EmbeddingCache>,
+    /// NVML, to record what the driver says this process holds after each stage.
+    pub nvml: Option<ProcessMemory>,
 }
 
 /// One stage as it ran.
@@ -93,6 +96,10 @@ pub struct StageMetrics {
     pub peak_reserved_bytes: u64,
     /// Reserved after the stage freed what it could.
     pub reserved_after_bytes: u64,
+    /// This process's GPU memory by NVML at the end of the stage, before it freed its
+    /// components (absent without NVML).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvml_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_hit: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -419,6 +426,7 @@ impl Run<'_> {
         }
         metrics.compute_ms = ((millis(started) - metrics.load_ms) * 100.0).round() / 100.0;
         metrics.device_weight_bytes = self.live.values().map(|l| l.device_bytes).sum();
+        metrics.nvml_bytes = self.settings.nvml.as_ref().and_then(ProcessMemory::sample);
         self.release_after(index);
         let mut held: Vec<String> = self.live.keys().cloned().collect();
         held.sort();

@@ -1,0 +1,402 @@
+//! The lip-sync model's own lease: a second streaming lease (`arbiter-tts/lipsync`), asked
+//! as *preemptible*, separate from the voices' lease ([`crate::lease`]).
+//!
+//! Why a lease of its own: the supervisor asks preemptible holders to give back memory when
+//! a higher-priority request cannot fit, and it asks a lease for bytes up to that lease's
+//! size. The voices cannot leave the GPU without the service going dark, but the lip-sync
+//! model can: it renders on the CPU meanwhile (slower, still correct). So only its bytes are
+//! preemptible, and a reclaim is always one the service can answer in full.
+//!
+//! The cycle:
+//!
+//! 1. **Acquire.** At start and whenever a render wants the model while no lease is held or
+//!    asked for, `Hold` a lease of the configured size, preemptible, at the configured
+//!    priority (batch by default, so any waiter of a higher class may reclaim it), with
+//!    `max_wait` the short render wait. Renders wait at most that long; if no grant comes,
+//!    the supervisor ends the wait (DEADLINE_EXCEEDED), renders run on the CPU, and the next
+//!    render asks again. A waiter that gives up this quickly never blocks the GPU's queue for
+//!    long.
+//! 2. **Resident.** On the grant the model is loaded on CUDA device 0 (when libtorch sees
+//!    one; without CUDA the lease is still held and accounted, and renders run on the CPU).
+//! 3. **Reclaim.** On `ReclaimRequested`: new render windows go to the CPU at once, the GPU
+//!    copy is dropped as soon as the window rendering on it finishes, libtorch's cache is
+//!    emptied ([`arbiter_torch::allocator::empty_cache`]), and the whole lease is given back
+//!    with `Release` (a reclaim never asks for more than the lease holds, and the model
+//!    cannot be half resident). Voices are untouched. The stream then ends.
+//! 4. **Lost.** A revocation, a failed stream (the supervisor restarted) or shutdown also
+//!    take the model off the GPU: no lease, no GPU memory. Back to 1 on the next render.
+//!
+//! Every transition is logged, and counted in [`Snapshot`] (served by `GetLipSyncStatus`);
+//! the supervisor's `ListLeases` and `WatchEvents` show the same grants, reclaims and
+//! releases from its side.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use arbiter::endpoint::{Address, connect};
+use arbiter::pb::supervisor::v1 as spb;
+use spb::lease_update::Update;
+use spb::supervisor_client::SupervisorClient;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use super::model::{LipSyncModel, device_name};
+
+/// How long past the short wait a render waits for the supervisor's answer (connecting,
+/// loading the model onto the GPU after the grant) before it renders on the CPU anyway.
+const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Debug)]
+pub struct ResidencySettings {
+    pub supervisor: Address,
+    /// Shown by the supervisor, such as `arbiter-tts/lipsync (pid 42)`.
+    pub holder: String,
+    pub bytes: u64,
+    pub priority: spb::Priority,
+    /// How long a render waits for a grant before rendering on the CPU; also the Hold's
+    /// `max_wait`.
+    pub wait: Duration,
+}
+
+/// Where the model is in the cycle (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Offloaded,
+    Acquiring,
+    Resident,
+    Reclaiming,
+}
+
+#[derive(Clone, Debug)]
+struct State {
+    phase: Phase,
+    lease_id: Option<String>,
+    /// Why the model is not resident, when it is not.
+    note: String,
+}
+
+/// What a render is told before it starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The model is resident under its lease.
+    pub leased: bool,
+    /// Why not, when not.
+    pub note: String,
+}
+
+/// The counters and state `GetLipSyncStatus` reports.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub phase: Option<Phase>,
+    pub lease_id: Option<String>,
+    pub lease_bytes: u64,
+    pub reclaims: u64,
+    pub bytes_given_back: u64,
+    pub last_reclaim_answer: Option<Duration>,
+    pub leases_granted: u64,
+    pub lease_timeouts: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    reclaims: AtomicU64,
+    bytes_given_back: AtomicU64,
+    /// Microseconds, plus one (0: never).
+    last_reclaim_answer: AtomicU64,
+    leases_granted: AtomicU64,
+    lease_timeouts: AtomicU64,
+}
+
+/// The lease of the lip-sync model; cheap to clone.
+#[derive(Clone)]
+pub struct Residency {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: ResidencySettings,
+    model: Arc<LipSyncModel>,
+    state: watch::Sender<State>,
+    counters: Counters,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Residency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Residency")
+            .field("settings", &self.inner.settings)
+            .field("state", &*self.inner.state.borrow())
+            .finish()
+    }
+}
+
+impl Residency {
+    /// Offloaded, holding nothing until [`Self::start`] or a render asks.
+    pub fn new(
+        settings: ResidencySettings,
+        model: Arc<LipSyncModel>,
+        stop: CancellationToken,
+    ) -> Residency {
+        let (state, _) = watch::channel(State {
+            phase: Phase::Offloaded,
+            lease_id: None,
+            note: "not asked for yet".into(),
+        });
+        Residency {
+            inner: Arc::new(Inner {
+                settings,
+                model,
+                state,
+                counters: Counters::default(),
+                stop,
+            }),
+        }
+    }
+
+    /// Asks for the lease in the background, so the model starts resident when there is
+    /// room (and renders on the CPU until then).
+    pub fn start(&self) {
+        self.begin_acquire();
+    }
+
+    /// Starts an acquisition unless one is running or the lease is held.
+    fn begin_acquire(&self) {
+        let begun = self.inner.state.send_if_modified(|s| {
+            if s.phase != Phase::Offloaded || self.inner.stop.is_cancelled() {
+                return false;
+            }
+            s.phase = Phase::Acquiring;
+            s.note = "asking the supervisor for GPU memory".into();
+            true
+        });
+        if begun {
+            let inner = Arc::clone(&self.inner);
+            tokio::spawn(async move { inner.hold().await });
+        }
+    }
+
+    /// For a render that wants the model on the GPU: brings it back under a new lease if it
+    /// is not resident, waiting at most the short wait, and says where the render stands.
+    /// A model being reclaimed is not waited for: the render goes to the CPU.
+    pub async fn ensure(&self) -> Placement {
+        let mut state = self.inner.state.subscribe();
+        self.begin_acquire();
+        let phase = state.borrow_and_update().phase;
+        if phase == Phase::Acquiring {
+            let settled = state.wait_for(|s| s.phase != Phase::Acquiring);
+            let _ = tokio::time::timeout(self.inner.settings.wait + ANSWER_MARGIN, settled).await;
+        }
+        self.placement()
+    }
+
+    /// Where a render stands now, without asking for anything.
+    pub fn placement(&self) -> Placement {
+        let state = self.inner.state.borrow();
+        if state.phase == Phase::Resident {
+            Placement {
+                leased: true,
+                note: String::new(),
+            }
+        } else {
+            Placement {
+                leased: false,
+                note: state.note.clone(),
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let state = self.inner.state.borrow().clone();
+        let c = &self.inner.counters;
+        let answer = c.last_reclaim_answer.load(Ordering::Relaxed);
+        Snapshot {
+            phase: Some(state.phase),
+            lease_id: state.lease_id,
+            lease_bytes: self.inner.settings.bytes,
+            reclaims: c.reclaims.load(Ordering::Relaxed),
+            bytes_given_back: c.bytes_given_back.load(Ordering::Relaxed),
+            last_reclaim_answer: (answer > 0).then(|| Duration::from_micros(answer - 1)),
+            leases_granted: c.leases_granted.load(Ordering::Relaxed),
+            lease_timeouts: c.lease_timeouts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Inner {
+    /// One lease, from the ask to its end; the model is off the GPU afterwards, whatever
+    /// ended it.
+    async fn hold(self: Arc<Self>) {
+        let why = self.hold_once().await;
+        let model = Arc::clone(&self.model);
+        if tokio::task::spawn_blocking(move || model.offload())
+            .await
+            .unwrap_or(false)
+        {
+            tracing::info!(why = %why, "the lip-sync model left the GPU");
+        }
+        self.state.send_modify(|s| {
+            s.phase = Phase::Offloaded;
+            s.lease_id = None;
+            s.note = why;
+        });
+    }
+
+    /// Holds the lease until it ends; returns why it ended (or was never granted).
+    async fn hold_once(&self) -> String {
+        let settings = &self.settings;
+        let channel = match connect(&settings.supervisor).await {
+            Ok(channel) => channel,
+            Err(error) => {
+                tracing::warn!(%error, "cannot reach the supervisor for the lip-sync lease; rendering on the CPU");
+                return format!("cannot reach the supervisor: {error}");
+            }
+        };
+        let mut client = SupervisorClient::new(channel);
+        let request = spb::LeaseRequest {
+            holder: settings.holder.clone(),
+            bytes: settings.bytes,
+            priority: settings.priority as i32,
+            max_wait: prost_types::Duration::try_from(settings.wait).ok(),
+            preemptible: true,
+            ..Default::default()
+        };
+        let mut stream = match client.hold(request).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "the supervisor refused the lip-sync lease");
+                return format!("the supervisor refused the lease: {}", status.message());
+            }
+        };
+        let mut held: Option<spb::Lease> = None;
+        loop {
+            let message = tokio::select! {
+                () = self.stop.cancelled() => return "the service is stopping".into(),
+                message = stream.message() => message,
+            };
+            let update = match message {
+                Ok(Some(update)) => update,
+                Ok(None) => return "the supervisor ended the lease stream".into(),
+                Err(status)
+                    if held.is_none() && status.code() == tonic::Code::DeadlineExceeded =>
+                {
+                    self.counters.lease_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(wait = ?settings.wait, bytes = settings.bytes, "no GPU memory for the lip-sync model within the wait; rendering on the CPU");
+                    return format!(
+                        "no GPU memory for it within {} ms",
+                        settings.wait.as_millis()
+                    );
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "the lip-sync lease stream failed");
+                    return format!("the lease stream failed: {}", status.message());
+                }
+            };
+            match update.update {
+                Some(Update::Queued(queued)) => {
+                    tracing::debug!(position = queued.position, "the lip-sync model waits for GPU memory");
+                }
+                Some(Update::Granted(lease)) if held.is_none() => {
+                    let model = Arc::clone(&self.model);
+                    let moved = tokio::task::spawn_blocking(move || model.to_gpu()).await;
+                    let device = match moved {
+                        Ok(Ok(device)) => device,
+                        Ok(Err(error)) => {
+                            tracing::error!(%error, "cannot load the lip-sync model on the GPU; giving its lease back");
+                            release(&mut client, &lease.lease_id).await;
+                            return format!("cannot load it on the GPU: {error}");
+                        }
+                        Err(error) => {
+                            release(&mut client, &lease.lease_id).await;
+                            return format!("loading it on the GPU failed: {error}");
+                        }
+                    };
+                    self.counters.leases_granted.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(lease = %lease.lease_id, bytes = lease.bytes, gpu = %lease.gpu_uuid, device = %device_name(device), "the lip-sync model is resident under its lease");
+                    self.state.send_modify(|s| {
+                        s.phase = Phase::Resident;
+                        s.lease_id = Some(lease.lease_id.clone());
+                        s.note.clear();
+                    });
+                    held = Some(lease);
+                }
+                Some(Update::Granted(lease)) => {
+                    tracing::info!(lease = %lease.lease_id, "the supervisor withdrew its reclaim request; the lip-sync model stays");
+                    held = Some(lease);
+                }
+                Some(Update::Reclaim(reclaim)) => {
+                    let bytes = held.as_ref().map_or(settings.bytes, |l| l.bytes);
+                    return self.give_back(&mut client, reclaim, bytes).await;
+                }
+                Some(Update::Revoked(revoked)) => {
+                    tracing::warn!(reason = %revoked.reason, "the lip-sync lease was revoked");
+                    return format!("its lease was revoked: {}", revoked.reason);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Answers a reclaim: off the GPU, cache emptied, the lease released.
+    async fn give_back(
+        &self,
+        client: &mut SupervisorClient<Channel>,
+        reclaim: spb::ReclaimRequested,
+        held_bytes: u64,
+    ) -> String {
+        let asked = Instant::now();
+        let why = format!("reclaimed by the supervisor ({})", reclaim.reason);
+        self.state.send_modify(|s| {
+            s.phase = Phase::Reclaiming;
+            s.note = why.clone();
+        });
+        let model = Arc::clone(&self.model);
+        let was_on_gpu = tokio::task::spawn_blocking(move || model.offload())
+            .await
+            .unwrap_or(false);
+        let returned = match client
+            .release(spb::ReleaseRequest {
+                lease_id: reclaim.lease_id.clone(),
+            })
+            .await
+        {
+            Ok(reply) => reply.into_inner().bytes_returned,
+            Err(status) => {
+                // Closing the stream, which the caller does next, gives it back anyway.
+                tracing::warn!(code = ?status.code(), message = status.message(), "Release of the lip-sync lease failed; closing its stream instead");
+                held_bytes
+            }
+        };
+        let took = asked.elapsed();
+        let c = &self.counters;
+        c.reclaims.fetch_add(1, Ordering::Relaxed);
+        c.bytes_given_back.fetch_add(returned, Ordering::Relaxed);
+        c.last_reclaim_answer
+            .store(took.as_micros() as u64 + 1, Ordering::Relaxed);
+        let late = reclaim
+            .deadline
+            .and_then(|d| SystemTime::try_from(d).ok())
+            .is_some_and(|deadline| SystemTime::now() > deadline);
+        tracing::info!(
+            lease = %reclaim.lease_id,
+            asked = reclaim.bytes,
+            returned,
+            took_ms = took.as_millis() as u64,
+            late,
+            was_on_gpu,
+            reason = %reclaim.reason,
+            "gave the lip-sync lease back to answer a reclaim; the model renders on the CPU until a render brings it back"
+        );
+        why
+    }
+}
+
+async fn release(client: &mut SupervisorClient<Channel>, lease_id: &str) {
+    let request = spb::ReleaseRequest {
+        lease_id: lease_id.to_string(),
+    };
+    if let Err(status) = client.release(request).await {
+        tracing::warn!(code = ?status.code(), message = status.message(), "Release of the lip-sync lease failed; closing its stream instead");
+    }
+}
