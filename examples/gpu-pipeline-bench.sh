@@ -8,10 +8,13 @@
 #   auto    text encoder and transformer `auto` under a 16 GiB lease (the transformer alone
 #           is ~18 GB, so auto streams it).
 # Runs from the repository root on the GPU host (../shared/gpu-host.md) with the release
-# binaries in $SHIP (default ship/); results go to $OUT (the device tool's output folder).
+# binaries in $SHIP (default ship/); results go to $RESULTS, and packed into $OUT/bench.tgz
+# when $OUT is set (the device tool's output folder).
 set -euo pipefail
 ship="${SHIP:-ship}"
-out="${OUT:-/tmp/arbiter-bench}"
+out="${RESULTS:-/tmp/arbiter-bench}"
+pack() { if [ -n "${OUT:-}" ]; then tar czf "$OUT/bench.tgz" -C "$out" .; fi; }
+trap pack EXIT
 work="${WORK:-/tmp/arbiter-work}"
 preset="${PRESET:-ltx-half}"
 mkdir -p "$out" "$work"

@@ -7,7 +7,7 @@
 #[path = "../build-support/torch_link.rs"]
 mod torch_link;
 
-const SHIMS: [&str; 2] = ["shim/allocator.cpp", "shim/stream.cpp"];
+const SHIMS: [&str; 3] = ["shim/allocator.cpp", "shim/stream.cpp", "shim/jit.cpp"];
 
 fn main() {
     torch_link::emit();

@@ -8,6 +8,7 @@
 // become return codes (-2: libtorch threw; the message is kept per thread for
 // arbiter_shim_last_error). Tensors arrive as torch-sys's `tensor`, an `at::Tensor*`.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/core/Device.h>
 #include <c10/core/Event.h>
 #include <c10/core/Stream.h>
@@ -62,6 +63,16 @@ extern "C" size_t arbiter_shim_last_error(char* buf, size_t len) {
     buf[n] = '\0';
   }
   return last_error.size();
+}
+
+// A new uint8 CPU tensor of `bytes` in page-locked memory from libtorch's pinned host
+// allocator (which rounds each block up to a power of two and caches freed blocks), handed
+// over as an at::Tensor* that tch takes ownership of.
+extern "C" int arbiter_empty_pinned(int64_t bytes, at::Tensor** out) {
+  return guarded([&] {
+    auto options = at::TensorOptions().dtype(at::kByte).device(c10::kCPU).pinned_memory(true);
+    *out = new at::Tensor(at::empty({bytes}, options));
+  });
 }
 
 extern "C" int arbiter_stream_new(int device, int high_priority, void** out) {

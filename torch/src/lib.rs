@@ -3,6 +3,7 @@
 //! Only processes that run models depend on this crate; the supervisor never does (it must
 //! not link libtorch nor create a CUDA context).
 //!
+//! - `jit`: the TorchScript executor without its graph optimizer (seconds saved per process).
 //! - `device`, `allocator`: which device the process runs on, and libtorch's caching
 //!   allocator (empty its cache, read its statistics).
 //! - Loading weights fast, so that a per-job worker's model components reach the GPU at
@@ -18,6 +19,7 @@
 
 pub mod allocator;
 pub mod device;
+pub mod jit;
 pub mod load;
 pub mod prewarm;
 pub mod safetensors;
@@ -25,7 +27,7 @@ pub mod staging;
 pub mod stream;
 pub mod weights_error;
 
-pub use load::{LoadOptions, LoadStats, Loaded, load, load_staged};
+pub use load::{LoadOptions, LoadStats, Loaded, load, load_pinned, load_staged};
 pub use prewarm::{PrewarmStats, prewarm};
 pub use staging::Staging;
 pub use stream::{CopyStream, Event, StreamError};

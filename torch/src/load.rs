@@ -2,14 +2,20 @@
 //!
 //! The file's whole data section goes into ONE uint8 buffer on the target device, and every
 //! tensor returned is a view of it: one allocation instead of hundreds, and no per-tensor
-//! copies. Reading is parallel: one thread tops out near 4.7 GB/s from the page cache on the
-//! GPU host, eight reach 22 GB/s.
+//! copies. Reading is parallel, because one thread cannot drain the page cache.
 //!
 //! - To the CPU, reader threads `pread` chunks straight into the buffer.
 //! - To a GPU, they `pread` into a small ring of pinned host buffers ([`Staging`]) while the
 //!   main thread copies each filled buffer to the GPU on a side stream; pinned copies run
-//!   at 51-54 GB/s there, pageable ones at 6.5 GB/s, and the whole component is never held
-//!   in pageable memory first.
+//!   at 51-55 GB/s on the H100 host, pageable ones at 6.5-9 GB/s, and the whole component
+//!   is never held in pageable memory first.
+//!
+//! Measured on H100 hosts (arbiter-loadbench, a warm 16 GiB bf16 file, 2026-11-23, three
+//! machines): to the GPU, 8 threads with the default options load at 40-48 GB/s, 0.72-0.87
+//! of the pinned copy rate measured in the same run; 16 threads at 45-48 GB/s; 4 threads at
+//! 26-32 GB/s. Chunks of 2-16 MiB did equally well, 64 MiB chunks worse (31-43 GB/s at 8
+//! threads). The page cache read into small buffers gave 47-63 GB/s with 8 threads (the
+//! older 22 GB/s figure was taken another way). To the CPU, 8/16 threads: 20/29 GB/s.
 //!
 //! Because the tensors share one buffer, its memory is returned only when the last of them
 //! is dropped: load one file per component that is dropped as a whole.
@@ -31,15 +37,15 @@ use crate::weights_error::WeightsError;
 /// How a load reads and copies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Reader threads: page-cache reads scale to about 8 on the GPU host (22 GB/s), barely
-    /// beyond.
+    /// Reader threads. On the H100 host 8 reach the pinned-copy ceiling of a GPU load; the
+    /// page cache itself scales a little further, which only CPU loads can use.
     pub threads: usize,
     /// The unit of reading (CPU) or of staging and host-to-device copy (GPU). Keep it a
     /// power of two: libtorch's pinned allocator rounds every buffer up to one.
     pub chunk_bytes: usize,
     /// Pinned buffers in the GPU ring; the pinned memory used is `staging_slots *
-    /// chunk_bytes`. The threads share the chunks being filled, so a few slots keep all of
-    /// them busy.
+    /// chunk_bytes` (128 MiB by default). The threads share the chunks being filled
+    /// (`chunk_bytes / threads` each), so the slots only need to cover the copies in flight.
     pub staging_slots: usize,
 }
 
@@ -47,8 +53,8 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             threads: 8,
-            chunk_bytes: 64 << 20,
-            staging_slots: 4,
+            chunk_bytes: 8 << 20,
+            staging_slots: 16,
         }
     }
 }
@@ -139,6 +145,43 @@ pub fn load_staged(
     let (file, header) = open(path)?;
     let buffer = allocate(path, &header, staging.device())?;
     let read = fill_staged(path, &file, &header, &buffer, staging, threads)?;
+    finish(path, &header, &buffer, start, read, true)
+}
+
+/// Loads the file into one pinned (page-locked) host buffer for `device`, read by parallel
+/// `pread`s straight into it: what block streaming copies from, so that each block crosses
+/// PCIe at the pinned rate. Pinning tensor by tensor after a pageable load costs a second
+/// copy and one driver call per tensor; this pins once. Without a CUDA device it is an
+/// ordinary CPU load.
+pub fn load_pinned(
+    path: &Path,
+    device: Device,
+    options: &LoadOptions,
+) -> Result<Loaded, WeightsError> {
+    options.check()?;
+    if !device.is_cuda() {
+        return load_cpu(path, options);
+    }
+    let start = Instant::now();
+    let (file, header) = open(path)?;
+    let len = usize::try_from(header.data_len()).map_err(|_| {
+        WeightsError::Options(format!(
+            "{}: the data section is too large to index",
+            path.display()
+        ))
+    })?;
+    let buffer = crate::stream::empty_pinned(len.max(1), device)
+        .map_err(|source| WeightsError::Stream {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .f_narrow(0, 0, len as i64)
+        .map_err(|source| WeightsError::Torch {
+            path: path.to_path_buf(),
+            action: "viewing the pinned buffer",
+            source,
+        })?;
+    let read = fill_cpu(path, &file, &header, &buffer, options)?;
     finish(path, &header, &buffer, start, read, true)
 }
 

@@ -1,6 +1,6 @@
 //! Pulling weight files into the page cache before they are needed.
 //!
-//! A cold read from the GPU host's disk runs at ~1.5 GB/s, a warm one at ~22 GB/s, so a
+//! A cold read from the GPU host's disk runs at ~1.5 GB/s, a warm one at tens of GB/s, so a
 //! worker that knows which components come next reads them ahead (while an earlier stage
 //! computes) and the later load runs at page-cache speed. Reading is parallel `pread`s into
 //! small per-thread buffers: the data is read for its side effect and thrown away, so no

@@ -3,7 +3,7 @@
 //!
 //! Pinned memory is what makes the copy fast (51-54 GB/s against 6.5 GB/s from pageable
 //! memory on the GPU host) but it is scarce and slow to allocate, so the ring is small
-//! (`slots * chunk_bytes`, 256 MiB by default) and a process keeps one [`Staging`] for all
+//! (`slots * chunk_bytes`, 128 MiB by default) and a process keeps one [`Staging`] for all
 //! its loads.
 //!
 //! The pipeline: a chunk of the file is staged in one slot. The readers share the chunks
@@ -20,11 +20,11 @@ use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use crate::load::{ReadTime, reader_died};
+use crate::load::{LoadOptions, ReadTime, reader_died};
 use crate::safetensors::{Header, io};
-use crate::stream::{CopyStream, Event, StreamError};
+use crate::stream::{CopyStream, Event, StreamError, empty_pinned};
 use crate::weights_error::WeightsError;
 
 /// Pinned host buffers, their events and the copy stream, kept between loads.
@@ -45,19 +45,13 @@ impl Staging {
     /// Errors without a GPU ([`StreamError::NoDevice`]).
     pub fn new(device: Device, chunk_bytes: usize, slots: usize) -> Result<Self, WeightsError> {
         let stream_error = |source| WeightsError::StagingStream { device, source };
-        let torch_error = |source| WeightsError::StagingTorch { device, source };
         let stream = CopyStream::new(device, false).map_err(stream_error)?;
-        let len = i64::try_from(chunk_bytes)
-            .ok()
-            .filter(|len| *len > 0)
-            .ok_or_else(|| {
-                WeightsError::Options(format!("chunk_bytes {chunk_bytes} is out of range"))
-            })?;
-        if slots == 0 {
-            return Err(WeightsError::Options(
-                "staging_slots must be at least 1".into(),
-            ));
+        LoadOptions {
+            threads: 1,
+            chunk_bytes,
+            staging_slots: slots,
         }
+        .check()?;
         let mut staging = Self {
             device,
             chunk_bytes,
@@ -67,9 +61,7 @@ impl Staging {
             stream,
         };
         for _ in 0..slots {
-            let slot = Tensor::f_empty([len], (Kind::Uint8, Device::Cpu))
-                .and_then(|t| t.f_pin_memory(device))
-                .map_err(torch_error)?;
+            let slot = empty_pinned(chunk_bytes, device).map_err(stream_error)?;
             staging.addresses.push(slot.data_ptr() as usize);
             staging.slots.push(slot);
             staging

@@ -21,6 +21,7 @@ use tch::{Device, Tensor};
 
 unsafe extern "C" {
     fn arbiter_shim_last_error(buf: *mut c_char, len: usize) -> usize;
+    fn arbiter_empty_pinned(bytes: i64, out: *mut *mut torch_sys::C_tensor) -> c_int;
     fn arbiter_stream_new(device: c_int, high_priority: c_int, out: *mut *mut c_void) -> c_int;
     fn arbiter_stream_free(stream: *mut c_void);
     fn arbiter_stream_copy(
@@ -78,6 +79,27 @@ fn check(call: &'static str, code: c_int) -> Result<(), StreamError> {
         call,
         message: String::from_utf8_lossy(&buf[..end]).into_owned(),
     })
+}
+
+/// A uint8 CPU tensor of `bytes` in page-locked (pinned) memory, which the GPU copies from
+/// at full speed (51-54 GB/s on the GPU host, against 6.5 GB/s from pageable memory).
+/// libtorch's pinned allocator rounds every block up to a power of two and keeps freed
+/// blocks cached for reuse, so ask for powers of two. Needs a CUDA device (`device` names
+/// which one the memory is for).
+pub fn empty_pinned(bytes: usize, device: Device) -> Result<Tensor, StreamError> {
+    cuda_index(device)?;
+    let bytes = i64::try_from(bytes).map_err(|_| StreamError::Refused {
+        call: "pinned allocation",
+        message: format!("{bytes} bytes is too large"),
+    })?;
+    let mut raw = std::ptr::null_mut();
+    // SAFETY: `raw` is a valid out-pointer; the shim catches every C++ exception.
+    check("pinned allocation", unsafe {
+        arbiter_empty_pinned(bytes, &mut raw)
+    })?;
+    // SAFETY: on success the shim stored a heap-allocated at::Tensor (torch-sys's
+    // `C_tensor`), whose ownership passes to the returned tch tensor, which frees it once.
+    Ok(unsafe { Tensor::from_ptr(raw) })
 }
 
 /// A CUDA stream from libtorch's pool, for copies that run beside the compute stream.
@@ -284,7 +306,10 @@ mod tests {
             copied.query().unwrap(),
             "an unrecorded event counts as done"
         );
-        let host = Tensor::arange(1 << 24, (tch::Kind::Float, Device::Cpu)).pin_memory(gpu);
+        let mut host = empty_pinned(4 << 24, gpu)
+            .unwrap()
+            .view_dtype(tch::Kind::Float);
+        host.copy_(&Tensor::arange(1 << 24, (tch::Kind::Float, Device::Cpu)));
         let dst = Tensor::zeros([1 << 24], (tch::Kind::Float, gpu));
         let mut ready = Event::new(gpu).unwrap();
         ready.record_current().unwrap();

@@ -87,11 +87,6 @@ pub enum WeightsError {
         device: tch::Device,
         source: StreamError,
     },
-    #[error("pinned staging buffers on {device:?}: libtorch failed: {source}")]
-    StagingTorch {
-        device: tch::Device,
-        source: tch::TchError,
-    },
     #[error("invalid load options: {0}")]
     Options(String),
     #[error("{path}: a reader thread died: {message}")]

@@ -50,19 +50,13 @@ pub enum AudioError {
     UnknownFormat(i32),
     #[error("audio.data is not a WAV file this service reads: {0}")]
     Wav(#[from] WavError),
-    #[error(
-        "audio.sample_rate is 0: raw PCM needs its rate in Hz (each Synthesize chunk says it)"
-    )]
+    #[error("audio.sample_rate is 0: raw PCM needs its rate in Hz (each Synthesize chunk says it)")]
     PcmRate,
     #[error("audio.sample_rate {given} disagrees with the WAV header's {header} Hz: leave it 0")]
     RateMismatch { given: u32, header: u32 },
-    #[error(
-        "audio.sample_rate {0} Hz is outside {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz"
-    )]
+    #[error("audio.sample_rate {0} Hz is outside {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz")]
     RateRange(u32),
-    #[error(
-        "audio.data is {0} bytes, an odd number: raw PCM is signed 16-bit, 2 bytes a sample"
-    )]
+    #[error("audio.data is {0} bytes, an odd number: raw PCM is signed 16-bit, 2 bytes a sample")]
     OddPcm(usize),
     #[error("audio.data holds no samples")]
     NoSamples,
@@ -119,7 +113,7 @@ impl Audio {
             if sample_rate == 0 {
                 return Err(AudioError::PcmRate);
             }
-            if data.len() % 2 != 0 {
+            if !data.len().is_multiple_of(2) {
                 return Err(AudioError::OddPcm(data.len()));
             }
             Audio {
@@ -211,7 +205,10 @@ mod tests {
     fn bad_audio_is_refused_naming_the_field() {
         let wav = crate::wav::encode(&[1, 2, 3], 16000, 1);
         for (result, field) in [
-            (Audio::decode(&[], Encoding::Detect, 0, LIMITS), "audio.data"),
+            (
+                Audio::decode(&[], Encoding::Detect, 0, LIMITS),
+                "audio.data",
+            ),
             (
                 Audio::decode(&[0; 10], Encoding::Pcm, 0, LIMITS),
                 "audio.sample_rate",
@@ -238,7 +235,10 @@ mod tests {
         }
         let long = vec![0u8; 2 * 16000 * 11];
         let error = Audio::decode(&long, Encoding::Pcm, 16000, LIMITS).unwrap_err();
-        assert!(matches!(error, AudioError::TooLong { limit: 10, .. }), "{error}");
+        assert!(
+            matches!(error, AudioError::TooLong { limit: 10, .. }),
+            "{error}"
+        );
         let big = vec![0u8; (1 << 20) + 2];
         let error = Audio::decode(&big, Encoding::Pcm, 16000, LIMITS).unwrap_err();
         assert!(matches!(error, AudioError::TooLarge { .. }), "{error}");
@@ -247,7 +247,9 @@ mod tests {
     #[test]
     fn resampling_keeps_the_duration_and_the_shape() {
         let audio = Audio {
-            samples: (0..22050).map(|i| (i as f32 / 22050.0) * 2.0 - 1.0).collect(),
+            samples: (0..22050)
+                .map(|i| (i as f32 / 22050.0) * 2.0 - 1.0)
+                .collect(),
             sample_rate: 22050,
         };
         let down = audio.resampled(16000);

@@ -59,8 +59,11 @@ pub fn levels(samples: &[f32], rate: u32, total_ms: u32) -> Vec<(f32, u32)> {
             let level = if frame.is_empty() {
                 f32::NEG_INFINITY
             } else {
-                let power =
-                    frame.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / frame.len() as f64;
+                let power = frame
+                    .iter()
+                    .map(|&s| f64::from(s) * f64::from(s))
+                    .sum::<f64>()
+                    / frame.len() as f64;
                 (10.0 * power.log10()) as f32
             };
             let end = ((i as u32 + 1) * FRAME_MS).min(total_ms);
@@ -142,7 +145,9 @@ mod tests {
     /// A tone of `amplitude` for `ms` milliseconds.
     fn tone(amplitude: f32, ms: u32) -> Vec<f32> {
         (0..(RATE * ms / 1000))
-            .map(|i| amplitude * (i as f32 * 2.0 * std::f32::consts::PI * 220.0 / RATE as f32).sin())
+            .map(|i| {
+                amplitude * (i as f32 * 2.0 * std::f32::consts::PI * 220.0 / RATE as f32).sin()
+            })
             .collect()
     }
 
@@ -158,7 +163,9 @@ mod tests {
     fn silence_is_one_closed_mouth() {
         assert_eq!(spans(&vec![0.0; 16000]), [("sil", 0, 1000)]);
         // Quiet noise under the floor is silence too.
-        let hiss: Vec<f32> = (0..16000).map(|i| if i % 2 == 0 { 1e-4 } else { -1e-4 }).collect();
+        let hiss: Vec<f32> = (0..16000)
+            .map(|i| if i % 2 == 0 { 1e-4 } else { -1e-4 })
+            .collect();
         assert_eq!(spans(&hiss), [("sil", 0, 1000)]);
     }
 
@@ -170,7 +177,12 @@ mod tests {
         audio.extend(vec![0.0; 3200]); // silence: closed
         assert_eq!(
             spans(&audio),
-            [("sil", 0, 200), ("aa", 200, 300), ("E", 500, 300), ("sil", 800, 200)]
+            [
+                ("sil", 0, 200),
+                ("aa", 200, 300),
+                ("E", 500, 300),
+                ("sil", 800, 200)
+            ]
         );
     }
 

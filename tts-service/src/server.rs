@@ -179,8 +179,7 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            TtsServer::new(service)
-                .max_decoding_message_size(settings.limits.max_message_bytes()),
+            TtsServer::new(service).max_decoding_message_size(settings.limits.max_message_bytes()),
         );
     let tcp = match &settings.listen {
         Some(address) => Some(bind_tcp(address).await?),

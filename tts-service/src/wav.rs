@@ -52,7 +52,9 @@ pub enum WavError {
     ShortFormat(u32),
     #[error("its encoding {0:#06x} is neither integer PCM (1) nor float (3)")]
     Encoding(u16),
-    #[error("{bits}-bit {encoding} samples are not read (integer PCM: 8, 16, 24 or 32 bits; float: 32)")]
+    #[error(
+        "{bits}-bit {encoding} samples are not read (integer PCM: 8, 16, 24 or 32 bits; float: 32)"
+    )]
     Bits { encoding: &'static str, bits: u16 },
     #[error("it has {0} channels: 1 to 8 are read")]
     Channels(u16),
@@ -115,7 +117,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, WavError> {
             return samples(&bytes[body..end], tag, channels, sample_rate, bits);
         }
         // Chunks are padded to an even length.
-        at = body.saturating_add(size as usize).saturating_add(size as usize & 1);
+        at = body
+            .saturating_add(size as usize)
+            .saturating_add(size as usize & 1);
     }
     Err(WavError::NoData)
 }
@@ -133,8 +137,12 @@ fn samples(
     let read: fn(&[u8]) -> f32 = match (tag, bits) {
         (FORMAT_PCM, 8) => |b| (f32::from(b[0]) - 128.0) / 128.0,
         (FORMAT_PCM, 16) => |b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0,
-        (FORMAT_PCM, 24) => |b| (i32::from_le_bytes([0, b[0], b[1], b[2]]) >> 8) as f32 / 8_388_608.0,
-        (FORMAT_PCM, 32) => |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 / 2_147_483_648.0,
+        (FORMAT_PCM, 24) => {
+            |b| (i32::from_le_bytes([0, b[0], b[1], b[2]]) >> 8) as f32 / 8_388_608.0
+        }
+        (FORMAT_PCM, 32) => {
+            |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 / 2_147_483_648.0
+        }
         (FORMAT_FLOAT, 32) => |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         (FORMAT_PCM, bits) => {
             return Err(WavError::Bits {
@@ -256,7 +264,10 @@ mod tests {
         assert_eq!(decode(&alaw), Err(WavError::Encoding(6)));
         let mut twelve = encode(&[0], 8000, 1);
         twelve[34..36].copy_from_slice(&12u16.to_le_bytes());
-        assert!(matches!(decode(&twelve), Err(WavError::Bits { bits: 12, .. })));
+        assert!(matches!(
+            decode(&twelve),
+            Err(WavError::Bits { bits: 12, .. })
+        ));
         let header_only = &encode(&[], 8000, 1)[..36];
         assert_eq!(decode(header_only), Err(WavError::NoData));
     }

@@ -192,6 +192,7 @@ async fn voices_are_listed_and_lip_sync_covers_the_speech() {
                 "Peter picked a pepper.".into(),
             )),
             voice: "en".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -231,6 +232,7 @@ async fn bad_requests_are_refused_with_the_rule() {
         .lip_sync(pb::LipSyncRequest {
             input: None,
             voice: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("refused");
@@ -328,6 +330,7 @@ async fn a_torchscript_voice_is_listed_and_speaks_with_contiguous_visemes() {
                 "Peter picked a pepper.".into(),
             )),
             voice: "tiny-vits".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -2,6 +2,9 @@
 //! read rate (1/8/16 threads), the pinned and pageable host-to-device copy rates, and
 //! `load()` with several thread counts, each load given as a ratio to those limits.
 //!
+//! The page-cache rate is measured by reading into small per-thread buffers (as `prewarm`
+//! does), an upper bound for any load: a load also writes every byte into fresh memory.
+//!
 //! `arbiter-loadbench DIR_OR_FILES... [--json OUT]` measures; `arbiter-loadbench --make 16
 //! --out FILE` writes a safetensors file of random bf16 tensors to measure with.
 
@@ -11,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use arbiter_torch::load::{LoadOptions, load_staged};
+use arbiter_torch::stream::empty_pinned;
 use arbiter_torch::{Staging, allocator, load, prewarm, safetensors};
 use clap::Parser;
 use serde_json::json;
@@ -29,12 +33,12 @@ struct Args {
     /// Thread counts for load().
     #[arg(long, value_delimiter = ',', default_value = "4,8,16")]
     load_threads: Vec<usize>,
-    /// Load chunk (and staging slot) size in MiB.
-    #[arg(long, default_value_t = 64)]
-    chunk_mib: usize,
-    /// Pinned staging slots for GPU loads.
-    #[arg(long, default_value_t = 4)]
-    slots: usize,
+    /// Load chunk (and staging slot) size in MiB [default: LoadOptions's].
+    #[arg(long)]
+    chunk_mib: Option<usize>,
+    /// Pinned staging slots for GPU loads [default: LoadOptions's].
+    #[arg(long)]
+    slots: Option<usize>,
     /// Size of the tensor copied host-to-device to measure the copy rates, in GiB.
     #[arg(long, default_value_t = 2)]
     copy_gib: usize,
@@ -192,10 +196,14 @@ fn bench(args: &Args) -> Result<(), String> {
         pinned_limit = Some(pinned);
     }
 
-    let chunk_bytes = args.chunk_mib.max(1) << 20;
+    let defaults = LoadOptions::default();
+    let chunk_bytes = args
+        .chunk_mib
+        .map_or(defaults.chunk_bytes, |mib| mib.max(1) << 20);
+    let slots = args.slots.unwrap_or(defaults.staging_slots);
     let mut staging = match device {
         Device::Cuda(_) => {
-            Some(Staging::new(device, chunk_bytes, args.slots).map_err(|e| e.to_string())?)
+            Some(Staging::new(device, chunk_bytes, slots).map_err(|e| e.to_string())?)
         }
         _ => None,
     };
@@ -204,7 +212,7 @@ fn bench(args: &Args) -> Result<(), String> {
         let options = LoadOptions {
             threads,
             chunk_bytes,
-            staging_slots: args.slots,
+            staging_slots: slots,
         };
         let mut best: Option<(f64, f64)> = None;
         for _ in 0..repeat {
@@ -252,7 +260,7 @@ fn bench(args: &Args) -> Result<(), String> {
     }
     report.insert("device".into(), json!(format!("{device:?}")));
     report.insert("chunk_bytes".into(), json!(chunk_bytes));
-    report.insert("staging_slots".into(), json!(args.slots));
+    report.insert("staging_slots".into(), json!(slots));
     report.insert("load".into(), json!(loads));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&serde_json::Value::Object(report))
@@ -273,12 +281,13 @@ fn best_of(repeat: usize, mut run: impl FnMut() -> Result<f64, String>) -> Resul
 /// Host-to-device copy rate of a `bytes` tensor, from pinned or (touched) pageable memory.
 fn copy_rate(bytes: i64, device: Device, pinned: bool, repeat: usize) -> Result<f64, String> {
     let torch = |e: tch::TchError| e.to_string();
-    let host = Tensor::f_ones([bytes], (Kind::Uint8, Device::Cpu)).map_err(torch)?;
-    let host = if pinned {
-        host.f_pin_memory(device).map_err(torch)?
+    let mut host = if pinned {
+        empty_pinned(bytes as usize, device).map_err(|e| e.to_string())?
     } else {
-        host
+        Tensor::f_empty([bytes], (Kind::Uint8, Device::Cpu)).map_err(torch)?
     };
+    // Touch every page, so the pageable copy does not count page faults.
+    let _filled = host.f_fill_(1).map_err(torch)?;
     let mut dst = Tensor::f_empty([bytes], (Kind::Uint8, device)).map_err(torch)?;
     dst.f_copy_(&host).map_err(torch)?;
     tch::Cuda::synchronize(0);

@@ -63,8 +63,14 @@ pub fn decode(bytes: &[u8], size: u32, max_bytes: usize) -> Result<Face, FaceErr
         return Err(FaceError::TooSmall { width, height });
     }
     let side = width.min(height);
-    let square = imageops::crop_imm(&picture, (width - side) / 2, (height - side) / 2, side, side)
-        .to_image();
+    let square = imageops::crop_imm(
+        &picture,
+        (width - side) / 2,
+        (height - side) / 2,
+        side,
+        side,
+    )
+    .to_image();
     let scaled = imageops::resize(&square, size, size, imageops::FilterType::Triangle);
     let plane = (size * size) as usize;
     let mut pixels = vec![0f32; 3 * plane];
@@ -94,7 +100,11 @@ mod tests {
         assert_eq!(face.pixels.len(), 3 * 32 * 32);
         let plane = 32 * 32;
         assert!(face.pixels[..plane].iter().all(|&v| (v - 1.0).abs() < 1e-6));
-        assert!(face.pixels[plane..2 * plane].iter().all(|&v| (v + 1.0).abs() < 1e-6));
+        assert!(
+            face.pixels[plane..2 * plane]
+                .iter()
+                .all(|&v| (v + 1.0).abs() < 1e-6)
+        );
         assert!(face.pixels[2 * plane..].iter().all(|&v| v.abs() < 0.01));
     }
 

@@ -153,10 +153,7 @@ impl LipSyncModel {
             )));
         }
         if !(1..=120).contains(&config.fps) {
-            return Err(invalid(format!(
-                "fps {} is outside 1 to 120",
-                config.fps
-            )));
+            return Err(invalid(format!("fps {} is outside 1 to 120", config.fps)));
         }
         if config.audio.features != "waveform" {
             return Err(invalid(format!(
@@ -290,7 +287,10 @@ impl LipSyncModel {
         }
         let gpu = lock(&self.gpu);
         let (device, output) = match gpu.as_ref() {
-            Some(module) => (Device::Cuda(0), self.run(module, Device::Cuda(0), face, audio)?),
+            Some(module) => (
+                Device::Cuda(0),
+                self.run(module, Device::Cuda(0), face, audio)?,
+            ),
             None => {
                 drop(gpu);
                 let cpu = lock(&self.cpu);
@@ -376,14 +376,24 @@ mod tests {
 
     #[test]
     fn one_second_windows_add_up_to_the_whole() {
-        for (fps, rate) in [(25, 16000), (30, 16000), (24, 22050), (7, 8000), (60, 44100)] {
+        for (fps, rate) in [
+            (25, 16000),
+            (30, 16000),
+            (24, 22050),
+            (7, 8000),
+            (60, 44100),
+        ] {
             assert_eq!(frame_count(rate as usize, fps, rate), fps as usize);
             for n in [0, 1, rate as usize / 2, rate as usize * 3 + 1234, 99_999] {
                 let window = rate as usize;
                 let windows: usize = (0..n.div_ceil(window))
                     .map(|w| frame_count((n - w * window).min(window), fps, rate))
                     .sum();
-                assert_eq!(windows, frame_count(n, fps, rate), "{n} samples {fps} fps {rate} Hz");
+                assert_eq!(
+                    windows,
+                    frame_count(n, fps, rate),
+                    "{n} samples {fps} fps {rate} Hz"
+                );
             }
         }
         // Half a frame rounds up, less rounds down.

@@ -278,9 +278,7 @@ impl Inner {
             let update = match message {
                 Ok(Some(update)) => update,
                 Ok(None) => return "the supervisor ended the lease stream".into(),
-                Err(status)
-                    if held.is_none() && status.code() == tonic::Code::DeadlineExceeded =>
-                {
+                Err(status) if held.is_none() && status.code() == tonic::Code::DeadlineExceeded => {
                     self.counters.lease_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(wait = ?settings.wait, bytes = settings.bytes, "no GPU memory for the lip-sync model within the wait; rendering on the CPU");
                     return format!(
@@ -295,7 +293,10 @@ impl Inner {
             };
             match update.update {
                 Some(Update::Queued(queued)) => {
-                    tracing::debug!(position = queued.position, "the lip-sync model waits for GPU memory");
+                    tracing::debug!(
+                        position = queued.position,
+                        "the lip-sync model waits for GPU memory"
+                    );
                 }
                 Some(Update::Granted(lease)) if held.is_none() => {
                     let model = Arc::clone(&self.model);

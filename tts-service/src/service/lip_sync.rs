@@ -100,13 +100,8 @@ impl TtsService {
             Some(Input::Text(text)) => {
                 self.check_text(&text)?;
                 let voice = self.voice(voice)?;
-                let speech = speak(
-                    self.espeak.clone(),
-                    text,
-                    voice,
-                    espeak::RATE_WPM_DEFAULT,
-                )
-                .await?;
+                let speech =
+                    speak(self.espeak.clone(), text, voice, espeak::RATE_WPM_DEFAULT).await?;
                 Ok(Spoken {
                     visemes: viseme::visemes(&speech.phonemes),
                     duration_ms: speech.duration_ms(),
@@ -144,10 +139,7 @@ impl TtsService {
         if !request.face_image.is_empty() {
             return Err(LipSyncError::FaceOnUnary.into());
         }
-        Ok(self
-            .spoken(request.input, &request.voice)
-            .await?
-            .timeline())
+        Ok(self.spoken(request.input, &request.voice).await?.timeline())
     }
 
     pub(super) async fn lip_sync_chunks(

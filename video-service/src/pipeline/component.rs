@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use arbiter::pipeline::{Component, Dtype, Placement};
-use arbiter_torch::load::{LoadOptions, load};
+use arbiter_torch::load::{LoadOptions, load, load_pinned};
 use tch::{CModule, Device, IValue, Kind, TchError, Tensor};
 
 use super::stream::{StreamError, Streamer};
@@ -118,11 +118,17 @@ impl Live {
             Placement::Gpu | Placement::Resident | Placement::Auto => device,
             Placement::Cpu | Placement::Stream => Device::Cpu,
         };
-        let loaded = load(&dir.join(&spec.weights), weights_device, options).map_err(|source| {
-            ComponentError::Weights {
-                name: name.into(),
-                source,
-            }
+        let path = dir.join(&spec.weights);
+        // Streamed weights go straight into one pinned host buffer, so that every block
+        // crosses PCIe at the pinned rate without being pinned tensor by tensor.
+        let loaded = if placement == Placement::Stream {
+            load_pinned(&path, device, options)
+        } else {
+            load(&path, weights_device, options)
+        }
+        .map_err(|source| ComponentError::Weights {
+            name: name.into(),
+            source,
         })?;
         let mut weights: std::collections::HashMap<String, Tensor> =
             loaded.tensors.into_iter().collect();
@@ -159,7 +165,9 @@ impl Live {
             }
             let value = if placement == Placement::Stream {
                 device_bytes += bytes;
-                value.to_device(device)
+                value
+                    .f_to_device(device)
+                    .map_err(|e| mismatch(format!("{pname}: {e}")))?
             } else {
                 if weights_device == device && device.is_cuda() {
                     device_bytes += bytes;
@@ -176,9 +184,11 @@ impl Live {
         }
         let streamer = if placement == Placement::Stream {
             let streamer =
-                Streamer::new(blocks, device).map_err(|source| ComponentError::Stream {
-                    name: name.into(),
-                    source,
+                Streamer::new(blocks, device, loaded.stats.pinned).map_err(|source| {
+                    ComponentError::Stream {
+                        name: name.into(),
+                        source,
+                    }
                 })?;
             device_bytes += streamer.device_bytes();
             Some(streamer)

@@ -174,6 +174,11 @@ pub fn run(
     if manifest.stages.is_empty() {
         return Err(StagedError::NoStages(manifest.name.clone()));
     }
+    if !arbiter_torch::jit::plain_executor() {
+        tracing::warn!(
+            "libtorch kept its TorchScript graph optimizer on; first calls will be slower"
+        );
+    }
     tch::no_grad(|| {
         let mut run = Run {
             manifest,

@@ -67,10 +67,11 @@ struct Cuda {
 
 impl Streamer {
     /// Takes the blocks' `(name, module parameter, host weights)`; pins the host weights
-    /// and allocates the two slots on `device`.
+    /// unless they are `pinned` already, and allocates the two slots on `device`.
     pub fn new(
         mut entries: Vec<(String, Tensor, Tensor)>,
         device: Device,
+        pinned: bool,
     ) -> Result<Streamer, StreamError> {
         // Group by block index, keeping a stable order of names inside a block.
         let index_of = |name: &str| -> Option<(usize, String)> {
@@ -93,7 +94,7 @@ impl Streamer {
                     },
                 ));
             }
-            let host = if device.is_cuda() {
+            let host = if device.is_cuda() && !pinned {
                 host.f_pin_memory(device).map_err(call("pin_memory"))?
             } else {
                 host

@@ -1,0 +1,267 @@
+//! The lip-sync model's preemptible lease against the real supervisor binary on a simulated
+//! 10 GiB GPU: the service holds 2 GiB for its voices and 1 GiB for the lip-sync model; a
+//! non-preemptible 8 GiB request of a higher class cannot fit, the supervisor asks the
+//! lip-sync lease to give back, the service releases it before the deadline (voices
+//! untouched) and the waiter is granted; renders fall back to the CPU while the memory is
+//! taken, and the first render after it is free again brings the model back under a new
+//! lease, all visible in ListLeases and WatchEvents.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arbiter::endpoint::{Address, connect};
+use arbiter::pb::supervisor::v1 as spb;
+use arbiter::pb::tts::v1 as pb;
+use pb::lip_sync_request::Input;
+use spb::event::Kind;
+use spb::supervisor_client::SupervisorClient;
+use support::{
+    connected, eventually, face_request, lip_sync_stream, make_lipsync, pcm, picture, tone,
+};
+use tonic::transport::Channel;
+
+const GIB: u64 = 1 << 30;
+const RECLAIM_GRACE: Duration = Duration::from_secs(5);
+
+async fn supervisor_client(socket: &Path) -> Option<SupervisorClient<Channel>> {
+    let channel = connect(&Address::unix(socket)).await.ok()?;
+    Some(SupervisorClient::new(channel))
+}
+
+async fn leases(socket: &Path) -> Option<Vec<spb::Lease>> {
+    let mut client = supervisor_client(socket).await?;
+    Some(
+        client
+            .list_leases(spb::ListLeasesRequest::default())
+            .await
+            .ok()?
+            .into_inner()
+            .leases,
+    )
+}
+
+fn find<'a>(leases: &'a [spb::Lease], holder: &str) -> Option<&'a spb::Lease> {
+    leases
+        .iter()
+        .find(|l| l.holder.starts_with(&format!("{holder} (pid")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_back() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let supervisor_socket = dir.path().join("supervisor.sock");
+    let _supervisor = support::supervisor(
+        dir.path(),
+        &format!(
+            "[lease]\nreclaim_grace = \"{}s\"\n",
+            RECLAIM_GRACE.as_secs()
+        ),
+    );
+    let model = dir.path().join("tiny-lipsync");
+    make_lipsync(&model, &["--face-size", "32", "--fps", "25"]);
+    let tts_socket = dir.path().join("tts.sock");
+    let _tts = support::tts(
+        &tts_socket,
+        &[
+            "--supervisor",
+            supervisor_socket.to_str().unwrap(),
+            "--lease-bytes",
+            "2GiB",
+            "--lipsync-dir",
+            model.to_str().unwrap(),
+            "--lipsync-lease-bytes",
+            "1GiB",
+            "--lipsync-wait-ms",
+            "300",
+        ],
+    );
+    let mut tts = connected(&tts_socket).await;
+
+    // Both leases held: the voices' (not preemptible) and the lip-sync model's.
+    let (voices, lipsync) = eventually("both of the service's leases", || async {
+        let leases = leases(&supervisor_socket).await?;
+        Some((
+            find(&leases, "arbiter-tts")?.clone(),
+            find(&leases, "arbiter-tts/lipsync")?.clone(),
+        ))
+    })
+    .await;
+    assert_eq!((voices.bytes, voices.preemptible), (2 * GIB, false));
+    assert_eq!((lipsync.bytes, lipsync.preemptible), (GIB, true));
+    assert_eq!(lipsync.priority, spb::Priority::Batch as i32);
+    assert_eq!(lipsync.form, spb::LeaseForm::Stream as i32);
+    let status = tts
+        .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.residency, pb::LipSyncResidency::Resident as i32);
+    assert_eq!(status.lease_id, lipsync.lease_id);
+    assert_eq!(status.leases_granted, 1);
+
+    // A render while resident runs under the lease.
+    let face = picture(64, 64, image::ImageFormat::Png);
+    let audio = || Input::Audio(pcm(&tone(1.2, 16000), 16000));
+    let chunks = lip_sync_stream(&mut tts, face_request(audio(), face.clone()))
+        .await
+        .expect("a render under the lease");
+    let render = chunks[0].render.clone().unwrap();
+    assert!(render.leased, "{render:?}");
+    assert_eq!(chunks.iter().filter(|c| c.frame.is_some()).count(), 30);
+
+    // Watch the supervisor's feed from here on.
+    let mut events = supervisor_client(&supervisor_socket)
+        .await
+        .unwrap()
+        .watch_events(spb::WatchEventsRequest::default())
+        .await
+        .expect("WatchEvents")
+        .into_inner();
+
+    // 8 GiB, interactive, not preemptible: 7 GiB are free, so the supervisor must reclaim.
+    let asked = Instant::now();
+    let mut waiter = supervisor_client(&supervisor_socket)
+        .await
+        .unwrap()
+        .hold(spb::LeaseRequest {
+            holder: "a big video job".into(),
+            bytes: 8 * GIB,
+            priority: spb::Priority::Interactive as i32,
+            preemptible: false,
+            ..Default::default()
+        })
+        .await
+        .expect("Hold")
+        .into_inner();
+    let granted = loop {
+        let update = tokio::time::timeout(RECLAIM_GRACE * 2, waiter.message())
+            .await
+            .expect("an answer for the waiter")
+            .expect("the waiter's stream")
+            .expect("an update");
+        match update.update {
+            Some(spb::lease_update::Update::Queued(_)) => continue,
+            Some(spb::lease_update::Update::Granted(lease)) => break lease,
+            other => panic!("the waiter got {other:?}"),
+        }
+    };
+    assert_eq!(granted.bytes, 8 * GIB);
+    assert!(
+        asked.elapsed() < RECLAIM_GRACE,
+        "granted within the reclaim deadline: {:?}",
+        asked.elapsed()
+    );
+
+    // The feed: reclaim asked of the lip-sync lease, released by its holder (not revoked),
+    // then the waiter granted, in that order.
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|k| matches!(k, Kind::Granted(l) if l.lease_id == granted.lease_id))
+    {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("events")
+            .expect("the feed")
+            .expect("an event");
+        seen.extend(event.kind);
+    }
+    let position = |what: &str, found: &dyn Fn(&Kind) -> bool| {
+        seen.iter()
+            .position(found)
+            .unwrap_or_else(|| panic!("no {what} event in {seen:#?}"))
+    };
+    let reclaim = position(
+        "reclaim",
+        &|k| matches!(k, Kind::Reclaim(r) if r.lease_id == lipsync.lease_id && r.bytes == GIB),
+    );
+    let released = position(
+        "release",
+        &|k| matches!(k, Kind::Released(r) if r.lease_id == lipsync.lease_id && r.reason == "released" && r.bytes == GIB),
+    );
+    let grant = position(
+        "grant",
+        &|k| matches!(k, Kind::Granted(l) if l.lease_id == granted.lease_id),
+    );
+    assert!(reclaim < released && released < grant, "{seen:#?}");
+    assert!(
+        !seen.iter().any(|k| matches!(k, Kind::Revoked(_))),
+        "nothing revoked: {seen:#?}"
+    );
+
+    // The voices kept their lease and still speak; the lip-sync lease is gone.
+    let now = leases(&supervisor_socket).await.unwrap();
+    assert_eq!(
+        find(&now, "arbiter-tts").map(|l| &l.lease_id),
+        Some(&voices.lease_id)
+    );
+    assert!(find(&now, "arbiter-tts/lipsync").is_none(), "{now:#?}");
+    let mut speech = tts
+        .synthesize(pb::SynthesizeRequest {
+            text: "Still speaking.".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("voices keep serving")
+        .into_inner();
+    assert!(!speech.message().await.unwrap().unwrap().audio.is_empty());
+    let status = tts
+        .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.residency, pb::LipSyncResidency::Offloaded as i32);
+    assert_eq!((status.reclaims, status.bytes_given_back), (1, GIB));
+    assert!(status.last_reclaim_answer.is_some());
+
+    // While the waiter holds the memory, a render asks again, gets nothing within the short
+    // wait, and renders on the CPU, saying so.
+    let chunks = lip_sync_stream(&mut tts, face_request(audio(), face.clone()))
+        .await
+        .expect("a fallback render");
+    let render = chunks[0].render.clone().unwrap();
+    assert!(!render.leased);
+    assert!(render.note.contains("no GPU memory"), "{}", render.note);
+    assert_eq!(chunks.iter().filter(|c| c.frame.is_some()).count(), 30);
+    let status = tts
+        .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.lease_timeouts >= 1, "{status:?}");
+    assert!(status.fallback_windows >= 2, "{status:?}");
+    assert!(
+        find(
+            &leases(&supervisor_socket).await.unwrap(),
+            "arbiter-tts/lipsync"
+        )
+        .is_none()
+    );
+
+    // The waiter finishes; the next render brings the model back under a new lease.
+    drop(waiter);
+    eventually("the waiter's lease to end", || async {
+        let leases = leases(&supervisor_socket).await?;
+        (!leases.iter().any(|l| l.holder == "a big video job")).then_some(())
+    })
+    .await;
+    let chunks = lip_sync_stream(&mut tts, face_request(audio(), face))
+        .await
+        .expect("a render that brings the model back");
+    let render = chunks[0].render.clone().unwrap();
+    assert!(render.leased, "back under a lease: {render:?}");
+    let now = leases(&supervisor_socket).await.unwrap();
+    let again = find(&now, "arbiter-tts/lipsync").expect("a new lip-sync lease");
+    assert_ne!(again.lease_id, lipsync.lease_id);
+    assert_eq!((again.bytes, again.preemptible), (GIB, true));
+    let status = tts
+        .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.residency, pb::LipSyncResidency::Resident as i32);
+    assert_eq!(status.lease_id, again.lease_id);
+    assert_eq!(status.leases_granted, 2);
+}
