@@ -1133,7 +1133,7 @@ async fn bad_requests_are_refused_naming_the_field_and_inline_wav_is_muxed() {
     assert_refused(submit_raw(r).await, invalid, &["audio", "WAV"]);
     let r = vpb::VideoRequest {
         audio: audio(vpb::media::Source::Data(
-            b"ID3 this is an mp3, honest".to_vec(),
+            b"GIF89a: a picture, not a sound".to_vec(),
         )),
         ..tiny("a cat")
     };

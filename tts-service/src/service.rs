@@ -60,21 +60,8 @@ impl Limits {
     pub fn max_message_bytes(&self) -> usize {
         self.max_audio_bytes
             .saturating_add(self.max_face_bytes)
-            .saturating_add(self.max_text_chars * 4)
+            .saturating_add(self.max_text_chars.saturating_mul(4))
             .saturating_add(64 << 10)
-    }
-}
-
-impl Default for Limits {
-    /// What `arbiter-tts serve` allows unless told otherwise.
-    fn default() -> Limits {
-        Limits {
-            max_text_chars: 5000,
-            max_streams: 16,
-            max_audio_bytes: 32 << 20,
-            max_audio_seconds: 120,
-            max_face_bytes: 8 << 20,
-        }
     }
 }
 

@@ -78,8 +78,9 @@ pub enum JobError {
     },
     #[error(transparent)]
     Model(TinyError),
+    /// Boxed: the staged pipeline's errors carry a lot of context.
     #[error(transparent)]
-    Staged(StagedError),
+    Staged(Box<StagedError>),
     #[error(transparent)]
     Audio(#[from] AudioError),
     #[error(transparent)]
@@ -112,7 +113,7 @@ impl From<StagedError> for JobError {
     fn from(error: StagedError) -> JobError {
         match error {
             StagedError::Stopped(stop) => stop.into(),
-            other => JobError::Staged(other),
+            other => JobError::Staged(Box::new(other)),
         }
     }
 }

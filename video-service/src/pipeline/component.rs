@@ -34,7 +34,7 @@ pub enum ComponentError {
     #[error("component {name}: cannot load its weights: {source}")]
     Weights {
         name: String,
-        source: arbiter_torch::WeightsError,
+        source: Box<arbiter_torch::WeightsError>,
     },
     #[error(
         "component {name}: the weights file does not match the code: {detail} (regenerate the pipeline or fix the manifest)"
@@ -128,7 +128,7 @@ impl Live {
         }
         .map_err(|source| ComponentError::Weights {
             name: name.into(),
-            source,
+            source: Box::new(source),
         })?;
         let mut weights: std::collections::HashMap<String, Tensor> =
             loaded.tensors.into_iter().collect();
