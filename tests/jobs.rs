@@ -1373,3 +1373,16 @@ async fn a_staged_pipeline_job_normalizes_its_inputs_and_runs_stage_by_stage() {
     assert_eq!(metadata["placements"]["text_encoder"], "stream");
     nothing_leased(&client).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_prewarm_the_staged_pipelines_are_read_into_the_page_cache_at_start() {
+    let pipelines = staged_pipelines();
+    let supervisor = start(&pipelines, "8GiB", "prewarm = true\n").await;
+    eventually(JOB_TIMEOUT, "the prewarm to be logged", || {
+        let log = supervisor.log();
+        async move {
+            (log.contains("prewarmed") && log.contains("of pipeline tiny-staged")).then_some(())
+        }
+    })
+    .await;
+}

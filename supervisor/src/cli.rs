@@ -98,6 +98,8 @@ pub enum Command {
         client: ClientArgs,
         job_id: String,
     },
+    /// Draw GPU memory over time from NVML samples as an SVG, one stacked area per process.
+    Plot(crate::client::plot::PlotArgs),
 }
 
 #[derive(Debug, Args)]

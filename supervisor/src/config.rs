@@ -84,6 +84,15 @@ pub struct JobsConfig {
     pub embedding_cache_dir: Option<PathBuf>,
     /// Its size cap; least recently used entries go first. 0 turns the cache off.
     pub embedding_cache_bytes: ByteSize,
+    /// Pull the staged pipelines' weights into the page cache at start (`arbiter-video
+    /// prewarm`), so first jobs load at memory speed.
+    pub prewarm: bool,
+    /// Prewarm again this often (the kernel evicts files while the GPU is idle); 0: only
+    /// at start.
+    #[serde(with = "humantime_serde")]
+    pub prewarm_interval: Duration,
+    /// The most page cache one pipeline's prewarm may fill; 0: no limit.
+    pub prewarm_cap: ByteSize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -213,6 +222,9 @@ impl Default for JobsConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             embedding_cache_dir: None,
             embedding_cache_bytes: ByteSize(4 << 30),
+            prewarm: false,
+            prewarm_interval: Duration::ZERO,
+            prewarm_cap: ByteSize(0),
         }
     }
 }

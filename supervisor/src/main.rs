@@ -45,6 +45,7 @@ async fn main() -> ExitCode {
             client: args,
             job_id,
         } => client::jobs::cancel(&args, &config, &job_id).await,
+        Command::Plot(args) => client::plot::run(&args).map_err(Into::into),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

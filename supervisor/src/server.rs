@@ -133,6 +133,9 @@ pub async fn run(
 
     let ticker = tokio::spawn(tick(Arc::clone(&broker), stop.clone()));
     let retention = tokio::spawn(expire(Arc::clone(&jobs), stop.clone()));
+    if let Some(prewarm) = jobs.prewarm() {
+        tokio::spawn(prewarm.run(stop.clone()));
+    }
     crate::rpc::video::start_in_order(&jobs, jobs.queued()).await;
     let sampler = tokio::spawn(sampler::run(
         Arc::clone(&inventory),

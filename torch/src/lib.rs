@@ -28,7 +28,7 @@ pub mod stream;
 pub mod weights_error;
 
 pub use load::{LoadOptions, LoadStats, Loaded, load, load_pinned, load_staged};
-pub use prewarm::{PrewarmStats, prewarm};
+pub use prewarm::{PrewarmStats, evict, prewarm};
 pub use staging::Staging;
 pub use stream::{CopyStream, Event, StreamError};
 pub use weights_error::WeightsError;

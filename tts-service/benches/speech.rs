@@ -109,9 +109,7 @@ fn parse() -> Result<Options, String> {
             "--voice" => o.voice = Some(value()?),
             "--supervisor" => o.supervisor = Some(value()?),
             "--lease-bytes" => o.lease_bytes = Some(value()?),
-            "--lease-timeout" => {
-                o.lease_timeout = Duration::from_secs(number(value()?)? as u64)
-            }
+            "--lease-timeout" => o.lease_timeout = Duration::from_secs(number(value()?)? as u64),
             "--allow-unleased" => o.allow_unleased = true,
             "--text" => o.text = value()?,
             "--label" => o.label = Some(value()?),
@@ -276,7 +274,9 @@ async fn run(o: Options) -> Result<(), String> {
     if let Some(bytes) = &o.lease_bytes {
         command.args(["--lease-bytes", bytes]);
     }
-    command.env_remove("ARBITER_SUPERVISOR").stdin(Stdio::null());
+    command
+        .env_remove("ARBITER_SUPERVISOR")
+        .stdin(Stdio::null());
     match &o.server_log {
         Some(path) => {
             let log = std::fs::File::create(path)
@@ -400,7 +400,8 @@ async fn run(o: Options) -> Result<(), String> {
     // Rounds after which the Tts health was not SERVING (the lease lost meanwhile).
     let mut unleased_rounds = 0usize;
 
-    let (mut noop, mut first, mut whole, mut rtf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut noop, mut first, mut whole, mut rtf) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut warm = Vec::new();
     let mut last = None;
     for round in 0..o.rounds + o.warmup {
@@ -417,7 +418,9 @@ async fn run(o: Options) -> Result<(), String> {
             noop.push(noop_took);
             first.push(said.first);
             whole.push(said.whole);
-            rtf.push(said.whole.as_secs_f64() * f64::from(said.sample_rate) / said.samples.max(1) as f64);
+            rtf.push(
+                said.whole.as_secs_f64() * f64::from(said.sample_rate) / said.samples.max(1) as f64,
+            );
         }
         last = Some(said);
         if lease.is_some() && tts_status(&mut health).await != Some(ServingStatus::Serving) {
@@ -491,7 +494,8 @@ async fn run(o: Options) -> Result<(), String> {
                 end.used_bytes
                     .map_or("(unknown)".to_string(), |u| format!("{:.2} GiB", gib(u)))
             ),
-            (Some(_), _) => format!("lost during the run ({unleased_rounds} rounds ended without it)"),
+            (Some(_), _) =>
+                format!("lost during the run ({unleased_rounds} rounds ended without it)"),
             (None, _) if wants_lease => "none: RAN UNLEASED (--allow-unleased)".into(),
             (None, _) => "none needed (nothing on the GPU)".into(),
         }

@@ -26,7 +26,7 @@ use crate::metadata::{Metadata, MetadataError, StageRecord};
 use crate::mux::{self, MuxError, Video};
 use crate::pipeline::Frames;
 use crate::pipeline::cache::EmbeddingCache;
-use crate::pipeline::staged::{self, Request, Settings, StageMetrics, StagedError};
+use crate::pipeline::staged::{self, Request, Session, Settings, StageMetrics, StagedError};
 use crate::pipeline::tiny::{self, TinyError};
 use crate::pipeline::{self, PipelineError, Resolved};
 use crate::progress::{Progress, Stage, Stop};
@@ -215,8 +215,17 @@ fn execute(
         current: None,
         stages: Vec::new(),
     };
-    let (frames, pipeline_stages) =
-        render(&job, &manifest, &shape, &inputs, device, &mut reporter)?;
+    // One job per worker process: the session (resident components) ends with it.
+    let mut session = Session::default();
+    let (frames, pipeline_stages) = render(
+        &mut session,
+        &job,
+        &manifest,
+        &shape,
+        &inputs,
+        device,
+        &mut reporter,
+    )?;
 
     reporter.begin(Stage::Mux, 1)?;
     let video = job.output_dir.join(VIDEO_FILE);
@@ -242,6 +251,7 @@ fn execute(
 /// Runs the job's pipeline on `device`: the staged pipeline for a manifest with stages,
 /// else the built-in model. Shared by `run` (under the supervisor) and `generate` (local).
 pub fn render(
+    session: &mut Session,
     job: &Job,
     manifest: &Manifest,
     shape: &Shape,
@@ -288,7 +298,7 @@ pub fn render(
                 placements: &job.placements,
                 lease_bytes: job.lease_bytes,
             };
-            let output = staged::run(manifest, dir, &settings, &request, progress)?;
+            let output = staged::run_in(session, manifest, dir, &settings, &request, progress)?;
             Ok((output.frames, output.stages))
         }
         _ => Ok((

@@ -15,6 +15,7 @@ use arbiter::pipeline::{Manifest, Placements, Shape};
 use crate::job::{self, Inputs, JobError, METADATA_FILE, VIDEO_FILE};
 use crate::metadata::{Metadata, StageRecord};
 use crate::mux::{self, Video};
+use crate::pipeline::staged::Session;
 use crate::pipeline::{self, Frames, Resolved};
 use crate::progress::{Progress, Stage, Stop};
 use crate::worker::Job;
@@ -25,6 +26,8 @@ pub const FRAMES_DIR: &str = "frames";
 /// What `generate` was asked for, as a worker job.
 pub struct Local {
     pub job: Job,
+    /// Resident components, kept from one run to the next (`generate --repeat`).
+    pub session: Session,
 }
 
 /// Where the output went.
@@ -66,11 +69,12 @@ impl Local {
                 placements: Placements::new(),
                 embedding_cache: None,
             },
+            session: Session::default(),
         })
     }
 
     /// Runs the job and writes its files.
-    pub fn run(&self) -> Result<Written, JobError> {
+    pub fn run(&mut self) -> Result<Written, JobError> {
         let started = Instant::now();
         let job = &self.job;
         let Resolved { manifest, shape } = pipeline::resolve(job)?;
@@ -88,8 +92,15 @@ impl Local {
         let inputs = Inputs::prepare(job, &manifest, &shape)?;
         let device = arbiter_torch::device::preferred();
         let mut console = Console::default();
-        let (frames, pipeline_stages) =
-            job::render(job, &manifest, &shape, &inputs, device, &mut console)?;
+        let (frames, pipeline_stages) = job::render(
+            &mut self.session,
+            job,
+            &manifest,
+            &shape,
+            &inputs,
+            device,
+            &mut console,
+        )?;
         console.begin(Stage::Mux, 1)?;
         let (video, video_file, video_bytes) = match &ffmpeg {
             Some(ffmpeg) => {

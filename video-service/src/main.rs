@@ -46,6 +46,9 @@ enum Command {
     MakePipeline(MakeArgs),
     /// Print a pipeline's components, stages and the GPU memory each stage holds.
     Inspect(InspectArgs),
+    /// Pull a pipeline's files into the page cache (or drop them from it with --evict),
+    /// and report the read rate.
+    Prewarm(PrewarmArgs),
     /// Run one job in this process, without a supervisor or a lease (for trying a
     /// pipeline, and for benchmarks): writes video.mp4 (or PNG frames when ffmpeg is
     /// missing) and metadata.json into --out.
@@ -93,6 +96,28 @@ struct GenerateArgs {
     /// The output directory.
     #[arg(long)]
     out: PathBuf,
+    /// Run the job this many times in this one process, `resident` components loaded once
+    /// (the persistent-serving comparison); run K writes into OUT/run-K.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// Pause between repeats, to see the idle memory of a persistent process.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pause: std::time::Duration,
+}
+
+#[derive(Args)]
+struct PrewarmArgs {
+    /// A pipeline directory.
+    pipeline: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    threads: usize,
+    /// Read at most this much (the page cache it may take).
+    #[arg(long)]
+    cap: Option<arbiter::ByteSize>,
+    /// Drop the pipeline's files from the page cache instead (posix_fadvise DONTNEED), so
+    /// that the next load is cold: for measuring first calls from disk.
+    #[arg(long)]
+    evict: bool,
 }
 
 #[derive(Args)]
@@ -162,6 +187,7 @@ fn main() -> ExitCode {
             init_logging();
             generate(args)
         }
+        Command::Prewarm(args) => prewarm(args),
     }
 }
 
@@ -186,7 +212,7 @@ fn generate(args: GenerateArgs) -> ExitCode {
         eprintln!("arbiter-video generate: {message}");
         ExitCode::FAILURE
     };
-    let mut local = match Local::new(&args.pipeline, args.out) {
+    let mut local = match Local::new(&args.pipeline, args.out.clone()) {
         Ok(local) => local,
         Err(error) => return fail(error.to_string()),
     };
@@ -205,13 +231,79 @@ fn generate(args: GenerateArgs) -> ExitCode {
     job.placements = placements;
     job.lease_bytes = args.lease.0;
     job.embedding_cache = args.cache_dir.map(|dir| (dir, args.cache_size.0));
-    match local.run() {
-        Ok(written) => {
-            println!(
-                "wrote {} and {} in {:.2} s",
+    for round in 1..=args.repeat.max(1) {
+        if args.repeat > 1 {
+            local.job.output_dir = args.out.join(format!("run-{round}"));
+            if round > 1 && !args.pause.is_zero() {
+                std::thread::sleep(args.pause);
+            }
+        }
+        match local.run() {
+            Ok(written) => println!(
+                "wrote {} and {} in {:.2} s{}",
                 written.video.display(),
                 written.metadata.display(),
-                written.seconds
+                written.seconds,
+                if local.session.loaded().is_empty() {
+                    String::new()
+                } else {
+                    format!(" (kept loaded: {})", local.session.loaded().join(", "))
+                }
+            ),
+            Err(error) => return fail(error.to_string()),
+        }
+    }
+    if args.repeat > 1 && !args.pause.is_zero() {
+        // The persistent process's idle memory, for whoever samples NVML.
+        std::thread::sleep(args.pause);
+    }
+    ExitCode::SUCCESS
+}
+
+fn prewarm(args: PrewarmArgs) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("arbiter-video prewarm: {message}");
+        ExitCode::FAILURE
+    };
+    let manifest = match Manifest::load(&args.pipeline) {
+        Ok(m) => m,
+        Err(error) => return fail(error.to_string()),
+    };
+    // Weights in stage order, so that a cap keeps what is needed first.
+    let mut files = Vec::new();
+    for stage in &manifest.stages {
+        if let Some(c) = manifest.components.get(&stage.component) {
+            for path in [args.pipeline.join(&c.code), args.pipeline.join(&c.weights)] {
+                if !files.contains(&path) {
+                    files.push(path);
+                }
+            }
+        }
+    }
+    if args.evict {
+        return match arbiter_torch::evict(&files) {
+            Ok(bytes) => {
+                println!(
+                    "dropped {} ({} files) of pipeline {} from the page cache",
+                    arbiter::ByteSize(bytes),
+                    files.len(),
+                    manifest.name
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(error.to_string()),
+        };
+    }
+    match arbiter_torch::prewarm(&files, args.threads, args.cap.map(|c| c.0)) {
+        Ok(stats) => {
+            println!(
+                "read {} of pipeline {} ({} files) in {:.2} s: {:.2} GB/s with {} threads",
+                arbiter::ByteSize(stats.bytes),
+                manifest.name,
+                stats.files,
+                stats.seconds,
+                stats.gb_per_s(),
+                stats.threads
             );
             ExitCode::SUCCESS
         }

@@ -317,3 +317,60 @@ fn write_tone(path: &Path, rate: u32, channels: u16, seconds: f64) {
     }
     writer.finalize().unwrap();
 }
+
+#[test]
+fn a_session_keeps_resident_components_from_one_run_to_the_next() {
+    let (dir, manifest) = pipeline();
+    let settings = Settings {
+        device: Device::Cpu,
+        load: LoadOptions::default(),
+        cache: None,
+        nvml: None,
+    };
+    let mut placements = Placements::new();
+    placements.insert("transformer".into(), Placement::Resident);
+    let request = Request {
+        prompt: "a red fox in the snow",
+        negative_prompt: "blurry",
+        shape: shape(manifest),
+        seed: 1234,
+        audio: None,
+        image: None,
+        placements: &placements,
+        lease_bytes: 0,
+    };
+    let mut session = staged::Session::default();
+    let first = staged::run_in(
+        &mut session,
+        manifest,
+        dir,
+        &settings,
+        &request,
+        &mut Record::default(),
+    )
+    .unwrap();
+    assert_eq!(session.loaded(), ["transformer"]);
+    let second = staged::run_in(
+        &mut session,
+        manifest,
+        dir,
+        &settings,
+        &request,
+        &mut Record::default(),
+    )
+    .unwrap();
+    let denoise = |o: &Output| {
+        o.stages
+            .iter()
+            .find(|s| s.stage == "denoise")
+            .unwrap()
+            .load_bytes
+    };
+    assert!(denoise(&first) > 0);
+    assert_eq!(
+        denoise(&second),
+        0,
+        "the resident transformer was not loaded again"
+    );
+    assert!(second.latents.allclose(&first.latents, 1e-6, 1e-6, false));
+}

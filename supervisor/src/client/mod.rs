@@ -1,6 +1,7 @@
 //! The operator's commands, spoken over the same gRPC API any client uses: `status`,
 //! `leases`, `events` and `hold` here (like `nvidia-smi` for what Arbiter lends out), and
-//! the video jobs' `generate`, `jobs` and `cancel` in [`jobs`].
+//! the video jobs' `generate`, `jobs` and `cancel` in [`jobs`]; `plot` in [`plot`] draws
+//! GPU memory over time from NVML samples (no supervisor needed).
 
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +18,7 @@ use crate::config::Config;
 pub type ClientError = Box<dyn std::error::Error + Send + Sync>;
 
 pub mod jobs;
+pub mod plot;
 
 /// A channel to the supervisor named by `--address`, else the configured socket.
 async fn channel(args: &ClientArgs, config: &Config) -> Result<Channel, ClientError> {

@@ -70,6 +70,15 @@ impl Catalog {
         self.pipelines.get(name)
     }
 
+    /// Directories of the staged pipelines (those with components to load).
+    pub fn staged_dirs(&self) -> Vec<PathBuf> {
+        self.pipelines
+            .values()
+            .filter(|p| !p.manifest.stages.is_empty())
+            .filter_map(|p| p.dir.clone())
+            .collect()
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.pipelines.keys().map(String::as_str).collect()
     }

@@ -336,6 +336,17 @@ impl Jobs {
             .collect()
     }
 
+    /// The page-cache warmer for the served staged pipelines, when configured.
+    pub fn prewarm(&self) -> Option<super::prewarm::Prewarm> {
+        let jobs = &self.settings.jobs;
+        jobs.prewarm.then(|| super::prewarm::Prewarm {
+            worker: self.settings.worker.clone(),
+            dirs: self.catalog.staged_dirs(),
+            cap: (jobs.prewarm_cap.0 > 0).then_some(jobs.prewarm_cap.0),
+            interval: jobs.prewarm_interval,
+        })
+    }
+
     /// Where workers cache text embeddings, and the cap (None: no cache).
     pub fn embedding_cache(&self) -> Option<(PathBuf, u64)> {
         self.settings

@@ -10,6 +10,7 @@
 
 pub mod catalog;
 pub mod jobs;
+pub mod prewarm;
 pub mod run;
 pub mod spawn;
 pub mod spec;

@@ -160,11 +160,48 @@ struct Run<'a> {
     dir: &'a Path,
     settings: &'a Settings,
     request: &'a Request<'a>,
+    live: &'a mut HashMap<String, Live>,
+}
+
+/// What a process keeps between jobs of one pipeline: its `resident` components. A per-job
+/// worker runs one job and exits, so its session dies with it; `generate --repeat` keeps one
+/// for the persistent-serving comparison (every component resident, loaded once).
+#[derive(Default)]
+pub struct Session {
     live: HashMap<String, Live>,
+}
+
+impl Session {
+    /// Components loaded now, by name.
+    pub fn loaded(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.live.keys().cloned().collect();
+        names.sort();
+        names
+    }
 }
 
 /// Runs every stage of `manifest` (a directory pipeline at `dir`) for `request`.
 pub fn run(
+    manifest: &Manifest,
+    dir: &Path,
+    settings: &Settings,
+    request: &Request<'_>,
+    progress: &mut dyn Progress,
+) -> Result<Output, StagedError> {
+    run_in(
+        &mut Session::default(),
+        manifest,
+        dir,
+        settings,
+        request,
+        progress,
+    )
+}
+
+/// [`run`] within `session`: resident components it holds are used as they are, and the
+/// ones this run loads stay in it.
+pub fn run_in(
+    session: &mut Session,
     manifest: &Manifest,
     dir: &Path,
     settings: &Settings,
@@ -179,13 +216,13 @@ pub fn run(
             "libtorch kept its TorchScript graph optimizer on; first calls will be slower"
         );
     }
-    tch::no_grad(|| {
+    let result = tch::no_grad(|| {
         let mut run = Run {
             manifest,
             dir,
             settings,
             request,
-            live: HashMap::new(),
+            live: &mut session.live,
         };
         let mut carry = Carry::default();
         let mut stages = Vec::with_capacity(manifest.stages.len());
@@ -210,7 +247,16 @@ pub fn run(
             latents,
             stages,
         })
-    })
+    });
+    // A run that stopped part way may have left components loaded: only resident ones stay.
+    let before = session.live.len();
+    session
+        .live
+        .retain(|_, live| live.placement == Placement::Resident);
+    if session.live.len() != before {
+        empty_cache(settings.device);
+    }
+    result
 }
 
 impl Run<'_> {
