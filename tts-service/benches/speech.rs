@@ -487,7 +487,7 @@ async fn run(o: Options) -> Result<(), String> {
         ms(ready),
         match (&lease, &lease_end) {
             (Some(l), Some(end)) if leased => format!(
-                "{:.2} GiB on GPU {} held throughout (granted {:.0} ms after ready); NVML: the server uses {} on the GPU at the end",
+                "{:.2} GiB on GPU {} held throughout (confirmed {:.0} ms after the server was ready); NVML: the server uses {} on the GPU at the end",
                 gib(l.bytes),
                 l.gpu_index,
                 ms(lease_wait),

@@ -222,6 +222,11 @@ fn parse_samples(text: &str, path: &str) -> Result<Ticks, PlotError> {
         if format == Format::NvidiaSmi && trimmed.starts_with("No running processes found") {
             continue;
         }
+        // nvidia-smi names a process `[No data]` once it is exiting and its name can no
+        // longer be read: the sample belongs to a process on its way out, not a new one.
+        if format == Format::NvidiaSmi && fields.get(2).is_some_and(|n| n.contains("[No data]")) {
+            continue;
+        }
         let error = |reason: String| PlotError::Line {
             path: path.to_string(),
             line,
@@ -532,6 +537,8 @@ fn render(timeline: &Timeline, options: &Options) -> Result<String, PlotError> {
             .x_desc("seconds since the first sample")
             .y_desc("GiB")
             .label_style((FONT, 13))
+            .x_label_formatter(&tick_label)
+            .y_label_formatter(&tick_label)
             .axis_desc_style((FONT, 14))
             .light_line_style(BLACK.mix(0.05))
             .bold_line_style(BLACK.mix(0.12))
@@ -550,12 +557,17 @@ fn render(timeline: &Timeline, options: &Options) -> Result<String, PlotError> {
             chart
                 .draw_series(std::iter::once(Polygon::new(outline, color.mix(0.75))))
                 .map_err(draw_error)?;
-            chart
-                .draw_series(LineSeries::new(
-                    xs.iter().zip(top).map(|(&x, &v)| (x, gib(v))),
-                    color.stroke_width(1),
-                ))
-                .map_err(draw_error)?;
+            // Its top edge, only where it holds memory (and the ramps up and down), so that a
+            // band of no height does not paint over the edge of the one below it.
+            let values = &timeline.series[s].values;
+            for run in nonzero_runs(values) {
+                chart
+                    .draw_series(LineSeries::new(
+                        run.map(|i| (xs[i], gib(top[i]))),
+                        color.stroke_width(1),
+                    ))
+                    .map_err(draw_error)?;
+            }
         }
 
         // Leases, limits and the card, dashed, labelled at their left end.
@@ -661,7 +673,7 @@ fn draw_legend(
         ))
         .map_err(draw_error)?;
         let peak = series.values.iter().copied().max().unwrap_or(0);
-        let label = format!("{}  peak {}", truncate(&series.label, 30), ByteSize(peak));
+        let label = format!("{} · peak {}", truncate(&series.label, 30), ByteSize(peak));
         area.draw(&text(label, LEFT + 22, y, 13))
             .map_err(draw_error)?;
         y += ROW;
@@ -693,6 +705,32 @@ fn draw_legend(
     area.draw(&text(peak_text.to_string(), LEFT + 22, y, 13))
         .map_err(draw_error)?;
     Ok(())
+}
+
+/// The index ranges where `values` is above zero, each widened by one index on either side.
+fn nonzero_runs(values: &[u64]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (i, &v) in values.iter().enumerate() {
+        match (v > 0, start) {
+            (true, None) => start = Some(i.saturating_sub(1)),
+            (false, Some(from)) => {
+                runs.push(from..i + 1);
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = start {
+        runs.push(from..values.len());
+    }
+    runs
+}
+
+/// An axis label: the number with no trailing zeros (`10`, `2.5`).
+fn tick_label(value: &f64) -> String {
+    let text = format!("{value:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn truncate(text: &str, width: usize) -> String {
@@ -838,6 +876,16 @@ t_seconds,label,bytes
             error.contains("a.csv") && error.contains("a2.csv"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn edges_are_drawn_where_a_process_holds_memory() {
+        assert_eq!(nonzero_runs(&[0, 0, 5, 5, 0, 0, 3]), vec![1..5, 5..7]);
+        assert_eq!(nonzero_runs(&[1, 0]), vec![0..2]);
+        assert!(nonzero_runs(&[0, 0]).is_empty());
+        assert_eq!(tick_label(&10.0), "10");
+        assert_eq!(tick_label(&2.5), "2.5");
+        assert_eq!(tick_label(&0.0), "0");
     }
 
     #[test]
