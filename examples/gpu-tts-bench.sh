@@ -21,8 +21,9 @@
 # Results go to $RESULTS (default /tmp/tts-bench): <run>.md (the bench's table), <run>.json
 # (figures and every sample), server-<run>.log, nvml-<run>.csv (GPU memory every 100 ms),
 # supervisor.log, summary.md; packed into $OUT/tts-bench.tgz when $OUT is set.
-# ROUNDS (default 30) and WARMUP (default 3) set the rounds of each run; SUPERVISOR_ARGS adds
-# flags to the supervisor (such as --simulated-gpus 80GiB to try the script without a GPU).
+# ROUNDS (default 30) and WARMUP (default 3) set the rounds of each run. To try the script on a
+# machine without a GPU: REQUIRE_GPU=0 (the -gpu runs then run on the CPU) and
+# SUPERVISOR_ARGS="--simulated-gpus 80GiB --simulated-dir DIR" (flags added to the supervisor's).
 set -euo pipefail
 ship="${SHIP:-ship}"
 out="${RESULTS:-/tmp/tts-bench}"
@@ -99,12 +100,15 @@ supervisor_pid=$!
 for _ in $(seq 100); do [ -S "$sup" ] && break; sleep 0.1; done
 "$ship/arbiter-supervisor" status --address "$sup" >"$out/supervisor-status.txt" 2>&1 || true
 
+# The -gpu runs fail when the voice did not land on the GPU (REQUIRE_GPU=0: measure anyway).
+gpu=(--require-gpu)
+[ "${REQUIRE_GPU:-1}" = 0 ] && gpu=()
 for run in $runs; do
     env_args=()
     case "$run" in
         espeak) args=() ;;
-        test-gpu) args=(--voice-dir "$voices/test-voice" --supervisor "$sup") ;;
-        wide-gpu) args=(--voice-dir "$voices/wide-voice" --supervisor "$sup") ;;
+        test-gpu) args=(--voice-dir "$voices/test-voice" --supervisor "$sup" "${gpu[@]}") ;;
+        wide-gpu) args=(--voice-dir "$voices/wide-voice" --supervisor "$sup" "${gpu[@]}") ;;
         test-cpu) args=(--voice-dir "$voices/test-voice"); env_args=(CUDA_VISIBLE_DEVICES=) ;;
         wide-cpu) args=(--voice-dir "$voices/wide-voice"); env_args=(CUDA_VISIBLE_DEVICES=) ;;
         *) echo "unknown run $run" >&2; exit 2 ;;
@@ -129,7 +133,8 @@ done
     echo "# arbiter-tts speech bench, $(cat "$out/date.txt")"
     echo
     sed 1d "$out/gpu.csv" 2>/dev/null
-    cat "$out/torch.txt" "$out/voices.txt" 2>/dev/null | grep -v Warning
+    cat "$out/torch.txt" 2>/dev/null
+    grep -E '^(wrote|[a-z-]+: [0-9]+ parameters)' "$out/voices.txt" 2>/dev/null
     for run in $runs; do echo; cat "$out/$run.md" 2>/dev/null; done
     [ -f "$out/failures.txt" ] && { echo; cat "$out/failures.txt"; }
 } >"$out/summary.md"

@@ -44,7 +44,8 @@ OPTIONS
   --supervisor ADDR     the supervisor the server asks for its GPU lease (socket or host:port)
   --lease-bytes SIZE    passed to the server (such as 2GiB) instead of its own measure
   --lease-timeout SECS  how long to wait for the lease before giving up (default 60)
-  --allow-unleased      measure even when the server's Tts health stays NOT_SERVING
+  --allow-unleased      measure a voice that wants a lease without one (no supervisor)
+  --require-gpu         fail unless the voice spoken with is on the GPU (libtorch saw CUDA)
   --text TEXT           the text to speak (default: a 3-sentence, 121-character text)
   --label TEXT          a name for this run in the report and the JSON
   --json PATH           also write the results (and every sample) as JSON to PATH
@@ -61,6 +62,7 @@ struct Options {
     lease_bytes: Option<String>,
     lease_timeout: Duration,
     allow_unleased: bool,
+    require_gpu: bool,
     text: String,
     label: Option<String>,
     json: Option<PathBuf>,
@@ -80,6 +82,7 @@ fn parse() -> Result<Options, String> {
         lease_bytes: None,
         lease_timeout: Duration::from_secs(60),
         allow_unleased: false,
+        require_gpu: false,
         text: TEXT.into(),
         label: None,
         json: None,
@@ -111,6 +114,7 @@ fn parse() -> Result<Options, String> {
             "--lease-bytes" => o.lease_bytes = Some(value()?),
             "--lease-timeout" => o.lease_timeout = Duration::from_secs(number(value()?)? as u64),
             "--allow-unleased" => o.allow_unleased = true,
+            "--require-gpu" => o.require_gpu = true,
             "--text" => o.text = value()?,
             "--label" => o.label = Some(value()?),
             "--json" => o.json = Some(value()?.into()),
@@ -351,6 +355,13 @@ async fn run(o: Options) -> Result<(), String> {
             on_gpu: false,
         },
     };
+
+    if o.require_gpu && !voice.on_gpu {
+        return Err(format!(
+            "--require-gpu: the voice {:?} ({}) is not on the GPU (see `arbiter-tts info` and --server-log)",
+            voice.name, voice.backend
+        ));
+    }
 
     // The lease: the server holds one when a voice is on the GPU (or --lease-bytes is
     // given), and a GPU voice is measured only under it. Granted means the supervisor lists
