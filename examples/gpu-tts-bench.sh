@@ -98,6 +98,10 @@ mkdir -p "$work/pipelines"
     --worker "$PWD/$ship/arbiter-video" --sample-interval 100ms ${SUPERVISOR_ARGS:-} >"$out/supervisor.log" 2>&1 &
 supervisor_pid=$!
 for _ in $(seq 100); do [ -S "$sup" ] && break; sleep 0.1; done
+if [ ! -S "$sup" ]; then
+    echo "the supervisor did not start (the -gpu runs will fail): $(tail -3 "$out/supervisor.log")" |
+        tee -a "$out/failures.txt" >&2
+fi
 "$ship/arbiter-supervisor" status --address "$sup" >"$out/supervisor-status.txt" 2>&1 || true
 
 # The -gpu runs fail when the voice did not land on the GPU (REQUIRE_GPU=0: measure anyway).
@@ -132,10 +136,10 @@ done
 {
     echo "# arbiter-tts speech bench, $(cat "$out/date.txt")"
     echo
-    sed 1d "$out/gpu.csv" 2>/dev/null
-    cat "$out/torch.txt" 2>/dev/null
-    grep -E '^(wrote|[a-z-]+: [0-9]+ parameters)' "$out/voices.txt" 2>/dev/null
-    for run in $runs; do echo; cat "$out/$run.md" 2>/dev/null; done
-    [ -f "$out/failures.txt" ] && { echo; cat "$out/failures.txt"; }
+    sed 1d "$out/gpu.csv" 2>/dev/null || true
+    grep '^torch' "$out/torch.txt" 2>/dev/null || true
+    grep -E '^(wrote|[a-z-]+: [0-9]+ parameters)' "$out/voices.txt" 2>/dev/null || true
+    for run in $runs; do echo; cat "$out/$run.md" 2>/dev/null || true; done
+    if [ -f "$out/failures.txt" ]; then echo; cat "$out/failures.txt"; fi
 } >"$out/summary.md"
 echo "results in $out (summary.md)" >&2

@@ -7,7 +7,12 @@
 #[path = "../build-support/torch_link.rs"]
 mod torch_link;
 
-const SHIMS: [&str; 3] = ["shim/allocator.cpp", "shim/stream.cpp", "shim/jit.cpp"];
+const SHIMS: [&str; 4] = [
+    "shim/allocator.cpp",
+    "shim/stream.cpp",
+    "shim/jit.cpp",
+    "shim/pinned.cpp",
+];
 
 fn main() {
     torch_link::emit();

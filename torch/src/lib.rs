@@ -3,6 +3,8 @@
 //! Only processes that run models depend on this crate; the supervisor never does (it must
 //! not link libtorch nor create a CUDA context).
 //!
+//! - `pinned`: page-locked host buffers registered with the driver (fast pinning for
+//!   streamed components).
 //! - `jit`: the TorchScript executor without its graph optimizer (seconds saved per process).
 //! - `device`, `allocator`: which device the process runs on, and libtorch's caching
 //!   allocator (empty its cache, read its statistics).
@@ -21,6 +23,7 @@ pub mod allocator;
 pub mod device;
 pub mod jit;
 pub mod load;
+pub mod pinned;
 pub mod prewarm;
 pub mod safetensors;
 pub mod staging;

@@ -170,6 +170,26 @@ pub fn load_pinned(
             path.display()
         ))
     })?;
+    // Fast path: fill ordinary huge-page memory with parallel reads, then register it.
+    if len > 0
+        && let Some(mapping) = crate::pinned::Mapping::new(len)
+    {
+        let view = mapping.view();
+        let read = fill_cpu(path, &file, &header, &view, options)?;
+        drop(view);
+        if let Ok(pinned) = mapping.pin() {
+            let buffer =
+                pinned
+                    .f_narrow(0, 0, len as i64)
+                    .map_err(|source| WeightsError::Torch {
+                        path: path.to_path_buf(),
+                        action: "viewing the pinned buffer",
+                        source,
+                    })?;
+            return finish(path, &header, &buffer, start, read, true);
+        }
+    }
+    // Else through libtorch's pinned allocator (slower to pin; rounds up to a power of two).
     let buffer = crate::stream::empty_pinned(len.max(1), device)
         .map_err(|source| WeightsError::Stream {
             path: path.to_path_buf(),
