@@ -31,8 +31,10 @@ fi
 "$ship/arbiter-video" inspect "$work/$preset" --placement text_encoder=stream >"$out/inspect-stream.txt"
 "$ship/arbiter-video" inspect "$work/$preset" --json >"$out/inspect.json"
 
-"$ship/arbiter-loadbench" "$work/$preset/text_encoder.safetensors" --read-threads 1,8,16 \
-    --load-threads 8,16 --repeat 2 --json "$out/limits.json" >"$out/limits.txt" 2>&1 || true
+if [ "${LOADBENCH:-1}" = 1 ]; then
+    "$ship/arbiter-loadbench" "$work/$preset/text_encoder.safetensors" --read-threads 1,8,16 \
+        --load-threads 8,16 --repeat 2 --json "$out/limits.json" >"$out/limits.txt" 2>&1 || true
+fi
 
 prompt="a lighthouse at dusk, waves breaking on the rocks"
 for run in ${RUNS:-gpu stream auto}; do
