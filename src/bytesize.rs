@@ -108,9 +108,30 @@ impl From<u64> for ByteSize {
     }
 }
 
+impl ByteSize {
+    /// The exact form: the largest binary unit that divides the size (`2GiB`, `640MiB`),
+    /// else plain bytes. What files are written with, since the human form rounds.
+    pub fn exact(&self) -> String {
+        const STEPS: &[(&str, u64)] = &[
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
+        for (name, size) in STEPS {
+            if self.0 >= *size && self.0.is_multiple_of(*size) {
+                return format!("{}{name}", self.0 / size);
+            }
+        }
+        format!("{}B", self.0)
+    }
+}
+
 impl serde::Serialize for ByteSize {
+    /// Exact, so that a file written and read back holds the same size (the human form
+    /// rounds to two decimals).
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_string())
+        serializer.serialize_str(&self.exact())
     }
 }
 
@@ -178,5 +199,20 @@ mod tests {
         assert_eq!(ByteSize(3 << 29).to_string(), "1.5GiB");
         assert_eq!(ByteSize(1000).to_string(), "1000B");
         assert_eq!(ByteSize(612 << 20).to_string(), "612MiB");
+    }
+
+    #[test]
+    fn files_get_the_exact_size_and_read_it_back() {
+        for bytes in [0, 1, 1023, 168_064, 640 << 20, 3 << 30, 13_889_188_352] {
+            let size = ByteSize(bytes);
+            assert_eq!(
+                size.exact().parse::<ByteSize>().unwrap(),
+                size,
+                "{}",
+                size.exact()
+            );
+        }
+        assert_eq!(ByteSize(640 << 20).exact(), "640MiB");
+        assert_eq!(ByteSize(168_064).exact(), "168064B");
     }
 }

@@ -385,6 +385,24 @@ fn probe(path: &Path) -> Vec<(String, u64, u64, u64)> {
         .collect()
 }
 
+/// ffprobe's view of a file's audio track: channels and duration in seconds.
+fn audio_track(path: &Path) -> (u64, f64) {
+    let output = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "a:0", "-show_entries"])
+        .args(["stream=channels,duration", "-of", "json"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("ffprobe's JSON");
+    let stream = &json["streams"][0];
+    let channels = stream["channels"].as_u64().unwrap_or(0);
+    let duration = stream["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    (channels, duration)
+}
+
 /// Checks a succeeded job's files: the video (as ffprobe sees it) and the metadata.
 #[track_caller]
 fn check_video(job: &vpb::Job, width: u64, height: u64, frames: u64, audio: bool) {
@@ -1332,9 +1350,15 @@ async fn a_staged_pipeline_job_normalizes_its_inputs_and_runs_stage_by_stage() {
     let job = final_job(&video, &id).await;
     assert_state(&job, JobState::Succeeded);
     // One second of 8 kHz mono became 17 frames at 8 fps of 16 kHz stereo, and the MP4
-    // carries it as its soundtrack.
+    // carries it as its soundtrack, as long as the video (AAC adds at most a frame or two).
     check_video(&job, 128, 128, 17, true);
     let result = job.result.as_ref().unwrap();
+    let (channels, seconds) = audio_track(Path::new(&result.video_path));
+    assert_eq!(channels, 2);
+    assert!(
+        (seconds - 17.0 / 8.0).abs() < 0.1,
+        "audio lasts {seconds} s"
+    );
     let metadata: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&result.metadata_path).unwrap()).unwrap();
     let stages: Vec<(&str, &str)> = metadata["pipeline_stages"]

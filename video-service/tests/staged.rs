@@ -374,3 +374,13 @@ fn a_session_keeps_resident_components_from_one_run_to_the_next() {
     );
     assert!(second.latents.allclose(&first.latents, 1e-6, 1e-6, false));
 }
+
+#[test]
+fn the_generator_writes_the_parameters_the_presets_count() {
+    use arbiter_video::make::preset::{Preset, plan};
+    let (_, manifest) = pipeline();
+    for part in plan(Preset::Tiny, "x").parts {
+        let written = manifest.components[part.name].parameter_bytes.0;
+        assert_eq!(written, part.parameters() * 4, "{} (f32)", part.name);
+    }
+}

@@ -363,3 +363,82 @@ fn parts(d: Dims, activations: [u64; 6]) -> Vec<Part> {
         ),
     ]
 }
+
+impl Part {
+    /// How many parameters the generator makes for this part: the same shapes as
+    /// generator/make_pipeline.py, counted here so that a preset's sizes can be checked
+    /// against the model it imitates without writing tens of GB.
+    pub fn parameters(&self) -> u64 {
+        let d = |key: &str| self.dims.get(key).and_then(Value::as_u64).unwrap_or(0);
+        match self.role {
+            Role::TextEncoder => {
+                let (dim, ffn) = (d("dim"), d("ffn"));
+                let block = 4 * dim * dim + 3 * dim * ffn + 2 * dim;
+                d("vocab") * dim + d("blocks") * block + dim + d("out_dim") * dim
+            }
+            Role::AudioEncoder => {
+                let hidden = d("hidden");
+                hidden * d("channels") * d("hop") + hidden + d("dim") * hidden
+            }
+            Role::ImageEncoder => {
+                let (hidden, s) = (d("hidden"), d("spatial"));
+                hidden * 3 * s * s + d("channels") * hidden
+            }
+            Role::Transformer => {
+                let (dim, ffn, c) = (d("dim"), d("ffn"), d("channels"));
+                let block = 8 * dim * dim + 3 * dim * ffn + 3 * dim;
+                dim * c
+                    + dim * 64
+                    + dim * dim
+                    + dim * d("text_dim")
+                    + dim * d("audio_dim")
+                    + dim * c
+                    + d("blocks") * block
+                    + dim
+                    + c * dim
+            }
+            Role::Upsampler => {
+                let (h, c) = (d("hidden"), d("channels"));
+                h * c * 27 + d("layers") * h * h * 27 + c * h * 27
+            }
+            Role::VaeDecoder => {
+                let (h, c, s, t) = (d("hidden"), d("channels"), d("spatial"), d("temporal"));
+                h * c * 27 + d("layers") * h * h * 27 + 3 * t * s * s * h
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(preset: Preset, name: &str) -> u64 {
+        let plan = plan(preset, "p");
+        let part = plan.parts.iter().find(|p| p.name == name).unwrap();
+        part.parameters() * 2 // bf16
+    }
+
+    #[test]
+    fn ltx_full_has_the_component_sizes_of_ltx_2_3() {
+        let gb = |b: u64| b as f64 / 1e9;
+        // Transformer ~35.4 GB in 48 blocks of ~0.74 GB.
+        let transformer = gb(bytes(Preset::LtxFull, "transformer"));
+        assert!((34.5..36.5).contains(&transformer), "{transformer}");
+        assert!((0.70..0.78).contains(&(transformer / 48.0)));
+        // Gemma-3-12B (~23-27 GB) plus the text connector (~5.9 GB).
+        let text = gb(bytes(Preset::LtxFull, "text_encoder"));
+        assert!((27.0..33.0).contains(&text), "{text}");
+        for small in ["upsampler", "vae_decoder", "audio_encoder", "image_encoder"] {
+            assert!(gb(bytes(Preset::LtxFull, small)) < 1.0, "{small}");
+        }
+    }
+
+    #[test]
+    fn ltx_half_is_half_of_ltx_full() {
+        for name in ["text_encoder", "transformer"] {
+            let ratio = bytes(Preset::LtxHalf, name) as f64 / bytes(Preset::LtxFull, name) as f64;
+            assert!((0.45..0.55).contains(&ratio), "{name}: {ratio}");
+        }
+    }
+}
