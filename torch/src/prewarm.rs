@@ -111,6 +111,33 @@ fn first(paths: &[PathBuf]) -> &Path {
         .map_or(Path::new("(no files)"), PathBuf::as_path)
 }
 
+/// Drops `paths` from the page cache (`posix_fadvise(DONTNEED)`), so that the next load is
+/// a cold one: how benchmarks measure first calls from disk without root. Only clean pages
+/// go, which weight files are. Returns the bytes the files hold.
+pub fn evict(paths: &[PathBuf]) -> Result<u64, WeightsError> {
+    let mut total = 0;
+    for path in paths {
+        let file = File::open(path).map_err(io(path, "opening"))?;
+        let len = file
+            .metadata()
+            .map_err(io(path, "reading the size of"))?
+            .len();
+        nix::fcntl::posix_fadvise(
+            &file,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .map_err(|e| WeightsError::Io {
+            path: path.to_path_buf(),
+            action: "evicting from the page cache",
+            source: std::io::Error::from(e),
+        })?;
+        total += len;
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,31 +174,4 @@ mod tests {
         let err = prewarm(&missing, 2, None).unwrap_err();
         assert!(matches!(err, WeightsError::Io { .. }) && err.to_string().contains("missing"));
     }
-}
-
-/// Drops `paths` from the page cache (`posix_fadvise(DONTNEED)`), so that the next load is
-/// a cold one: how benchmarks measure first calls from disk without root. Only clean pages
-/// go, which weight files are. Returns the bytes the files hold.
-pub fn evict(paths: &[PathBuf]) -> Result<u64, WeightsError> {
-    let mut total = 0;
-    for path in paths {
-        let file = File::open(path).map_err(io(path, "opening"))?;
-        let len = file
-            .metadata()
-            .map_err(io(path, "reading the size of"))?
-            .len();
-        nix::fcntl::posix_fadvise(
-            &file,
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        )
-        .map_err(|e| WeightsError::Io {
-            path: path.to_path_buf(),
-            action: "evicting from the page cache",
-            source: std::io::Error::from(e),
-        })?;
-        total += len;
-    }
-    Ok(total)
 }

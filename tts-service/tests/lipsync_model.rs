@@ -2,28 +2,11 @@
 //! process: frames come out as many as the audio's length implies, of the face's size,
 //! and they keep the face outside the mouth region; bad configs are refused with the rule.
 
-use std::path::Path;
-use std::process::Command;
+mod support;
 
 use arbiter_tts::lipsync::LipSyncModel;
 use arbiter_tts::lipsync::face::Face;
-
-/// Runs scripts/make-test-lipsync.py into `dir` with the venv's python3 (scripts/env.sh).
-fn make_model(dir: &Path, extra: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-test-lipsync.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(dir)
-        .args(extra)
-        .output()
-        .expect("python3 runs: source scripts/env.sh (after scripts/setup.sh) first");
-    assert!(
-        out.status.success(),
-        "make-test-lipsync.py failed (is torch installed? run scripts/setup.sh and source \
-         scripts/env.sh): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use support::make_lipsync as make_model;
 
 /// A grey face with a white forehead: the top rows must survive the model untouched.
 fn face(size: u32) -> Face {

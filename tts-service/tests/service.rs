@@ -1,6 +1,8 @@
 //! The real `arbiter-tts serve` binary over its real Unix socket: streamed speech from the
 //! eSpeak NG voice, visemes, voices, and refusals.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use arbiter::endpoint::{Address, connect};
 use arbiter::pb::tts::v1 as pb;
 use pb::tts_client::TtsClient;
+use support::make_voice;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -237,24 +240,6 @@ async fn bad_requests_are_refused_with_the_rule() {
         .await
         .expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument);
-}
-
-/// Writes a TorchScript test voice (random weights) with scripts/make-test-voice.py, using
-/// the venv's python3 (scripts/env.sh).
-fn make_voice(dir: &Path, extra: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-test-voice.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(dir)
-        .args(extra)
-        .output()
-        .expect("python3 runs: source scripts/env.sh (after scripts/setup.sh) first");
-    assert!(
-        out.status.success(),
-        "make-test-voice.py failed (is torch installed? run scripts/setup.sh and source \
-         scripts/env.sh): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test]

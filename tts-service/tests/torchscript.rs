@@ -1,28 +1,11 @@
 //! A TorchScript voice written by scripts/make-test-voice.py (random weights), loaded in this
 //! process: the audio is as long as the model's durations and the config's hop imply.
 
-use std::path::Path;
-use std::process::Command;
+mod support;
 
 use arbiter_tts::espeak::{DEFAULT_VOICE, Espeak, Phoneme, RATE_WPM_DEFAULT};
 use arbiter_tts::torchscript::{TorchVoice, default_device};
-
-/// Runs scripts/make-test-voice.py into `dir` with the venv's python3 (scripts/env.sh).
-fn make_voice(dir: &Path, extra: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-test-voice.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(dir)
-        .args(extra)
-        .output()
-        .expect("python3 runs: source scripts/env.sh (after scripts/setup.sh) first");
-    assert!(
-        out.status.success(),
-        "make-test-voice.py failed (is torch installed? run scripts/setup.sh and source \
-         scripts/env.sh): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use support::make_voice;
 
 fn p(symbol: &str) -> Phoneme {
     Phoneme {

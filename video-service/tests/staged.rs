@@ -44,6 +44,16 @@ fn pipeline() -> &'static (PathBuf, Manifest) {
     })
 }
 
+/// The CPU, default loading, no NVML.
+fn settings(cache: Option<EmbeddingCache>) -> Settings {
+    Settings {
+        device: Device::Cpu,
+        load: LoadOptions::default(),
+        cache,
+        nvml: None,
+    }
+}
+
 #[derive(Default)]
 struct Record {
     stages: Vec<(Stage, u32)>,
@@ -72,12 +82,7 @@ fn run_with(
     progress: &mut dyn Progress,
 ) -> Output {
     let (dir, manifest) = pipeline();
-    let settings = Settings {
-        device: Device::Cpu,
-        load: LoadOptions::default(),
-        cache,
-        nvml: None,
-    };
+    let settings = settings(cache);
     let request = Request {
         prompt: "a red fox in the snow",
         negative_prompt: "blurry",
@@ -153,12 +158,7 @@ fn every_placement_gives_the_same_latents_for_the_same_seed() {
 
 fn staged_with_seed(seed: u64) -> Output {
     let (dir, manifest) = pipeline();
-    let settings = Settings {
-        device: Device::Cpu,
-        load: LoadOptions::default(),
-        cache: None,
-        nvml: None,
-    };
+    let settings = settings(None);
     let placements = Placements::new();
     let request = Request {
         prompt: "a red fox in the snow",
@@ -269,12 +269,7 @@ fn audio_and_an_image_condition_the_video() {
         .save(&png)
         .unwrap();
     let image = arbiter_video::input::image::load_image(&png, 128, 128).unwrap();
-    let settings = Settings {
-        device: Device::Cpu,
-        load: LoadOptions::default(),
-        cache: None,
-        nvml: None,
-    };
+    let settings = settings(None);
     let placements = Placements::new();
     let request = Request {
         prompt: "a red fox in the snow",
@@ -321,12 +316,7 @@ fn write_tone(path: &Path, rate: u32, channels: u16, seconds: f64) {
 #[test]
 fn a_session_keeps_resident_components_from_one_run_to_the_next() {
     let (dir, manifest) = pipeline();
-    let settings = Settings {
-        device: Device::Cpu,
-        load: LoadOptions::default(),
-        cache: None,
-        nvml: None,
-    };
+    let settings = settings(None);
     let mut placements = Placements::new();
     placements.insert("transformer".into(), Placement::Resident);
     let request = Request {

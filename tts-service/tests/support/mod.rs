@@ -109,21 +109,34 @@ pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     panic!("timed out waiting for {what}");
 }
 
-/// Runs scripts/make-test-lipsync.py into `dir` with the venv's python3 (scripts/env.sh).
-pub fn make_lipsync(dir: &Path, extra: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-test-lipsync.py");
+/// Runs one of the generators in scripts/ (random weights, the real interface) into `dir`
+/// with the venv's python3 (scripts/env.sh).
+pub fn generate(script: &str, dir: &Path, extra: &[&str]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(script);
     let out = Command::new("python3")
-        .arg(&script)
+        .arg(&path)
         .arg(dir)
         .args(extra)
         .output()
         .expect("python3 runs: source scripts/env.sh (after scripts/setup.sh) first");
     assert!(
         out.status.success(),
-        "make-test-lipsync.py failed (is torch installed? run scripts/setup.sh and source \
+        "{script} failed (is torch installed? run scripts/setup.sh and source \
          scripts/env.sh): {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A generated TorchScript lip-sync model in `dir`.
+pub fn make_lipsync(dir: &Path, extra: &[&str]) {
+    generate("make-test-lipsync.py", dir, extra);
+}
+
+/// A generated TorchScript (Piper-style) voice in `dir`.
+pub fn make_voice(dir: &Path, extra: &[&str]) {
+    generate("make-test-voice.py", dir, extra);
 }
 
 /// A `width` × `height` picture with a gradient, encoded as PNG or JPEG.

@@ -229,7 +229,6 @@ pub fn run_in(
         for index in 0..manifest.stages.len() {
             stages.push(run.stage(index, &mut carry, progress)?);
         }
-        drop(run);
         empty_cache(settings.device);
         let video = carry.video.ok_or(StagedError::Torch {
             stage: StageKind::Decode,
