@@ -844,3 +844,59 @@ async fn the_status_and_leases_commands_show_what_is_lent() {
     assert!(stdout.contains("Simulated GPU (10GiB)"), "{stdout}");
     assert!(stdout.contains("cli-holder"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_record_writes_the_samples_that_plot_draws() {
+    let supervisor = Supervisor::builder().sample_interval("100ms").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("samples.csv");
+    let mut recorder = supervisor
+        .client_command(&["events", "--record", csv.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the recorder");
+    let mut foreign = Sleeper::spawn();
+    let pid = foreign.pid();
+    record_usage(supervisor.simulated_dir(), 0, pid, 3 * GIB);
+    let present = format!("pid {pid} (no lease),{}", 3 * GIB);
+    let read = || std::fs::read_to_string(&csv).unwrap_or_default();
+    eventually(SOON, "the foreign process in the recording", || {
+        let found = read().contains(&present);
+        async move { found.then_some(()) }
+    })
+    .await;
+    foreign.kill();
+    let gone = format!("pid {pid} (no lease),0");
+    eventually(SOON, "its memory back to 0 in the recording", || {
+        let found = read().contains(&gone);
+        async move { found.then_some(()) }
+    })
+    .await;
+    let _ = recorder.kill();
+    let _ = recorder.wait();
+
+    let svg = dir.path().join("vram.svg");
+    let output = run_to_end(
+        {
+            let mut plot = support::command();
+            plot.arg("plot")
+                .arg("--samples")
+                .arg(&csv)
+                .arg("--out")
+                .arg(&svg);
+            plot
+        },
+        Duration::from_secs(20),
+    );
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        read().lines().take(8).collect::<Vec<_>>().join("\n")
+    );
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        drawing.contains(&format!("pid {pid} (no lease)")),
+        "the legend names it"
+    );
+}

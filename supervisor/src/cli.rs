@@ -85,6 +85,9 @@ pub enum Command {
         /// Also print every NVML sample.
         #[arg(long)]
         samples: bool,
+        /// Write every NVML sample, per process, to this CSV (what `plot` reads).
+        #[arg(long, value_name = "FILE")]
+        record: Option<std::path::PathBuf>,
     },
     /// Hold a streaming lease until interrupted, giving memory back when asked.
     Hold(HoldArgs),

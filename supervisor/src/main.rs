@@ -37,7 +37,8 @@ async fn main() -> ExitCode {
         Command::Events {
             client: args,
             samples,
-        } => client::events(&args, &config, samples).await,
+            record,
+        } => client::events(&args, &config, samples, record.as_deref()).await,
         Command::Hold(args) => client::hold(&args, &config).await,
         Command::Generate(args) => client::jobs::generate(&args, &config).await,
         Command::Jobs(args) => client::jobs::list(&args, &config).await,

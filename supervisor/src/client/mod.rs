@@ -19,6 +19,7 @@ pub type ClientError = Box<dyn std::error::Error + Send + Sync>;
 
 pub mod jobs;
 pub mod plot;
+pub mod record;
 
 /// A channel to the supervisor named by `--address`, else the configured socket.
 async fn channel(args: &ClientArgs, config: &Config) -> Result<Channel, ClientError> {
@@ -166,17 +167,42 @@ fn print_leases(leases: &[pb::Lease]) {
     }
 }
 
-pub async fn events(args: &ClientArgs, config: &Config, samples: bool) -> Result<(), ClientError> {
+pub async fn events(
+    args: &ClientArgs,
+    config: &Config,
+    samples: bool,
+    record: Option<&std::path::Path>,
+) -> Result<(), ClientError> {
     let mut client = client(args, config).await?;
+    let mut recorder = match record {
+        Some(path) => {
+            let leases = client
+                .list_leases(pb::ListLeasesRequest::default())
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .leases;
+            let file =
+                record::open(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Some(record::Recorder::new(file, &leases)?)
+        }
+        None => None,
+    };
     let mut stream = client
         .watch_events(pb::WatchEventsRequest {
-            include_samples: samples,
+            include_samples: samples || recorder.is_some(),
         })
         .await
         .map_err(status_error)?
         .into_inner();
     while let Some(event) = stream.next().await {
         let event = event.map_err(status_error)?;
+        if let Some(recorder) = recorder.as_mut() {
+            recorder.event(&event)?;
+            if matches!(event.kind, Some(pb::event::Kind::Sample(_))) && !samples {
+                continue;
+            }
+        }
         println!("{}", describe(&event));
     }
     Ok(())
