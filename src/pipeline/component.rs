@@ -61,8 +61,9 @@ pub enum Placement {
     /// Loaded onto the GPU for its stages, freed after the last one.
     #[default]
     Gpu,
-    /// Loaded onto the GPU before the first stage and kept until the worker exits (what a
-    /// persistent server does; here for comparison).
+    /// Loaded onto the GPU at its first stage and kept until the worker exits, or from job
+    /// to job in one process (what a persistent server does; here for comparison). The
+    /// estimate counts it from the first stage on.
     Resident,
     /// Runs on the CPU; only its inputs and outputs cross to the GPU.
     Cpu,

@@ -1,13 +1,15 @@
 //! How much GPU memory a job needs, stage by stage: the one estimate the supervisor sizes
 //! the lease from and the worker checks `auto` placement against.
 //!
-//! A component placed `gpu` (or `auto`, which may become `gpu`) is held from the first to
-//! the last stage that runs it, so a transformer used by `denoise` and `refine` stays
-//! loaded across the `upsample` between them; `resident` is held from the start; `stream`
-//! holds two block slots (plus its small non-block parameters) only while its own stage
-//! runs; `cpu` holds nothing on the GPU. Each stage adds its component's activations,
-//! scaled by the video's size, and every stage pays for the CUDA context. The lease is the
-//! largest stage plus the margin: peak VRAM is the largest stage, not the sum.
+//! A component is held from the first to the last stage that runs it, so a transformer used
+//! by `denoise` and `refine` stays loaded across the `upsample` between them: `gpu` (or
+//! `auto`, which may become `gpu`) holds all its weights, `stream` two block slots plus its
+//! small non-block parameters, `cpu` nothing on the GPU; `resident` is counted from the start
+//! (it stays loaded once loaded, and in a persistent process it was loaded by an earlier job).
+//! Each stage adds its component's activations, scaled by the video's size (and the decode
+//! stage the full-size float video its tiles are blended into), and every stage pays for the
+//! CUDA context. The lease is the largest stage plus the margin: peak VRAM is the largest
+//! stage, not the sum.
 
 use serde::Serialize;
 
@@ -71,17 +73,20 @@ impl Manifest {
         .max(1.0);
         let low_res = self.model.as_ref().map_or(1, |m| m.low_res_factor).max(1) as f64;
         let scaled = match spec.stage {
-            // Tiles bound the decoder; prompts and images do not grow with the video.
-            StageKind::Text | StageKind::Image | StageKind::Decode => base,
+            // Prompts and images do not grow with the video.
+            StageKind::Text | StageKind::Image => base,
+            // Tiles bound the decoder's own work; the blended output is the whole video.
+            StageKind::Decode => base + 4.0 * 3.0 * size(shape.width, shape.height, shape.frames),
             StageKind::Audio | StageKind::Upsample | StageKind::Refine => base * growth,
             StageKind::Denoise => base * growth / (low_res * low_res),
         };
-        let guidance = if spec.guidance.unwrap_or(1.0) > 1.0 {
-            2.0
-        } else {
-            1.0
+        // Guidance batches two passes: the text stage encodes both prompts when any stage
+        // guides, a sampling stage runs both when it does.
+        let guided = match spec.stage {
+            StageKind::Text => self.stages.iter().any(|s| s.guidance.unwrap_or(1.0) > 1.0),
+            _ => spec.guidance.unwrap_or(1.0) > 1.0,
         };
-        (scaled * guidance) as u64
+        (scaled * if guided { 2.0 } else { 1.0 }) as u64
     }
 
     /// What every stage holds, in order. Empty for pipelines without components.
@@ -106,11 +111,8 @@ impl Manifest {
                         let (Some(first), Some(last)) = span(name) else {
                             return 0;
                         };
-                        let held = match placement {
-                            Placement::Resident => true,
-                            Placement::Gpu | Placement::Auto => (first..=last).contains(&index),
-                            Placement::Stream | Placement::Cpu => spec.component == *name,
-                        };
+                        let held =
+                            placement == Placement::Resident || (first..=last).contains(&index);
                         if held {
                             self.gpu_weight_bytes(name, placement)
                         } else {
@@ -140,6 +142,13 @@ impl Manifest {
     /// explicit `peak` when it has one (grown with the video), else the largest stage of
     /// [`Manifest::estimate`]; plus the margin.
     pub fn lease_bytes_with(&self, shape: &Shape, overrides: &Placements) -> u64 {
+        let largest = |estimate: Vec<StageEstimate>| {
+            estimate
+                .iter()
+                .map(|s| s.total)
+                .max()
+                .unwrap_or(self.memory.context.0)
+        };
         let peak = match self.memory.peak {
             Some(peak) => {
                 let d = &self.defaults;
@@ -148,14 +157,28 @@ impl Manifest {
                     - mpf(d.width, d.height, d.frames))
                 .max(0.0)
                     * self.memory.per_megapixel_frame.0 as f64) as u64;
-                peak.0.saturating_add(extra)
+                let capped = peak.0.saturating_add(extra);
+                // An explicit placement is not adapted to the cap the way `auto` is: the
+                // lease must hold what the request pinned down, with `auto` at its least.
+                if overrides.values().any(|p| *p != Placement::Auto) && !self.stages.is_empty() {
+                    let least: Placements = self
+                        .components
+                        .iter()
+                        .map(|(name, c)| {
+                            let placement = match self.placement_of(name, overrides) {
+                                Placement::Auto if c.blocks > 0 => Placement::Stream,
+                                Placement::Auto => Placement::Cpu,
+                                other => other,
+                            };
+                            (name.clone(), placement)
+                        })
+                        .collect();
+                    capped.max(largest(self.estimate(shape, &least)))
+                } else {
+                    capped
+                }
             }
-            None => self
-                .estimate(shape, overrides)
-                .iter()
-                .map(|s| s.total)
-                .max()
-                .unwrap_or(self.memory.context.0),
+            None => largest(self.estimate(shape, overrides)),
         };
         peak.saturating_add(self.memory.margin.0)
     }

@@ -234,6 +234,9 @@ impl Manifest {
             return Err("memory: give peak (there are no components to estimate it from)".into());
         }
         if !self.stages.is_empty() {
+            if self.defaults.steps == 0 {
+                return Err("defaults: steps must be at least 1".into());
+            }
             self.check_stages()?;
         }
         Ok(())
@@ -259,13 +262,19 @@ impl Manifest {
                 "model: audio_sample_rate must be positive and audio_channels 1 or 2".into(),
             );
         }
+        if model.low_res_factor > 2 {
+            return Err(format!(
+                "model: low_res_factor {} is not supported: the upsampler doubles, so use 1 or 2",
+                model.low_res_factor
+            ));
+        }
         let t = model.tiling;
         if t.spatial < 1
-            || t.temporal < 1
+            || t.temporal < 2
             || t.spatial_overlap < 0
             || t.temporal_overlap < 1
             || t.spatial_overlap >= t.spatial
-            || t.temporal_overlap >= t.temporal.max(2)
+            || t.temporal_overlap >= t.temporal
         {
             return Err("model.tiling: need spatial > spatial_overlap >= 0 and temporal > temporal_overlap >= 1".into());
         }
@@ -345,6 +354,15 @@ impl Manifest {
             }
             if spec.shift.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
                 return Err(format!("{at}: shift must be positive"));
+            }
+            if spec
+                .steps
+                .is_some_and(|s| s == 0 || s > self.rules.max_steps)
+            {
+                return Err(format!(
+                    "{at}: steps must be from 1 to rules.max_steps ({})",
+                    self.rules.max_steps
+                ));
             }
             seen.push(spec.stage);
         }
@@ -769,7 +787,11 @@ component = "vae"
         stream.insert("dit".into(), Placement::Stream);
         let streamed = m.estimate(&shape, &stream);
         assert_eq!(streamed[4].weights, 3 * gib);
-        assert_eq!(streamed[3].weights, gib, "not held across upsample");
+        assert_eq!(
+            streamed[3].weights,
+            4 * gib,
+            "its slots stay across upsample"
+        );
         assert!(m.lease_bytes_with(&shape, &stream) < m.lease_bytes(&shape));
         // A larger video needs more activations.
         let large = m.shape(512, 512, 49, 8, 0).unwrap();

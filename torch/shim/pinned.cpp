@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace {
 using Register = int (*)(void*, size_t, unsigned int);
@@ -58,21 +59,28 @@ extern "C" int arbiter_host_pin(void* p, size_t bytes, at::Tensor** out) {
     return -1;
   }
   const size_t len = (bytes + kHuge - 1) / kHuge * kHuge;
-  if (reg(p, len, 0) != 0) {
+  // cudaHostRegisterPortable (1): pinned for every CUDA context, not only the current one.
+  if (reg(p, len, 1) != 0) {
     munmap(p, len);
     return -2;
   }
+  // Once a tensor owns the memory its deleter frees it, also when a later step throws and
+  // the tensor is destroyed while unwinding; the flag keeps the catch from freeing twice.
+  auto released = std::make_shared<bool>(false);
   try {
-    auto deleter = [unreg, len](void* q) {
+    auto deleter = [unreg, len, released](void* q) {
       unreg(q);
       munmap(q, len);
+      *released = true;
     };
     auto options = at::TensorOptions().dtype(at::kByte).device(c10::kCPU);
     *out = new at::Tensor(at::from_blob(p, {static_cast<int64_t>(bytes)}, deleter, options));
     return 0;
   } catch (...) {
-    unreg(p);
-    munmap(p, len);
+    if (!*released) {
+      unreg(p);
+      munmap(p, len);
+    }
     return -3;
   }
 }

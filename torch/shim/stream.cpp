@@ -90,8 +90,9 @@ extern "C" void arbiter_stream_free(void* stream) {
 
 // dst.copy_(src, non_blocking=true) issued on `stream`. The caching allocator is told that
 // the destination (and a device source) is in use on that stream, so freeing either before
-// the copy ends cannot hand its memory to other work early. A pinned host source is kept
-// alive by libtorch's host allocator, which records the copy itself.
+// the copy ends cannot hand its memory to other work early. A host source from libtorch's
+// pinned allocator is kept alive by that allocator, which records the copy itself; host
+// memory registered by other means (shim/pinned.cpp) must be kept alive by the caller.
 extern "C" int arbiter_stream_copy(void* stream, at::Tensor* dst, const at::Tensor* src) {
   return guarded([&] {
     const auto& s = *static_cast<c10::Stream*>(stream);

@@ -174,7 +174,8 @@ pub fn load_pinned(
     if len > 0
         && let Some(mapping) = crate::pinned::Mapping::new(len)
     {
-        let view = mapping.view();
+        // SAFETY: the view is dropped below, before the mapping is pinned or dropped.
+        let view = unsafe { mapping.view() };
         let read = fill_cpu(path, &file, &header, &view, options)?;
         drop(view);
         if let Ok(pinned) = mapping.pin() {

@@ -45,11 +45,14 @@ impl Mapping {
         (!ptr.is_null()).then_some(Mapping { ptr, len })
     }
 
-    /// A uint8 CPU tensor over the mapping, for the loader to fill. It does not own the
-    /// memory: drop it before pinning or dropping the mapping.
-    pub fn view(&self) -> Tensor {
-        // SAFETY: the mapping is `len` readable and writable bytes that outlive the view
-        // (the caller drops the view first, as documented); strides [1] over one dimension.
+    /// A uint8 CPU tensor over the mapping, for the loader to fill.
+    ///
+    /// # Safety
+    /// The tensor does not own the memory: the caller must drop it (and every view of it)
+    /// before pinning or dropping the mapping.
+    pub unsafe fn view(&self) -> Tensor {
+        // SAFETY: the mapping is `len` readable and writable bytes, which the caller keeps
+        // alive for the view's life (the function's contract); strides [1] over one dimension.
         unsafe {
             Tensor::from_blob(
                 self.ptr as *const u8,
@@ -99,7 +102,8 @@ mod tests {
     fn a_mapping_can_be_filled_and_without_cuda_pinning_says_so() {
         let mapping = Mapping::new(3 << 20).expect("a mapping");
         {
-            let mut view = mapping.view();
+            // SAFETY: the view is dropped at the end of this block, before the mapping.
+            let mut view = unsafe { mapping.view() };
             let _ = view.fill_(7);
             assert_eq!(view.int64_value(&[(3 << 20) - 1]), 7);
         }

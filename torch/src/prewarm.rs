@@ -1,8 +1,10 @@
 //! Pulling weight files into the page cache before they are needed.
 //!
-//! A cold read from the GPU host's disk runs at ~1.5 GB/s, a warm one at tens of GB/s, so a
-//! worker that knows which components come next reads them ahead (while an earlier stage
-//! computes) and the later load runs at page-cache speed. Reading is parallel `pread`s into
+//! A cold read from the GPU host's disk runs at ~1.5 GB/s, a warm one at tens of GB/s, so
+//! files read ahead (`arbiter-video prewarm`, which the supervisor runs for the pipelines it
+//! serves, at start and every `prewarm_interval`) make the later loads run at page-cache
+//! speed. (Reading the next stage's components while an earlier stage computes would be the
+//! same call from inside the worker; it does not do that yet.) Reading is parallel `pread`s into
 //! small per-thread buffers: the data is read for its side effect and thrown away, so no
 //! large buffer is needed. The optional cap keeps a prewarm from evicting more of the cache
 //! than the caller can spare.

@@ -134,8 +134,10 @@ impl CopyStream {
 
     /// Queues `dst.copy_(src)` on this stream and returns without waiting (from pinned host
     /// memory; from pageable memory the driver copies synchronously). libtorch's allocators
-    /// are told the tensors are in use on this stream, so dropping either early is safe;
-    /// reading `dst` on another stream before the copy ends is not: record an [`Event`] and
+    /// are told the tensors are in use on this stream, so dropping a device tensor or a
+    /// source from libtorch's pinned allocator early is safe; host memory registered some
+    /// other way (`crate::pinned`) must outlive the copy: synchronize first. Reading `dst`
+    /// on another stream before the copy ends is not safe either: record an [`Event`] and
     /// wait for it.
     pub fn copy_async(&self, dst: &Tensor, src: &Tensor) -> Result<(), StreamError> {
         // SAFETY: both pointers are live at::Tensor handles owned by tch for the duration of

@@ -19,8 +19,8 @@ pub struct Recorder<W: Write> {
     out: W,
     /// lease id -> holder, from the stream's grants (and the leases listed at start).
     holders: HashMap<String, String>,
-    /// Every label written so far, so absent ones get a 0.
-    seen: BTreeMap<String, ()>,
+    /// Every label written so far, per GPU, so absent ones get a 0 at that GPU's samples.
+    seen: HashMap<u32, BTreeMap<String, ()>>,
     start: Option<SystemTime>,
     /// The last sample written per GPU: the feed may repeat one (a status sent again
     /// after a change), which must not become a second row at the same time.
@@ -36,7 +36,7 @@ impl<W: Write> Recorder<W> {
                 .iter()
                 .map(|l| (l.lease_id.clone(), l.holder.clone()))
                 .collect(),
-            seen: BTreeMap::new(),
+            seen: HashMap::new(),
             start: None,
             last: HashMap::new(),
         })
@@ -60,13 +60,10 @@ impl<W: Write> Recorder<W> {
         let Some(at) = gpu.sampled_at.and_then(|t| SystemTime::try_from(t).ok()) else {
             return Ok(());
         };
-        if self
-            .last
-            .insert(gpu.index, at)
-            .is_some_and(|last| last >= at)
-        {
+        if self.last.get(&gpu.index).is_some_and(|last| *last >= at) {
             return Ok(());
         }
+        self.last.insert(gpu.index, at);
         let start = *self.start.get_or_insert(at);
         let t = at.duration_since(start).unwrap_or_default().as_secs_f64();
         let mut now: BTreeMap<String, u64> = BTreeMap::new();
@@ -85,10 +82,11 @@ impl<W: Write> Recorder<W> {
             };
             *now.entry(label).or_default() += process.used_bytes;
         }
+        let seen = self.seen.entry(gpu.index).or_default();
         for label in now.keys() {
-            self.seen.insert(label.clone(), ());
+            seen.insert(label.clone(), ());
         }
-        for label in self.seen.keys() {
+        for label in seen.keys() {
             let bytes = now.get(label).copied().unwrap_or(0);
             // Labels may hold commas; the plot reads the last field as bytes and the rest
             // after the first as the label.

@@ -118,6 +118,21 @@ pub fn check(
         Format::Audio,
         &mut inline,
     )?;
+    if request.reference_image.is_some()
+        && !manifest.stages.is_empty()
+        && !manifest
+            .stages
+            .iter()
+            .any(|s| s.stage == arbiter::pipeline::StageKind::Image)
+    {
+        return Err(invalid(
+            "reference_image",
+            format!(
+                "pipeline {} has no image stage, so it cannot take a reference image: leave it out",
+                manifest.name
+            ),
+        ));
+    }
     let reference_image = media(
         "reference_image",
         "reference",

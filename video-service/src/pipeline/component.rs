@@ -199,7 +199,7 @@ impl Live {
             tch::Cuda::synchronize(device_index(device));
         }
         let load = LoadReport {
-            bytes: spec.parameter_bytes.0,
+            bytes: loaded.stats.bytes,
             seconds: started.elapsed().as_secs_f64(),
         };
         tracing::info!(

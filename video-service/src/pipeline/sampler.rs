@@ -10,13 +10,14 @@
 
 use tch::{Kind, TchError, Tensor};
 
-/// `steps + 1` noise levels from `start` down to 0.
+/// `steps + 1` noise levels from `start` down to 0: the shifted schedule from 1 to 0,
+/// scaled so that it begins exactly at `start` (the level a refining stage re-noised to).
 pub fn sigmas(steps: u32, shift: f64, start: f64) -> Vec<f64> {
     let steps = steps.max(1);
     (0..=steps)
         .map(|i| {
-            let t = start * (1.0 - f64::from(i) / f64::from(steps));
-            shift * t / (1.0 + (shift - 1.0) * t)
+            let t = 1.0 - f64::from(i) / f64::from(steps);
+            start * shift * t / (1.0 + (shift - 1.0) * t)
         })
         .collect()
 }
@@ -69,6 +70,10 @@ mod tests {
         assert_eq!((shifted[0], shifted[4]), (1.0, 0.0));
         assert!(shifted[2] > 0.5);
         assert!((sigmas(2, 1.0, 0.4)[0] - 0.4).abs() < 1e-12);
+        // A refining stage starts at the level it re-noised to, whatever the shift.
+        let refine = sigmas(3, 3.0, 0.4);
+        assert!((refine[0] - 0.4).abs() < 1e-12 && refine[3] == 0.0);
+        assert!(refine.windows(2).all(|w| w[0] > w[1]));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tch::{Device, Kind, TchError, Tensor};
 
 use super::Frames;
 use super::cache::EmbeddingCache;
-use super::component::{ComponentError, Live};
+use super::component::{ComponentError, Live, device_index};
 use super::sampler;
 use super::tiles::{self, Factors, Tiling};
 use super::tokens;
@@ -38,7 +38,7 @@ use crate::progress::{Progress, Stage, Stop};
 /// Why the staged pipeline stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum StagedError {
-    #[error("pipeline {0} has no stages to run")]
+    #[error("pipeline {0} has no stages to run, or no [model] to run them with")]
     NoStages(String),
     #[error(transparent)]
     Component(#[from] ComponentError),
@@ -208,7 +208,7 @@ pub fn run_in(
     request: &Request<'_>,
     progress: &mut dyn Progress,
 ) -> Result<Output, StagedError> {
-    if manifest.stages.is_empty() {
+    if manifest.stages.is_empty() || manifest.model.is_none() {
         return Err(StagedError::NoStages(manifest.name.clone()));
     }
     if !arbiter_torch::jit::plain_executor() {
@@ -260,7 +260,7 @@ pub fn run_in(
 
 impl Run<'_> {
     fn model(&self) -> &arbiter::pipeline::Model {
-        // check_stages guarantees a model for a manifest with stages.
+        // run_in refuses a manifest without a model before any stage.
         self.manifest
             .model
             .as_ref()
@@ -296,7 +296,7 @@ impl Run<'_> {
         progress.begin(progress_stage(kind), total)?;
         let device = self.settings.device;
         if device.is_cuda() {
-            let _ = allocator::reset_peak(0);
+            let _ = allocator::reset_peak(device_index(device) as i32);
         }
         let mut metrics = StageMetrics {
             stage: kind.name().into(),
@@ -472,7 +472,7 @@ impl Run<'_> {
             }
         }
         if device.is_cuda() {
-            tch::Cuda::synchronize(super::component::device_index(device));
+            tch::Cuda::synchronize(device_index(device));
         }
         metrics.compute_ms = ((millis(started) - metrics.load_ms) * 100.0).round() / 100.0;
         metrics.device_weight_bytes = self.live.values().map(|l| l.device_bytes).sum();
@@ -482,7 +482,7 @@ impl Run<'_> {
         held.sort();
         metrics.held_after = held;
         if device.is_cuda()
-            && let Ok(stats) = allocator::stats(0)
+            && let Ok(stats) = allocator::stats(device_index(device) as i32)
         {
             metrics.peak_allocated_bytes = stats.max_allocated;
             metrics.peak_reserved_bytes = stats.max_reserved;
@@ -509,19 +509,15 @@ impl Run<'_> {
         if let Some(sha) = &component.sha256 {
             return sha.clone();
         }
-        let path = self.dir.join(&component.weights);
-        let stamp = std::fs::metadata(&path)
-            .ok()
-            .map(|m| {
-                let modified = m
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos());
-                format!("{}:{modified}", m.len())
-            })
-            .unwrap_or_default();
-        format!("{}:{stamp}", path.display())
+        // The code is part of the encoder too: a changed .pt with the same weights must not
+        // be served the old embeddings.
+        let code = self.dir.join(&component.code);
+        let weights = self.dir.join(&component.weights);
+        let weights_id = match &component.sha256 {
+            Some(sha) => sha.clone(),
+            None => format!("{}:{}", weights.display(), stamp(&weights)),
+        };
+        format!("{weights_id}/{}:{}", code.display(), stamp(&code))
     }
 
     /// The stage's component, loaded now unless an earlier stage left it loaded.
@@ -537,8 +533,13 @@ impl Run<'_> {
             if placement == Placement::Auto {
                 let held = self.manifest.memory.context.0
                     + self.live.values().map(|l| l.device_bytes).sum::<u64>();
-                let need = spec.parameter_bytes.0
-                    + self.manifest.activation_bytes(index, &self.request.shape);
+                // It stays for every later stage that runs it: plan for the largest.
+                let activations = (index..self.manifest.stages.len())
+                    .filter(|&i| self.manifest.stages[i].component == name)
+                    .map(|i| self.manifest.activation_bytes(i, &self.request.shape))
+                    .max()
+                    .unwrap_or(0);
+                let need = spec.parameter_bytes.0 + activations;
                 placement = decide_auto(need, self.request.lease_bytes, held, spec.blocks);
                 tracing::info!(component = %name, %placement, need, held, lease = self.request.lease_bytes, "auto placement");
             }
@@ -572,9 +573,26 @@ impl Run<'_> {
             live.placement == Placement::Resident || later.contains(&name.as_str())
         });
         if self.live.len() != before {
-            empty_cache(self.settings.device);
+            tracing::debug!(freed = before - self.live.len(), "components freed");
         }
+        // Also after a stage that freed no component: its activations' blocks are cached.
+        empty_cache(self.settings.device);
     }
+}
+
+/// A file's size and modification time, which change when it is rewritten.
+fn stamp(path: &Path) -> String {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| {
+            let modified = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            format!("{}:{modified}", m.len())
+        })
+        .unwrap_or_default()
 }
 
 fn empty_cache(device: Device) {
@@ -630,11 +648,13 @@ fn image_tensor(image: &Image, device: Device) -> Result<Tensor, TchError> {
         .f_to_device(device)
 }
 
-/// `[1, 3, F, H, W]` in [-1, 1] to rgb24 frames.
+/// `[1, 3, F, H, W]` in [-1, 1] to rgb24 frames. On the host: each step of the conversion
+/// makes a full-size temporary, which on the GPU would add several videos to the peak.
 fn to_frames(video: &Tensor) -> Result<Frames, TchError> {
     let size = video.size();
     let (count, height, width) = (size[2], size[3], size[4]);
     let bytes = video
+        .f_to_device(Device::Cpu)?
         .f_squeeze_dim(0)?
         .f_permute([1, 2, 3, 0])?
         .f_add_scalar(1.0)?
@@ -642,7 +662,6 @@ fn to_frames(video: &Tensor) -> Result<Frames, TchError> {
         .f_round()?
         .f_clamp(0.0, 255.0)?
         .f_to_kind(Kind::Uint8)?
-        .f_to_device(Device::Cpu)?
         .f_contiguous()?;
     let len = (count * height * width * 3) as usize;
     let mut rgb = vec![0u8; len];

@@ -83,7 +83,12 @@ impl Streamer {
         let mut blocks: Vec<(Vec<String>, Block)> = Vec::new();
         for (name, param, host) in entries {
             let Some((index, tail)) = index_of(&name) else {
-                continue;
+                return Err(StreamError::Call {
+                    method: "blocks",
+                    source: TchError::Kind(format!(
+                        "parameter {name} is not named blocks.<index>.<name>"
+                    )),
+                });
             };
             while blocks.len() <= index {
                 blocks.push((
@@ -251,6 +256,20 @@ impl Streamer {
                 method: "post",
                 source: TchError::Kind(format!("returned {other:?}, not a tensor")),
             }),
+        }
+    }
+}
+
+impl Drop for Streamer {
+    /// A prefetch may still be copying from the host weights when a run stops early (a
+    /// cancel, an error): wait for the copy stream before those buffers can go, since memory
+    /// registered with the driver is not kept alive by libtorch the way its own pinned
+    /// allocations are.
+    fn drop(&mut self) {
+        if let Some(cuda) = &self.cuda
+            && let Err(error) = cuda.copy.synchronize()
+        {
+            tracing::warn!(%error, "could not wait for the block copies before freeing");
         }
     }
 }
