@@ -207,6 +207,7 @@ fn execute(
     })?;
     let inputs = Inputs::prepare(&job, &manifest, &shape)?;
     let device = arbiter_torch::device::preferred();
+    let startup = start_device(device, started);
     let mut reporter = Reporter {
         runtime,
         supervisor,
@@ -242,10 +243,42 @@ fn execute(
 
     let metadata = job.output_dir.join(METADATA_FILE);
     Metadata::of(&job, &manifest, &shape, device_name(device))
+        .with_startup(startup)
         .with_run(stages, pipeline_stages, inputs.record())
         .finish(millis(started), VIDEO_FILE, video_bytes)
         .write(&metadata)?;
     Ok(Done { video, metadata })
+}
+
+/// What it took this process to be ready for model work on a GPU.
+#[derive(Clone, Copy, Debug)]
+pub struct Startup {
+    /// From `started` to a ready CUDA context.
+    pub ready_ms: f64,
+    /// Creating the context (the first tensor on the device, synchronized).
+    pub context_ms: f64,
+}
+
+/// Creates the CUDA context now rather than inside the first stage's load, and times it,
+/// so that the worker's fixed cost can be read apart from model work. `None` on a CPU.
+pub fn start_device(device: Device, started: Instant) -> Option<Startup> {
+    if !device.is_cuda() {
+        return None;
+    }
+    let context = Instant::now();
+    match tch::Tensor::f_zeros([1], (tch::Kind::Float, device)) {
+        Ok(_) => {
+            tch::Cuda::synchronize(crate::pipeline::component::device_index(device));
+            Some(Startup {
+                ready_ms: millis(started),
+                context_ms: millis(context),
+            })
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot create the CUDA context up front");
+            None
+        }
+    }
 }
 
 /// Runs the job's pipeline on `device`: the staged pipeline for a manifest with stages,

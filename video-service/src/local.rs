@@ -91,6 +91,7 @@ impl Local {
         })?;
         let inputs = Inputs::prepare(job, &manifest, &shape)?;
         let device = arbiter_torch::device::preferred();
+        let startup = job::start_device(device, started);
         let mut console = Console::default();
         let (frames, pipeline_stages) = job::render(
             &mut self.session,
@@ -129,6 +130,7 @@ impl Local {
         let metadata = job.output_dir.join(METADATA_FILE);
         let seconds = started.elapsed().as_secs_f64();
         Metadata::of(job, &manifest, &shape, job::device_name(device))
+            .with_startup(startup)
             .with_run(stages, pipeline_stages, inputs.record())
             .finish(job::millis(started), &video_file, video_bytes)
             .write(&metadata)?;

@@ -38,6 +38,13 @@ pub struct Metadata {
     pub video_bytes: u64,
     pub worker_pid: u32,
     pub worker_version: String,
+    /// From the start of the process's job (claim included) to a ready CUDA context: the
+    /// worker's fixed cost before any model work, to hold against a bare context start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_ms: Option<f64>,
+    /// Of which creating the CUDA context (the first tensor on the device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_context_ms: Option<f64>,
 }
 
 /// The request as the worker ran it: defaults filled in.
@@ -115,6 +122,8 @@ impl Metadata {
             video_bytes: 0,
             worker_pid: std::process::id(),
             worker_version: env!("CARGO_PKG_VERSION").into(),
+            startup_ms: None,
+            cuda_context_ms: None,
         }
     }
 
@@ -127,6 +136,15 @@ impl Metadata {
         self.stages = stages;
         self.pipeline_stages = pipeline_stages;
         self.inputs = inputs;
+        self
+    }
+
+    /// The worker's startup figures (see [`Startup`](crate::job::Startup)).
+    pub fn with_startup(mut self, startup: Option<crate::job::Startup>) -> Metadata {
+        if let Some(s) = startup {
+            self.startup_ms = Some(s.ready_ms);
+            self.cuda_context_ms = Some(s.context_ms);
+        }
         self
     }
 
@@ -188,6 +206,8 @@ mod tests {
             video_file: "video.mp4".into(),
             video_bytes: 1234,
             worker_pid: 42,
+            startup_ms: Some(180.0),
+            cuda_context_ms: Some(150.0),
             worker_version: "0.1.0".into(),
         };
         let dir = tempfile::tempdir().unwrap();
