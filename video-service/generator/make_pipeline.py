@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, heads: int, mask: Tensor) -> Tens
     return o.transpose(1, 2).reshape(b, n, d)
 
 
+class Component(nn.Module):
+    """A component's root module: it carries the shapes its parameters must have, since the
+    code's own parameters are empty placeholders, so that the worker can refuse a weights
+    file of another model at load rather than fail in the middle of a stage."""
+
+    def __init__(self):
+        super().__init__()
+        self.param_shapes: Dict[str, List[int]] = {}
+
+    @torch.jit.export
+    def shapes(self) -> Dict[str, List[int]]:
+        return self.param_shapes
+
+
 class GatedMlp(nn.Module):
     def __init__(self, dim: int, ffn: int):
         super().__init__()
@@ -86,7 +100,7 @@ class EncoderBlock(nn.Module):
         return h + self.mlp(rms_norm(h, self.norm2))
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(Component):
     """Byte-level token ids [B, L] in, prompt embedding [B, L, out_dim] out."""
 
     def __init__(self, vocab: int, dim: int, heads: int, ffn: int, blocks: int, out_dim: int):
@@ -123,7 +137,7 @@ class TextEncoder(nn.Module):
         return self.post(h, c, tokens)
 
 
-class AudioEncoder(nn.Module):
+class AudioEncoder(Component):
     """Stereo waveform [B, 2, S] in, tokens [B, S / hop, dim] out (25 per second)."""
 
     def __init__(self, channels: int, hop: int, hidden: int, dim: int):
@@ -138,7 +152,7 @@ class AudioEncoder(nn.Module):
         return F.linear(F.silu(x.transpose(1, 2)), self.proj)
 
 
-class ImageEncoder(nn.Module):
+class ImageEncoder(Component):
     """Image [B, 3, H, W] in [-1, 1] in, first-frame latent [B, C, 1, H/s, W/s] out."""
 
     def __init__(self, channels: int, hidden: int, spatial: int):
@@ -179,7 +193,7 @@ class DiTBlock(nn.Module):
         return h + self.mlp(rms_norm(h, self.norm3))
 
 
-class Transformer(nn.Module):
+class Transformer(Component):
     """Latents [B, C, T, h, w], noise level [B], text [B, L, Dt], audio [B, Ta, Da] and the
     image latent [B, C, 1, H', W'] in; velocity, shaped like the latents, out."""
 
@@ -247,7 +261,7 @@ class Conv3d(nn.Module):
         return F.silu(F.conv3d(x, self.weight, padding=1))
 
 
-class Upsampler(nn.Module):
+class Upsampler(Component):
     """Latents [B, C, T, h, w] in, [B, C, T, 2h, 2w] out."""
 
     def __init__(self, channels: int, hidden: int, layers: int):
@@ -265,7 +279,7 @@ class Upsampler(nn.Module):
         return (x + 0.1 * F.conv3d(h, self.outp, padding=1)).to(dtype)
 
 
-class VaeDecoder(nn.Module):
+class VaeDecoder(Component):
     """Latents [B, C, T, h, w] in, pixels [B, 3, 1 + (T-1)*t, h*s, w*s] in [-1, 1] out
     (causal in time: latent frame 0 is one frame, each later one is t frames)."""
 
@@ -331,6 +345,7 @@ def write_component(module: nn.Module, name: str, spec: dict, out: str, device: 
         for part in path:
             owner = getattr(owner, part) if not part.isdigit() else owner[int(part)]
         setattr(owner, leaf, nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False))
+    module.param_shapes = {pname: shape for pname, shape in shapes}
     scripted = torch.jit.script(module)
     code_path = os.path.join(out, spec["code"])
     scripted.save(code_path + ".tmp")

@@ -374,3 +374,46 @@ fn the_generator_writes_the_parameters_the_presets_count() {
         assert_eq!(written, part.parameters() * 4, "{} (f32)", part.name);
     }
 }
+
+#[test]
+fn weights_of_another_shape_are_refused_at_load_by_name() {
+    use arbiter_video::pipeline::component::{ComponentError, Live};
+    let (dir, manifest) = pipeline();
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let weights = copy.path().join("transformer.safetensors");
+    let loaded = arbiter_torch::load(&weights, Device::Cpu, &LoadOptions::default()).unwrap();
+    let tensors: Vec<(String, tch::Tensor)> = loaded
+        .tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let t = if name == "blocks.0.qkv" {
+                tch::Tensor::zeros([t.size()[0] + 3, t.size()[1]], (t.kind(), Device::Cpu))
+            } else {
+                t.copy()
+            };
+            (name, t)
+        })
+        .collect();
+    let refs: Vec<(&str, &tch::Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    arbiter_torch::safetensors::write(&weights, &refs, &Default::default()).unwrap();
+    let error = Live::load(
+        copy.path(),
+        "transformer",
+        &manifest.components["transformer"],
+        Placement::Gpu,
+        Device::Cpu,
+        &LoadOptions::default(),
+    )
+    .err()
+    .expect("a weights file of another shape is refused");
+    assert!(matches!(error, ComponentError::Mismatch { .. }), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains("blocks.0.qkv") && message.contains("the code expects"),
+        "{message}"
+    );
+}

@@ -144,6 +144,7 @@ impl Live {
             name: name.into(),
             detail,
         };
+        let expected = expected_shapes(&module);
         let mut blocks: Vec<(String, Tensor, Tensor)> = Vec::new();
         let mut kept = Vec::with_capacity(params.len());
         let mut device_bytes = 0u64;
@@ -151,6 +152,14 @@ impl Live {
             let value = weights
                 .remove(&pname)
                 .ok_or_else(|| mismatch(format!("no tensor named {pname}")))?;
+            if let Some(shape) = expected.as_ref().and_then(|e| e.get(&pname))
+                && value.size() != *shape
+            {
+                return Err(mismatch(format!(
+                    "{pname} is {:?} in the weights, the code expects {shape:?}",
+                    value.size()
+                )));
+            }
             if value.kind() != kind {
                 return Err(mismatch(format!(
                     "{pname} is {:?}, the manifest says {}",
@@ -287,6 +296,21 @@ impl Live {
             source,
         }
     }
+}
+
+/// The parameter shapes the code declares (`shapes()`, written by make-pipeline), if it
+/// declares them: its own parameters are empty placeholders and cannot say.
+fn expected_shapes(module: &CModule) -> Option<std::collections::HashMap<String, Vec<i64>>> {
+    let IValue::GenericDict(pairs) = module.method_is::<IValue>("shapes", &[]).ok()? else {
+        return None;
+    };
+    pairs
+        .into_iter()
+        .map(|(key, value)| match (key, value) {
+            (IValue::String(name), IValue::IntList(shape)) => Some((name, shape)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The tensor inside a TorchScript return value.
