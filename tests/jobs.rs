@@ -1410,3 +1410,44 @@ async fn with_prewarm_the_staged_pipelines_are_read_into_the_page_cache_at_start
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ffmpeg_a_job_fails_up_front_or_writes_frames_when_allowed() {
+    // Workers inherit the supervisor's PATH: one without ffmpeg on it.
+    let empty = tempfile::tempdir().unwrap();
+    let path = empty.path().display().to_string();
+    let strict = Supervisor::builder()
+        .gpus("4GiB")
+        .env("PATH", &path)
+        .start()
+        .await;
+    let video = strict.video_client().await;
+    let id = submit(&video, request("tiny", "a fox", 2)).await;
+    let job = final_job(&video, &id).await;
+    assert_state(&job, JobState::Failed);
+    assert!(job.error.contains("ffmpeg"), "{}", job.error);
+    drop(strict);
+
+    let lenient = Supervisor::builder()
+        .gpus("4GiB")
+        .env("PATH", &path)
+        .config("[jobs]\nframes_without_ffmpeg = true\n")
+        .start()
+        .await;
+    let video = lenient.video_client().await;
+    let id = submit(&video, request("tiny", "a fox", 2)).await;
+    let job = final_job(&video, &id).await;
+    assert_state(&job, JobState::Succeeded);
+    let result = job.result.as_ref().unwrap();
+    let frames = Path::new(&result.video_path);
+    assert!(frames.ends_with("frames"), "{}", frames.display());
+    let pngs = std::fs::read_dir(frames)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "png"))
+        })
+        .count();
+    assert_eq!(pngs, 17, "one PNG per frame");
+    assert!(result.video_bytes > 0, "the frames' total size");
+}

@@ -93,6 +93,9 @@ pub struct JobsConfig {
     pub prewarm_interval: Duration,
     /// The most page cache one pipeline's prewarm may fill; 0: no limit.
     pub prewarm_cap: ByteSize,
+    /// Where ffmpeg is missing, let workers write PNG frames instead of an MP4 (the result's
+    /// video path is then the frames' directory). Off: such a job fails before model work.
+    pub frames_without_ffmpeg: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -225,6 +228,7 @@ impl Default for JobsConfig {
             prewarm: false,
             prewarm_interval: Duration::ZERO,
             prewarm_cap: ByteSize(0),
+            frames_without_ffmpeg: false,
         }
     }
 }

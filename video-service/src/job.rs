@@ -200,7 +200,7 @@ fn execute(
             violation,
         })?;
     // Everything that can be checked without the model is checked before it runs.
-    let ffmpeg = mux::ffmpeg()?;
+    let ffmpeg = find_ffmpeg(&job)?;
     std::fs::create_dir_all(&job.output_dir).map_err(|source| JobError::OutputDir {
         path: job.output_dir.clone(),
         source,
@@ -229,15 +229,12 @@ fn execute(
     )?;
 
     reporter.begin(Stage::Mux, 1)?;
-    let video = job.output_dir.join(VIDEO_FILE);
-    let video_bytes = mux::encode(
-        &ffmpeg,
-        &Video {
-            frames: &frames,
-            fps: shape.fps,
-            audio: inputs.soundtrack.as_deref(),
-        },
-        &video,
+    let (video, video_file, video_bytes) = write_output(
+        ffmpeg.as_deref(),
+        &job,
+        &frames,
+        shape.fps,
+        inputs.soundtrack.as_deref(),
     )?;
     let stages = reporter.finish()?;
 
@@ -245,9 +242,68 @@ fn execute(
     Metadata::of(&job, &manifest, &shape, device_name(device))
         .with_startup(startup)
         .with_run(stages, pipeline_stages, inputs.record())
-        .finish(millis(started), VIDEO_FILE, video_bytes)
+        .finish(millis(started), &video_file, video_bytes)
         .write(&metadata)?;
     Ok(Done { video, metadata })
+}
+
+/// The frames-only output's directory, inside the output directory.
+pub const FRAMES_DIR: &str = "frames";
+
+/// ffmpeg, or `None` where it is missing and the job may write frames instead.
+pub fn find_ffmpeg(job: &Job) -> Result<Option<PathBuf>, JobError> {
+    match mux::ffmpeg() {
+        Ok(path) => Ok(Some(path)),
+        Err(error) if job.frames_without_ffmpeg => {
+            tracing::warn!(%error, "writing the frames as PNG files instead of an MP4");
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Writes the video: an MP4 with the soundtrack when there is an ffmpeg, else the frames as
+/// `frames/000001.png`, ... Returns the path, its name in the metadata, and its bytes.
+pub fn write_output(
+    ffmpeg: Option<&Path>,
+    job: &Job,
+    frames: &Frames,
+    fps: u32,
+    soundtrack: Option<&Path>,
+) -> Result<(PathBuf, String, u64), JobError> {
+    if let Some(ffmpeg) = ffmpeg {
+        let path = job.output_dir.join(VIDEO_FILE);
+        let bytes = mux::encode(
+            ffmpeg,
+            &Video {
+                frames,
+                fps,
+                audio: soundtrack,
+            },
+            &path,
+        )?;
+        return Ok((path, VIDEO_FILE.to_string(), bytes));
+    }
+    let dir = job.output_dir.join(FRAMES_DIR);
+    let error = |source| JobError::OutputDir {
+        path: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(error)?;
+    let mut total = 0;
+    for (index, pixels) in frames.rgb.chunks(frames.frame_len()).enumerate() {
+        let path = dir.join(format!("{:06}.png", index + 1));
+        image::save_buffer(
+            &path,
+            pixels,
+            frames.width,
+            frames.height,
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| error(std::io::Error::other(e)))?;
+        total += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    }
+    Ok((dir, format!("{FRAMES_DIR}/"), total))
 }
 
 /// What it took this process to be ready for model work on a GPU.

@@ -12,16 +12,12 @@ use std::time::Instant;
 
 use arbiter::pipeline::{Manifest, Placements, Shape};
 
-use crate::job::{self, Inputs, JobError, METADATA_FILE, VIDEO_FILE};
+use crate::job::{self, Inputs, JobError, METADATA_FILE};
 use crate::metadata::{Metadata, StageRecord};
-use crate::mux::{self, Video};
 use crate::pipeline::staged::Session;
-use crate::pipeline::{self, Frames, Resolved};
+use crate::pipeline::{self, Resolved};
 use crate::progress::{Progress, Stage, Stop};
 use crate::worker::Job;
-
-/// The frames-only output's directory, inside the output directory.
-pub const FRAMES_DIR: &str = "frames";
 
 /// What `generate` was asked for, as a worker job.
 pub struct Local {
@@ -68,6 +64,7 @@ impl Local {
                 gpu_uuid: String::new(),
                 placements: Placements::new(),
                 embedding_cache: None,
+                frames_without_ffmpeg: true,
             },
             session: Session::default(),
         })
@@ -84,7 +81,7 @@ impl Local {
                 pipeline: manifest.name.clone(),
                 violation,
             })?;
-        let ffmpeg = mux::ffmpeg().ok();
+        let ffmpeg = job::find_ffmpeg(job)?;
         std::fs::create_dir_all(&job.output_dir).map_err(|source| JobError::OutputDir {
             path: job.output_dir.clone(),
             source,
@@ -103,29 +100,13 @@ impl Local {
             &mut console,
         )?;
         console.begin(Stage::Mux, 1)?;
-        let (video, video_file, video_bytes) = match &ffmpeg {
-            Some(ffmpeg) => {
-                let path = job.output_dir.join(VIDEO_FILE);
-                let bytes = mux::encode(
-                    ffmpeg,
-                    &Video {
-                        frames: &frames,
-                        fps: shape.fps,
-                        audio: inputs.soundtrack.as_deref(),
-                    },
-                    &path,
-                )?;
-                (path, VIDEO_FILE.to_string(), bytes)
-            }
-            None => {
-                tracing::warn!(
-                    "ffmpeg is not on PATH: writing the frames as PNG files instead of an MP4"
-                );
-                let dir = job.output_dir.join(FRAMES_DIR);
-                let bytes = write_frames(&frames, &dir)?;
-                (dir, format!("{FRAMES_DIR}/"), bytes)
-            }
-        };
+        let (video, video_file, video_bytes) = job::write_output(
+            ffmpeg.as_deref(),
+            job,
+            &frames,
+            shape.fps,
+            inputs.soundtrack.as_deref(),
+        )?;
         let stages = console.finish();
         let metadata = job.output_dir.join(METADATA_FILE);
         let seconds = started.elapsed().as_secs_f64();
@@ -145,29 +126,6 @@ impl Local {
     pub fn shape(&self) -> Result<Shape, JobError> {
         Ok(pipeline::resolve(&self.job)?.shape)
     }
-}
-
-/// Writes `frames/000001.png`, ...; returns the bytes written.
-fn write_frames(frames: &Frames, dir: &Path) -> Result<u64, JobError> {
-    let error = |source| JobError::OutputDir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(error)?;
-    let mut total = 0;
-    for (index, pixels) in frames.rgb.chunks(frames.frame_len()).enumerate() {
-        let path = dir.join(format!("{:06}.png", index + 1));
-        image::save_buffer(
-            &path,
-            pixels,
-            frames.width,
-            frames.height,
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| error(std::io::Error::other(e)))?;
-        total += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    }
-    Ok(total)
 }
 
 /// Progress as log lines, with each stage timed for the metadata.

@@ -160,6 +160,8 @@ pub struct Job {
     pub placements: arbiter::pipeline::Placements,
     /// The shared text-embedding cache and its cap, when the supervisor keeps one.
     pub embedding_cache: Option<(PathBuf, u64)>,
+    /// Without ffmpeg, write PNG frames instead of failing.
+    pub frames_without_ffmpeg: bool,
 }
 
 /// An assignment the worker cannot run as given: the supervisor broke the contract.
@@ -235,6 +237,7 @@ impl TryFrom<pb::Assignment> for Job {
             gpu_uuid: assignment.gpu_uuid,
             placements,
             embedding_cache,
+            frames_without_ffmpeg: assignment.frames_without_ffmpeg,
         })
     }
 }

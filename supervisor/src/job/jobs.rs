@@ -347,6 +347,11 @@ impl Jobs {
         })
     }
 
+    /// Whether workers may write PNG frames where ffmpeg is missing.
+    pub fn frames_without_ffmpeg(&self) -> bool {
+        self.settings.jobs.frames_without_ffmpeg
+    }
+
     /// Where workers cache text embeddings, and the cap (None: no cache).
     pub fn embedding_cache(&self) -> Option<(PathBuf, u64)> {
         self.settings

@@ -253,7 +253,7 @@ async fn attempt(
     let seat = jobs.unseat(id);
     let result = |r: &JobRecord, video: &std::path::Path, metadata: &std::path::Path| JobResult {
         video_path: video.to_path_buf(),
-        video_bytes: std::fs::metadata(video).map(|m| m.len()).unwrap_or(0),
+        video_bytes: output_bytes(video),
         metadata_path: metadata.to_path_buf(),
         metadata_bytes: std::fs::metadata(metadata).map(|m| m.len()).unwrap_or(0),
         queued: started.duration_since(queued_at),
@@ -455,5 +455,23 @@ async fn follow_external(
                 tracing::debug!(job = %id, event = other, "unknown event from an external pipeline")
             }
         }
+    }
+}
+
+/// A result file's size, or the total of a frames directory's files.
+fn output_bytes(path: &std::path::Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
     }
 }

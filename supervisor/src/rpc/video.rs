@@ -164,6 +164,7 @@ impl Worker for WorkerService {
                 .map(|(dir, _)| dir.display().to_string())
                 .unwrap_or_default(),
             embedding_cache_bytes: self.jobs.embedding_cache().map_or(0, |(_, bytes)| bytes),
+            frames_without_ffmpeg: self.jobs.frames_without_ffmpeg(),
         }))
     }
 

@@ -135,6 +135,7 @@ mod tests {
             gpu_uuid: String::new(),
             placements: Default::default(),
             embedding_cache: None,
+            frames_without_ffmpeg: false,
         }
     }
 
