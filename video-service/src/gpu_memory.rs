@@ -30,10 +30,16 @@ impl ProcessMemory {
     /// Bytes this process uses on the GPU now, if NVML can say.
     pub fn sample(&self) -> Option<u64> {
         let nvml = self.nvml.as_ref()?;
-        let device = if self.gpu_uuid.is_empty() {
-            nvml.device_by_index(0).ok()?
-        } else {
+        let device = if !self.gpu_uuid.is_empty() {
             nvml.device_by_uuid(self.gpu_uuid.as_str()).ok()?
+        } else {
+            // No lease named the GPU (a local run): CUDA's device 0 is the first entry of
+            // CUDA_VISIBLE_DEVICES when it is set, which NVML may number differently.
+            match visible_device() {
+                Some(Visible::Uuid(uuid)) => nvml.device_by_uuid(uuid.as_str()).ok()?,
+                Some(Visible::Index(index)) => nvml.device_by_index(index).ok()?,
+                None => nvml.device_by_index(0).ok()?,
+            }
         };
         let pid = std::process::id();
         device
@@ -45,5 +51,21 @@ impl ProcessMemory {
                 UsedGpuMemory::Used(bytes) => Some(bytes),
                 UsedGpuMemory::Unavailable => None,
             })
+    }
+}
+
+/// The first entry of `CUDA_VISIBLE_DEVICES`.
+enum Visible {
+    Uuid(String),
+    Index(u32),
+}
+
+fn visible_device() -> Option<Visible> {
+    let value = std::env::var("CUDA_VISIBLE_DEVICES").ok()?;
+    let first = value.split(',').next()?.trim();
+    if first.starts_with("GPU-") {
+        Some(Visible::Uuid(first.to_string()))
+    } else {
+        first.parse().ok().map(Visible::Index)
     }
 }
