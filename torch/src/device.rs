@@ -31,6 +31,25 @@ pub fn preferred() -> Device {
     }
 }
 
+/// The GPU to ask the supervisor for: the one this process's CUDA device 0 is. That is the
+/// first entry of `CUDA_VISIBLE_DEVICES` when it is set (a UUID or an NVML index, both of
+/// which the supervisor takes), else index 0. Asking for "any" GPU could lease memory on
+/// one card while the model loads onto another. An entry the supervisor cannot name (a MIG
+/// instance) gives "" (any), as before.
+pub fn lease_gpu() -> String {
+    match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Err(_) => "0".into(),
+        Ok(value) => {
+            let first = value.split(',').next().unwrap_or_default().trim();
+            if first.starts_with("GPU-") || first.parse::<u32>().is_ok() {
+                first.to_string()
+            } else {
+                String::new()
+            }
+        }
+    }
+}
+
 /// Probes libtorch and runs the self-check. The first CUDA call creates the context, so
 /// on a GPU this costs the context start (150-210 ms on an H100) and ~0.6 GiB of VRAM.
 pub fn report() -> DeviceReport {

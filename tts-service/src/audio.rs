@@ -97,7 +97,7 @@ impl Audio {
             Encoding::Pcm => false,
             Encoding::Detect => data.starts_with(b"RIFF"),
         };
-        let audio = if wav {
+        let mut audio = if wav {
             let decoded = wav::decode(data)?;
             if sample_rate != 0 && sample_rate != decoded.sample_rate {
                 return Err(AudioError::RateMismatch {
@@ -132,6 +132,10 @@ impl Audio {
         }
         if audio.samples.iter().any(|s| !s.is_finite()) {
             return Err(AudioError::NonFinite);
+        }
+        // Float WAV may hold anything; the models take [-1, 1] (as integer PCM always is).
+        for sample in &mut audio.samples {
+            *sample = sample.clamp(-1.0, 1.0);
         }
         let seconds = audio.seconds();
         if seconds > f64::from(limits.max_seconds) {

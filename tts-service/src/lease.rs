@@ -60,6 +60,7 @@ async fn once(settings: &LeaseSettings, health: &HealthReporter) -> Result<(), S
     let mut client = spb::supervisor_client::SupervisorClient::new(channel);
     let request = spb::LeaseRequest {
         holder: settings.holder.clone(),
+        gpu: arbiter_torch::device::lease_gpu(),
         bytes: settings.bytes,
         priority: spb::Priority::Interactive as i32,
         ..Default::default()

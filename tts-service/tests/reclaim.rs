@@ -207,12 +207,21 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
         .expect("voices keep serving")
         .into_inner();
     assert!(!speech.message().await.unwrap().unwrap().audio.is_empty());
-    let status = tts
-        .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(status.residency, pb::LipSyncResidency::Offloaded as i32);
+    // The service counts the reclaim once the supervisor has answered its Release, which
+    // may come just after the waiter's grant.
+    let status = eventually("the reclaim to be counted", || {
+        let mut tts = tts.clone();
+        async move {
+            let status = tts
+                .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (status.residency == pb::LipSyncResidency::Offloaded as i32 && status.reclaims == 1)
+                .then_some(status)
+        }
+    })
+    .await;
     assert_eq!((status.reclaims, status.bytes_given_back), (1, GIB));
     assert!(status.last_reclaim_answer.is_some());
 

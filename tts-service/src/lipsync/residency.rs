@@ -256,6 +256,7 @@ impl Inner {
         let mut client = SupervisorClient::new(channel);
         let request = spb::LeaseRequest {
             holder: settings.holder.clone(),
+            gpu: arbiter_torch::device::lease_gpu(),
             bytes: settings.bytes,
             priority: settings.priority as i32,
             max_wait: prost_types::Duration::try_from(settings.wait).ok(),
