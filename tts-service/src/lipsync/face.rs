@@ -2,9 +2,11 @@
 //! service's limits, cropped to its centre square and scaled to the model's face size, as
 //! the model takes it (RGB, channels first, values in -1..1).
 //!
-//! Decoding is bounded before it starts: the byte size against the limit, and the image's
-//! dimensions against [`MAX_SIDE`] (the decoder refuses larger ones before allocating), so
-//! a small file that claims to be a huge image cannot take the service's memory.
+//! Decoding is bounded before it starts: the byte size against the limit, the image's
+//! dimensions against [`MAX_SIDE`] and its allocation against 4 bytes a pixel of that (the
+//! decoder refuses more before allocating), and each decode runs under one of the service's
+//! stream permits: a small file that claims to be a huge image costs at most one bounded
+//! picture per permitted stream.
 
 use std::io::Cursor;
 
@@ -53,25 +55,27 @@ pub fn decode(bytes: &[u8], size: u32, max_bytes: usize) -> Result<Face, FaceErr
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
+    // The decoded picture at 4 bytes a pixel, at most: a small file cannot ask for more.
+    limits.max_alloc = Some(4 * u64::from(MAX_SIDE) * u64::from(MAX_SIDE));
     reader.limits(limits);
     let picture = reader
         .decode()
         .map_err(|e| FaceError::Decode(e.to_string()))?
-        .to_rgb8();
+        .into_rgb8();
     let (width, height) = picture.dimensions();
     if width < MIN_SIDE || height < MIN_SIDE {
         return Err(FaceError::TooSmall { width, height });
     }
     let side = width.min(height);
+    // Resized straight from a view of the centre square: no copy of the crop.
     let square = imageops::crop_imm(
         &picture,
         (width - side) / 2,
         (height - side) / 2,
         side,
         side,
-    )
-    .to_image();
-    let scaled = imageops::resize(&square, size, size, imageops::FilterType::Triangle);
+    );
+    let scaled = imageops::resize(&*square, size, size, imageops::FilterType::Triangle);
     let plane = (size * size) as usize;
     let mut pixels = vec![0f32; 3 * plane];
     for (i, pixel) in scaled.pixels().enumerate() {

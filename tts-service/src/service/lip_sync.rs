@@ -139,6 +139,8 @@ impl TtsService {
         if !request.face_image.is_empty() {
             return Err(LipSyncError::FaceOnUnary.into());
         }
+        // Decoding audio or speaking text is the expensive part: it counts as a stream.
+        let _permit = self.stream_permit()?;
         Ok(self.spoken(request.input, &request.voice).await?.timeline())
     }
 
@@ -147,6 +149,9 @@ impl TtsService {
         mut request: pb::LipSyncRequest,
     ) -> Result<LipSyncChunkStream, Status> {
         let format = frame_format(request.frame_format)?;
+        // Taken before any decoding, so that the limit on streams also bounds the memory and
+        // CPU that clients' faces and audio can cost at once.
+        let permit = self.stream_permit()?;
         let face = if request.face_image.is_empty() {
             None
         } else {
@@ -160,7 +165,6 @@ impl TtsService {
             Some((lipsync, face))
         };
         let spoken = self.spoken(request.input, &request.voice).await?;
-        let permit = self.stream_permit()?;
         let (sender, receiver) = mpsc::channel(4);
         tokio::spawn(async move {
             let _permit = permit;
