@@ -103,6 +103,9 @@ pub struct LipSyncModel {
     cpu: Mutex<CModule>,
     /// The copy on CUDA device 0, while the service holds the lease on a CUDA machine.
     gpu: Mutex<Option<CModule>>,
+    /// Set while the GPU copy is being given back: new windows go to the CPU at once
+    /// instead of queueing for the GPU copy ahead of the offload.
+    draining: std::sync::atomic::AtomicBool,
     /// Bytes of the parameters, what the weights need on a device.
     parameter_bytes: u64,
 }
@@ -195,6 +198,7 @@ impl LipSyncModel {
             path: model,
             cpu: Mutex::new(module),
             gpu: Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
             parameter_bytes,
         })
     }
@@ -262,7 +266,10 @@ impl LipSyncModel {
     /// caching allocator, so the memory goes back to the driver. Returns whether there was
     /// a GPU copy.
     pub fn offload(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.draining.store(true, Ordering::SeqCst);
         let dropped = lock(&self.gpu).take().is_some();
+        self.draining.store(false, Ordering::SeqCst);
         if dropped {
             // Dropped tensors stay reserved in the cache until it is emptied.
             if let Err(error) = arbiter_torch::allocator::empty_cache() {
@@ -285,8 +292,14 @@ impl LipSyncModel {
                 ),
             });
         }
-        let gpu = lock(&self.gpu);
-        let (device, output) = match gpu.as_ref() {
+        // While an offload waits for the GPU copy, do not queue up ahead of it.
+        let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
+        let gpu = if draining {
+            None
+        } else {
+            Some(lock(&self.gpu))
+        };
+        let (device, output) = match gpu.as_ref().and_then(|g| g.as_ref()) {
             Some(module) => (
                 Device::Cuda(0),
                 self.run(module, Device::Cuda(0), face, audio)?,
