@@ -12,7 +12,8 @@
 //! 1. **Acquire.** At start and whenever a render wants the model while no lease is held or
 //!    asked for, `Hold` a lease of the configured size, preemptible, at the configured
 //!    priority (batch by default, so any waiter of a higher class may reclaim it), with
-//!    `max_wait` the short render wait. Renders wait at most that long; if no grant comes,
+//!    `max_wait` the short render wait. Renders wait at most that long (plus a 0.5 s margin
+//!    for the supervisor's answer to arrive); if no grant comes,
 //!    the supervisor ends the wait (DEADLINE_EXCEEDED), renders run on the CPU, and the next
 //!    render asks again. A waiter that gives up this quickly never blocks the GPU's queue for
 //!    long.
