@@ -289,6 +289,11 @@ impl Frames {
                 return; // the client went away: stop before the next window
             }
             let end = (start + window).min(samples.len());
+            // A tail shorter than half a frame has no frame of its own: do not run the
+            // model on it (the last frame was already sent with `last`).
+            if model.frame_count(end - start) == 0 {
+                break;
+            }
             let (lipsync, face, samples) = (
                 Arc::clone(&self.lipsync),
                 Arc::clone(&self.face),
