@@ -92,12 +92,19 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
     assert_eq!((lipsync.bytes, lipsync.preemptible), (GIB, true));
     assert_eq!(lipsync.priority, spb::Priority::Batch as i32);
     assert_eq!(lipsync.form, spb::LeaseForm::Stream as i32);
-    let status = tts
-        .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(status.residency, pb::LipSyncResidency::Resident as i32);
+    // The supervisor lists the grant a moment before the service has taken it in.
+    let status = eventually("the service to see its lip-sync lease", || {
+        let mut tts = tts.clone();
+        async move {
+            let status = tts
+                .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (status.residency == pb::LipSyncResidency::Resident as i32).then_some(status)
+        }
+    })
+    .await;
     assert_eq!(status.lease_id, lipsync.lease_id);
     assert_eq!(status.leases_granted, 1);
 
