@@ -2,70 +2,15 @@
 //! holds its lease, reports NOT_SERVING when the supervisor dies, and takes the lease again
 //! when a new supervisor starts.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use arbiter::endpoint::{Address, connect};
 use arbiter::pb::supervisor::v1 as spb;
+use support::{Killed, eventually, supervisor};
 use tonic_health::pb::health_client::HealthClient;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// target/<profile>/arbiter-supervisor, built by the workspace build that runs the tests.
-fn supervisor_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let binary = dir.join("arbiter-supervisor");
-    assert!(
-        binary.exists(),
-        "{} is missing: build the workspace first (scripts/test.sh does: cargo build --workspace --bins)",
-        binary.display()
-    );
-    binary
-}
-
-fn supervisor(dir: &Path) -> Killed {
-    let child = Command::new(supervisor_binary())
-        .arg("--config")
-        .arg(dir.join("empty.toml"))
-        .args(["--simulated-gpus", "10GiB", "--reserve", "0B"])
-        .arg("--socket")
-        .arg(dir.join("supervisor.sock"))
-        .arg("--simulated-dir")
-        .arg(dir.join("sim"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the supervisor starts");
-    Killed(child)
-}
-
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut probe: impl FnMut() -> F,
-) -> T {
-    for _ in 0..400 {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 async fn tts_lease(socket: &Path) -> Option<spb::Lease> {
     let channel = connect(&Address::unix(socket)).await.ok()?;
@@ -97,10 +42,9 @@ const NOT_SERVING: i32 = 2;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_is_held_lost_with_the_supervisor_and_taken_again() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    std::fs::write(dir.path().join("empty.toml"), "").unwrap();
     let supervisor_socket = dir.path().join("supervisor.sock");
     let tts_socket = dir.path().join("tts.sock");
-    let mut first = supervisor(dir.path());
+    let mut first = supervisor(dir.path(), "");
     let _tts = Killed(
         Command::new(env!("CARGO_BIN_EXE_arbiter-tts"))
             .arg("serve")
@@ -136,7 +80,7 @@ async fn the_lease_is_held_lost_with_the_supervisor_and_taken_again() {
     .await;
 
     // A new supervisor on the same socket: the lease is taken again, health recovers.
-    let _second = supervisor(dir.path());
+    let _second = supervisor(dir.path(), "");
     let again = eventually("the lease again", || tts_lease(&supervisor_socket)).await;
     assert_eq!(again.bytes, 2 << 30);
     assert_ne!(again.lease_id, lease.lease_id);
