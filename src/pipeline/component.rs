@@ -262,3 +262,46 @@ fn one() -> u32 {
 
 /// Placement overrides for one request: component name to placement.
 pub type Placements = BTreeMap<String, Placement>;
+
+/// A placement that could not be read, with the component it was for.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{component}: {rule}")]
+pub struct PlacementError {
+    pub component: String,
+    pub rule: String,
+}
+
+/// Reads the wire's `component -> placement name` map (requests, assignments).
+pub fn parse_placements<'a>(
+    pairs: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<Placements, PlacementError> {
+    pairs
+        .into_iter()
+        .map(|(component, value)| {
+            value
+                .parse()
+                .map(|p| (component.clone(), p))
+                .map_err(|rule| PlacementError {
+                    component: component.clone(),
+                    rule,
+                })
+        })
+        .collect()
+}
+
+/// Reads a command line's `COMPONENT=PLACEMENT` pairs into the wire's map (the placements
+/// themselves are checked where they are used).
+pub fn placement_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>, String> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(c, p)| (c.trim().to_string(), p.trim().to_string()))
+                .ok_or_else(|| {
+                    format!(
+                        "--placement {pair}: write COMPONENT=PLACEMENT, such as text_encoder=stream"
+                    )
+                })
+        })
+        .collect()
+}

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ByteSize;
 pub use component::{
-    Component, Dtype, Model, Placement, Placements, Role, StageKind, StageSpec, TilingSpec,
+    Component, Dtype, Model, Placement, PlacementError, Placements, Role, StageKind, StageSpec,
+    TilingSpec, parse_placements, placement_pairs,
 };
 pub use memory::StageEstimate;
 

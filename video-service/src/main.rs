@@ -13,7 +13,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use arbiter::pipeline::{Manifest, Placement, Placements};
+use arbiter::pipeline::{Manifest, Placements};
 use arbiter_video::local::Local;
 use arbiter_video::make::{self, Make, Preset};
 use arbiter_video::worker::{SOCKET_ENV, TOKEN_ENV};
@@ -192,19 +192,8 @@ fn main() -> ExitCode {
 }
 
 fn parse_placements(pairs: &[String]) -> Result<Placements, String> {
-    let mut placements = Placements::new();
-    for pair in pairs {
-        let Some((component, value)) = pair.split_once('=') else {
-            return Err(format!(
-                "--placement {pair}: write COMPONENT=PLACEMENT, such as text_encoder=stream"
-            ));
-        };
-        let placement = value
-            .parse::<Placement>()
-            .map_err(|rule| format!("--placement {pair}: {rule}"))?;
-        placements.insert(component.to_string(), placement);
-    }
-    Ok(placements)
+    let pairs = arbiter::pipeline::placement_pairs(pairs)?;
+    arbiter::pipeline::parse_placements(&pairs).map_err(|e| format!("--placement {e}"))
 }
 
 fn generate(args: GenerateArgs) -> ExitCode {

@@ -175,8 +175,8 @@ pub enum AssignmentError {
         "the request's {0} came inline; the supervisor saves inline media to a file and passes its path"
     )]
     InlineMedia(&'static str),
-    #[error("placement of {component}: {rule}")]
-    Placement { component: String, rule: String },
+    #[error("placement of {0}")]
+    Placement(#[from] arbiter::pipeline::PlacementError),
 }
 
 impl TryFrom<pb::Assignment> for Job {
@@ -195,19 +195,7 @@ impl TryFrom<pb::Assignment> for Job {
             Some(Source::Path(path)) => Ok(Some(PathBuf::from(path))),
             Some(Source::Data(_)) => Err(AssignmentError::InlineMedia(what)),
         };
-        let placements = request
-            .placement
-            .iter()
-            .map(|(component, value)| {
-                value
-                    .parse()
-                    .map(|p| (component.clone(), p))
-                    .map_err(|rule| AssignmentError::Placement {
-                        component: component.clone(),
-                        rule,
-                    })
-            })
-            .collect::<Result<_, _>>()?;
+        let placements = arbiter::pipeline::parse_placements(&request.placement)?;
         let embedding_cache = (!assignment.embedding_cache_dir.is_empty()
             && assignment.embedding_cache_bytes > 0)
             .then(|| {

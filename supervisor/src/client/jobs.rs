@@ -47,22 +47,6 @@ fn media(value: &Option<String>) -> Result<Option<pb::Media>, ClientError> {
     }))
 }
 
-/// `COMPONENT=PLACEMENT` pairs; the supervisor checks the names and values.
-fn placements(pairs: &[String]) -> Result<std::collections::HashMap<String, String>, ClientError> {
-    pairs
-        .iter()
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(c, p)| (c.trim().to_string(), p.trim().to_string()))
-                .ok_or_else(|| {
-                    ClientError::from(format!(
-                        "--placement {pair}: write COMPONENT=PLACEMENT, such as text_encoder=stream"
-                    ))
-                })
-        })
-        .collect()
-}
-
 pub async fn generate(args: &GenerateArgs, config: &Config) -> Result<(), ClientError> {
     let mut client = VideoClient::new(channel(&args.client, config).await?);
     let request = pb::VideoRequest {
@@ -79,7 +63,9 @@ pub async fn generate(args: &GenerateArgs, config: &Config) -> Result<(), Client
         pipeline: args.pipeline.clone().unwrap_or_default(),
         priority: 0,
         timeout: None,
-        placement: placements(&args.placement)?,
+        placement: arbiter::pipeline::placement_pairs(&args.placement)?
+            .into_iter()
+            .collect(),
     };
     let mut stream = client
         .generate(request)

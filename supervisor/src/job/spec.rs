@@ -78,13 +78,8 @@ pub fn check(
             request.steps,
         )
         .map_err(|v| invalid(v.field, v.rule))?;
-    let mut placement = arbiter::pipeline::Placements::new();
-    for (component, value) in &request.placement {
-        let value = value
-            .parse()
-            .map_err(|rule: String| invalid("placement", format!("{component}: {rule}")))?;
-        placement.insert(component.clone(), value);
-    }
+    let placement = arbiter::pipeline::parse_placements(&request.placement)
+        .map_err(|e| invalid("placement", e.to_string()))?;
     manifest
         .check_placements(&placement)
         .map_err(|v| invalid(v.field, v.rule))?;
