@@ -71,6 +71,18 @@ class Component(nn.Module):
         return self.param_shapes
 
 
+class Streamable(Component):
+    """A component whose repeated blocks (`self.blocks`) the worker can stream one at a
+    time: `pre(inputs) -> (h, c)`, `block(h, c, i) -> h`, `post(h, c, first_input)`."""
+
+    @torch.jit.export
+    def block(self, h: Tensor, c: Tensor, index: int) -> Tensor:
+        for i, blk in enumerate(self.blocks):
+            if i == index:
+                h = blk(h, c)
+        return h
+
+
 class GatedMlp(nn.Module):
     def __init__(self, dim: int, ffn: int):
         super().__init__()
@@ -100,7 +112,7 @@ class EncoderBlock(nn.Module):
         return h + self.mlp(rms_norm(h, self.norm2))
 
 
-class TextEncoder(Component):
+class TextEncoder(Streamable):
     """Byte-level token ids [B, L] in, prompt embedding [B, L, out_dim] out."""
 
     def __init__(self, vocab: int, dim: int, heads: int, ffn: int, blocks: int, out_dim: int):
@@ -118,13 +130,6 @@ class TextEncoder(Component):
         mask = torch.zeros(keep.shape, dtype=h.dtype, device=h.device)
         mask = mask.masked_fill(~keep, -1e4)[:, None, None, :]
         return h, mask
-
-    @torch.jit.export
-    def block(self, h: Tensor, c: Tensor, index: int) -> Tensor:
-        for i, blk in enumerate(self.blocks):
-            if i == index:
-                h = blk(h, c)
-        return h
 
     @torch.jit.export
     def post(self, h: Tensor, c: Tensor, tokens: Tensor) -> Tensor:
@@ -193,7 +198,7 @@ class DiTBlock(nn.Module):
         return h + self.mlp(rms_norm(h, self.norm3))
 
 
-class Transformer(Component):
+class Transformer(Streamable):
     """Latents [B, C, T, h, w], noise level [B], text [B, L, Dt], audio [B, Ta, Da] and the
     image latent [B, C, 1, H', W'] in; velocity, shaped like the latents, out."""
 
@@ -229,13 +234,6 @@ class Transformer(Component):
                    F.linear(audio.to(h.dtype), self.audio).expand(b, -1, -1),
                    F.linear(image.flatten(2).transpose(1, 2), self.image).expand(b, -1, -1)]
         return h, torch.cat(context, dim=1)
-
-    @torch.jit.export
-    def block(self, h: Tensor, c: Tensor, index: int) -> Tensor:
-        for i, blk in enumerate(self.blocks):
-            if i == index:
-                h = blk(h, c)
-        return h
 
     @torch.jit.export
     def post(self, h: Tensor, c: Tensor, x: Tensor) -> Tensor:
