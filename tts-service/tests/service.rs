@@ -173,6 +173,27 @@ async fn wav_output_starts_with_a_header_and_rate_changes_length() {
     assert!(secs(&slow[0].duration) > secs(&wav[0].duration) * 1.4);
 }
 
+/// LipSync of a short text with `voice`, checked to cover the speech's whole duration.
+async fn lip_sync_covering_its_audio(
+    client: &mut TtsClient<Channel>,
+    voice: &str,
+) -> pb::LipSyncReply {
+    let reply = client
+        .lip_sync(pb::LipSyncRequest {
+            input: Some(pb::lip_sync_request::Input::Text(
+                "Peter picked a pepper.".into(),
+            )),
+            voice: voice.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let covered: f64 = reply.visemes.iter().map(|v| secs(&v.duration)).sum();
+    assert!((covered - secs(&reply.duration)).abs() < 0.002);
+    reply
+}
+
 #[tokio::test]
 async fn voices_are_listed_and_lip_sync_covers_the_speech() {
     let (_service, mut client) = start(&[]).await;
@@ -189,19 +210,7 @@ async fn voices_are_listed_and_lip_sync_covers_the_speech() {
     assert_eq!(english.backend, "espeak-ng");
     assert_eq!(english.sample_rate, 22050);
     assert!(!english.on_gpu);
-    let reply = client
-        .lip_sync(pb::LipSyncRequest {
-            input: Some(pb::lip_sync_request::Input::Text(
-                "Peter picked a pepper.".into(),
-            )),
-            voice: "en".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let covered: f64 = reply.visemes.iter().map(|v| secs(&v.duration)).sum();
-    assert!((covered - secs(&reply.duration)).abs() < 0.002);
+    let reply = lip_sync_covering_its_audio(&mut client, "en").await;
     assert!(
         reply.visemes.iter().any(|v| v.name == "PP"),
         "p is a closed-lips viseme"
@@ -309,17 +318,5 @@ async fn a_torchscript_voice_is_listed_and_speaks_with_contiguous_visemes() {
         .await
         .expect_err("refused");
     assert!(status.message().contains("16000"), "{}", status.message());
-    let reply = client
-        .lip_sync(pb::LipSyncRequest {
-            input: Some(pb::lip_sync_request::Input::Text(
-                "Peter picked a pepper.".into(),
-            )),
-            voice: "tiny-vits".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let covered: f64 = reply.visemes.iter().map(|v| secs(&v.duration)).sum();
-    assert!((covered - secs(&reply.duration)).abs() < 0.002);
+    lip_sync_covering_its_audio(&mut client, "tiny-vits").await;
 }
