@@ -81,13 +81,23 @@ fn run_with(
     cache: Option<EmbeddingCache>,
     progress: &mut dyn Progress,
 ) -> Output {
+    run_seeded(1234, placements, lease_bytes, cache, progress)
+}
+
+fn run_seeded(
+    seed: u64,
+    placements: &Placements,
+    lease_bytes: u64,
+    cache: Option<EmbeddingCache>,
+    progress: &mut dyn Progress,
+) -> Output {
     let (dir, manifest) = pipeline();
     let settings = settings(cache);
     let request = Request {
         prompt: "a red fox in the snow",
         negative_prompt: "blurry",
         shape: shape(manifest),
-        seed: 1234,
+        seed,
         audio: None,
         image: None,
         placements,
@@ -157,20 +167,7 @@ fn every_placement_gives_the_same_latents_for_the_same_seed() {
 }
 
 fn staged_with_seed(seed: u64) -> Output {
-    let (dir, manifest) = pipeline();
-    let settings = settings(None);
-    let placements = Placements::new();
-    let request = Request {
-        prompt: "a red fox in the snow",
-        negative_prompt: "blurry",
-        shape: shape(manifest),
-        seed,
-        audio: None,
-        image: None,
-        placements: &placements,
-        lease_bytes: 0,
-    };
-    staged::run(manifest, dir, &settings, &request, &mut Record::default()).unwrap()
+    run_seeded(seed, &Placements::new(), 0, None, &mut Record::default())
 }
 
 #[test]
