@@ -7,7 +7,8 @@
 //! - [`listen`]: the listeners every Arbiter server shares (a Unix socket with a mode and a
 //!   group, optional TCP) and the reflection and health services that make grpcurl work;
 //! - [`pipeline`]: a video pipeline's manifest: input rules and the memory a job needs;
-//! - [`simulated`]: the simulated GPU's process table, written by workers on a simulated GPU.
+//! - [`simulated`]: the simulated GPU's process table, written by workers on a simulated GPU;
+//! - [`spawn`]: the spawn time a spawner passes to its child, so start-up is timed from it.
 //!
 //! Nothing here touches a GPU or links libtorch, so the supervisor can depend on it freely.
 
@@ -16,6 +17,7 @@ pub mod endpoint;
 pub mod listen;
 pub mod pipeline;
 pub mod simulated;
+pub mod spawn;
 
 /// The generated protocol. Messages are prost types; they stay at the edge of each crate
 /// and are converted to domain types there.

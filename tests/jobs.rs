@@ -1395,6 +1395,30 @@ async fn a_staged_pipeline_job_normalizes_its_inputs_and_runs_stage_by_stage() {
     );
     assert_eq!(metadata["inputs"]["image"]["width"], 200);
     assert_eq!(metadata["placements"]["text_encoder"], "stream");
+    // The supervisor stamped the spawn: the worker's start-up is timed from it, and the
+    // first step's overhead is what is left after the model work of the stages before it.
+    let ms = |key: &str| {
+        metadata[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} in {metadata}"))
+    };
+    let (spawn, first, overhead) = (
+        ms("spawn_ms"),
+        ms("first_step_ms"),
+        ms("first_step_overhead_ms"),
+    );
+    assert!(
+        spawn > 0.0 && spawn < first,
+        "spawn {spawn} ms, first step {first} ms"
+    );
+    let before: f64 = metadata["pipeline_stages"].as_array().unwrap()[..3]
+        .iter()
+        .map(|s| s["load_ms"].as_f64().unwrap() + s["compute_ms"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (first - before - overhead).abs() < 0.05 && overhead > 0.0,
+        "first step {first} ms, model work before it {before} ms, overhead {overhead} ms"
+    );
     nothing_leased(&client).await;
 }
 

@@ -11,7 +11,7 @@
 //! each outcome has its own ([`Outcome::exit_code`]).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tch::Device;
 use tokio::runtime::Runtime;
@@ -130,6 +130,7 @@ impl From<TinyError> for JobError {
 /// Runs the job that `token` stands for, with the supervisor at `socket`.
 pub fn run(socket: &Path, token: String) -> Outcome {
     let started = Instant::now();
+    let spawned = arbiter::spawn::since_spawn();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("arbiter-video-rpc")
@@ -153,7 +154,7 @@ pub fn run(socket: &Path, token: String) -> Outcome {
     let _entered = span.enter();
     tracing::info!(pipeline = %assignment.pipeline, "claimed");
 
-    match execute(&runtime, &supervisor, assignment, started) {
+    match execute(&runtime, &supervisor, assignment, started, spawned) {
         Ok(done) => match runtime.block_on(supervisor.complete(&done.video, &done.metadata)) {
             Ok(()) => {
                 tracing::info!(video = %done.video.display(), "completed");
@@ -190,6 +191,7 @@ fn execute(
     supervisor: &Supervisor,
     assignment: arbiter::pb::worker::v1::Assignment,
     started: Instant,
+    spawned: Option<Duration>,
 ) -> Result<Done, JobError> {
     let job = Job::try_from(assignment)?;
     let Resolved { manifest, shape } = pipeline::resolve(&job)?;
@@ -213,6 +215,7 @@ fn execute(
         supervisor,
         estimates: Estimates::new(&manifest, &shape, job.lease_bytes, &job.placements),
         residency: Residency::from_env(),
+        started,
         current: None,
         stages: Vec::new(),
     };
@@ -241,6 +244,7 @@ fn execute(
     let metadata = job.output_dir.join(METADATA_FILE);
     Metadata::of(&job, &manifest, &shape, device_name(device))
         .with_startup(startup)
+        .with_spawn(spawned)
         .with_run(stages, pipeline_stages, inputs.record())
         .finish(millis(started), &video_file, video_bytes)
         .write(&metadata)?;
@@ -491,6 +495,8 @@ struct Reporter<'a> {
     supervisor: &'a Supervisor,
     estimates: Estimates,
     residency: Residency,
+    /// The start of the job in this process, which stages are timed from.
+    started: Instant,
     /// The stage running now.
     current: Option<Current>,
     stages: Vec<StageRecord>,
@@ -516,6 +522,7 @@ impl Reporter<'_> {
             tracing::info!(stage = %current.stage, ms, "stage done");
             self.stages.push(StageRecord {
                 name: current.stage.name().into(),
+                started_ms: ms_between(self.started, current.since),
                 ms,
                 estimated_bytes: current.estimated_bytes,
                 recorded_bytes: current.recorded_bytes,
@@ -568,7 +575,12 @@ pub fn device_name(device: Device) -> String {
 }
 
 pub fn millis(since: Instant) -> f64 {
-    (since.elapsed().as_secs_f64() * 1e5).round() / 100.0
+    ms_between(since, Instant::now())
+}
+
+/// Milliseconds from `from` to `to`, to two decimals, as the metadata records them.
+pub fn ms_between(from: Instant, to: Instant) -> f64 {
+    crate::metadata::ms(to.saturating_duration_since(from))
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub struct Local {
     pub job: Job,
     /// Resident components, kept from one run to the next (`generate --repeat`).
     pub session: Session,
+    /// Whether the next run is the process's first, the one a spawn stamp times.
+    first_run: bool,
 }
 
 /// Where the output went.
@@ -67,12 +69,18 @@ impl Local {
                 frames_without_ffmpeg: true,
             },
             session: Session::default(),
+            first_run: true,
         })
     }
 
     /// Runs the job and writes its files.
     pub fn run(&mut self) -> Result<Written, JobError> {
         let started = Instant::now();
+        let spawned = if std::mem::take(&mut self.first_run) {
+            arbiter::spawn::since_spawn()
+        } else {
+            None
+        };
         let job = &self.job;
         let Resolved { manifest, shape } = pipeline::resolve(job)?;
         manifest
@@ -89,7 +97,7 @@ impl Local {
         let inputs = Inputs::prepare(job, &manifest, &shape)?;
         let device = arbiter_torch::device::preferred();
         let startup = job::start_device(device, started);
-        let mut console = Console::default();
+        let mut console = Console::new(started);
         let (frames, pipeline_stages) = job::render(
             &mut self.session,
             job,
@@ -112,6 +120,7 @@ impl Local {
         let seconds = started.elapsed().as_secs_f64();
         Metadata::of(job, &manifest, &shape, job::device_name(device))
             .with_startup(startup)
+            .with_spawn(spawned)
             .with_run(stages, pipeline_stages, inputs.record())
             .finish(job::millis(started), &video_file, video_bytes)
             .write(&metadata)?;
@@ -129,19 +138,29 @@ impl Local {
 }
 
 /// Progress as log lines, with each stage timed for the metadata.
-#[derive(Default)]
 struct Console {
+    /// The start of the run, which stages are timed from.
+    started: Instant,
     current: Option<(Stage, Instant, u32)>,
     stages: Vec<StageRecord>,
 }
 
 impl Console {
+    fn new(started: Instant) -> Console {
+        Console {
+            started,
+            current: None,
+            stages: Vec::new(),
+        }
+    }
+
     fn close(&mut self) {
         if let Some((stage, since, _)) = self.current.take() {
             let ms = job::millis(since);
             tracing::info!(%stage, ms, "stage done");
             self.stages.push(StageRecord {
                 name: stage.name().into(),
+                started_ms: job::ms_between(self.started, since),
                 ms,
                 estimated_bytes: 0,
                 recorded_bytes: 0,

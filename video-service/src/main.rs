@@ -6,8 +6,10 @@
 //! Commands: `run` (what the supervisor starts: claim the job named by the token in the
 //! environment, run it, exit with the outcome's code), `info` (what libtorch sees in a
 //! process started the way the supervisor starts workers), `make-pipeline` (generate a
-//! pipeline of realistic shapes with random weights) and `inspect` (a manifest with its
-//! memory estimate per stage). The work is in the library.
+//! pipeline of realistic shapes with random weights), `inspect` (a manifest with its
+//! memory estimate per stage), `prewarm`, `generate` (a job without a supervisor) and
+//! `cuda-start` (a bare CUDA context start, the floor for a worker's start-up). The work is
+//! in the library.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -53,6 +55,11 @@ enum Command {
     /// pipeline, and for benchmarks): writes video.mp4 (or PNG frames when ffmpeg is
     /// missing) and metadata.json into --out.
     Generate(GenerateArgs),
+    /// Start a CUDA context and nothing else, and print (as JSON) how long that took from
+    /// main and, when ARBITER_SPAWNED_AT_NS holds the spawn's time, from the spawn: the
+    /// floor a worker's start-up (its metadata's first_step_overhead_ms) is held against.
+    /// The same binary as the worker, so exec and linking libtorch cost the same.
+    CudaStart,
 }
 
 #[derive(Args)]
@@ -188,7 +195,30 @@ fn main() -> ExitCode {
             generate(args)
         }
         Command::Prewarm(args) => prewarm(args),
+        Command::CudaStart => cuda_start(),
     }
+}
+
+fn cuda_start() -> ExitCode {
+    let started = std::time::Instant::now();
+    let spawned = arbiter::spawn::since_spawn();
+    let device = arbiter_torch::device::preferred();
+    let Some(startup) = job::start_device(device, started) else {
+        eprintln!(
+            "arbiter-video cuda-start: libtorch sees no CUDA device (see `arbiter-video info`)"
+        );
+        return ExitCode::FAILURE;
+    };
+    let spawn_ms = spawned.map(arbiter_video::metadata::ms);
+    let report = serde_json::json!({
+        "device": job::device_name(device),
+        "spawn_ms": spawn_ms,
+        "ready_ms": startup.ready_ms,
+        "cuda_context_ms": startup.context_ms,
+        "spawn_to_ready_ms": spawn_ms.map(|s| s + startup.ready_ms),
+    });
+    println!("{report}");
+    ExitCode::SUCCESS
 }
 
 fn parse_placements(pairs: &[String]) -> Result<Placements, String> {

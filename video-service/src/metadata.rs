@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::progress::Stage;
+
 /// The file's contents.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
@@ -45,6 +47,20 @@ pub struct Metadata {
     /// Of which creating the CUDA context (the first tensor on the device).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda_context_ms: Option<f64>,
+    /// From the spawn (the supervisor's stamp, see `arbiter::spawn`) to the start of
+    /// `arbiter-video run`: exec, linking libtorch, the runtime. Absent when no spawner
+    /// stamped the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawn_ms: Option<f64>,
+    /// From the spawn to the start of the first denoising step's stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_step_ms: Option<f64>,
+    /// `first_step_ms` less the weight loads and model compute of the stages before it: what
+    /// a process per job costs before its first step beyond the model's own work (exec,
+    /// libtorch, CUDA context, claim, inputs, TorchScript parsing). The figure to hold
+    /// against a bare CUDA context start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_step_overhead_ms: Option<f64>,
 }
 
 /// The request as the worker ran it: defaults filled in.
@@ -66,12 +82,20 @@ pub struct RequestRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {
     pub name: String,
+    /// When the stage started, from the start of the job in this process.
+    #[serde(default)]
+    pub started_ms: f64,
     pub ms: f64,
     /// What the stage holds by the manifest's estimate.
     pub estimated_bytes: u64,
     /// What the worker recorded in the simulated GPU's process table: the estimate on a
     /// simulated GPU, 0 on a real one (where NVML measures instead).
     pub recorded_bytes: u64,
+}
+
+/// A duration as the file records it: milliseconds to two decimals.
+pub fn ms(duration: std::time::Duration) -> f64 {
+    (duration.as_secs_f64() * 1e5).round() / 100.0
 }
 
 /// Why the metadata could not be written.
@@ -124,6 +148,9 @@ impl Metadata {
             worker_version: env!("CARGO_PKG_VERSION").into(),
             startup_ms: None,
             cuda_context_ms: None,
+            spawn_ms: None,
+            first_step_ms: None,
+            first_step_overhead_ms: None,
         }
     }
 
@@ -148,7 +175,33 @@ impl Metadata {
         self
     }
 
+    /// How long before the job's start the process was spawned (see `arbiter::spawn`).
+    pub fn with_spawn(mut self, before_start: Option<std::time::Duration>) -> Metadata {
+        self.spawn_ms = before_start.map(ms);
+        self
+    }
+
+    /// The first step's timing, once the stages are in (see `first_step_overhead_ms`).
+    fn first_step(&mut self) {
+        let Some(spawn_ms) = self.spawn_ms else {
+            return;
+        };
+        let Some(denoise) = self.stages.iter().find(|s| s.name == Stage::Denoise.name()) else {
+            return;
+        };
+        let first = spawn_ms + denoise.started_ms;
+        let model_work: f64 = self
+            .pipeline_stages
+            .iter()
+            .take_while(|s| s.stage != Stage::Denoise.name())
+            .map(|s| s.load_ms + s.compute_ms)
+            .sum();
+        self.first_step_ms = Some(first);
+        self.first_step_overhead_ms = Some(first - model_work);
+    }
+
     pub fn finish(mut self, total_ms: f64, video_file: &str, video_bytes: u64) -> Metadata {
+        self.first_step();
         self.total_ms = total_ms;
         self.video_file = video_file.into();
         self.video_bytes = video_bytes;
@@ -172,10 +225,10 @@ impl Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::staged::StageMetrics;
 
-    #[test]
-    fn metadata_round_trips_through_its_file() {
-        let metadata = Metadata {
+    fn sample() -> Metadata {
+        Metadata {
             job_id: "j1".into(),
             attempt: 2,
             pipeline: "tiny".into(),
@@ -195,6 +248,7 @@ mod tests {
             lease_bytes: 1 << 30,
             stages: vec![StageRecord {
                 name: "text".into(),
+                started_ms: 0.5,
                 ms: 1.5,
                 estimated_bytes: 600 << 20,
                 recorded_bytes: 600 << 20,
@@ -208,13 +262,66 @@ mod tests {
             worker_pid: 42,
             startup_ms: Some(180.0),
             cuda_context_ms: Some(150.0),
+            spawn_ms: Some(40.0),
+            first_step_ms: Some(300.0),
+            first_step_overhead_ms: Some(200.0),
             worker_version: "0.1.0".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn metadata_round_trips_through_its_file() {
+        let metadata = sample();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metadata.json");
         metadata.write(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(serde_json::from_str::<Metadata>(&text).unwrap(), metadata);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_first_step_overhead_leaves_out_the_model_work_before_it() {
+        let stage = |name: &str, started_ms: f64, ms: f64| StageRecord {
+            name: name.into(),
+            started_ms,
+            ms,
+            estimated_bytes: 0,
+            recorded_bytes: 0,
+        };
+        let metrics = |stage: &str, load_ms: f64, compute_ms: f64| StageMetrics {
+            stage: stage.into(),
+            load_ms,
+            compute_ms,
+            ..StageMetrics::default()
+        };
+        let mut metadata = sample();
+        metadata.first_step_ms = None;
+        metadata.first_step_overhead_ms = None;
+        metadata.stages = vec![
+            stage("text", 5.0, 100.0),
+            stage("audio", 105.0, 20.0),
+            stage("denoise", 125.0, 900.0),
+        ];
+        metadata.pipeline_stages = vec![
+            metrics("text", 40.0, 50.0),
+            metrics("audio", 5.0, 10.0),
+            // The first step's own stage is model work after the mark: not subtracted.
+            metrics("denoise", 300.0, 600.0),
+        ];
+        let timed = metadata
+            .clone()
+            .with_spawn(Some(std::time::Duration::from_millis(30)))
+            .finish(1.0, "v", 1);
+        assert_eq!(timed.spawn_ms, Some(30.0));
+        assert_eq!(timed.first_step_ms, Some(155.0));
+        assert_eq!(timed.first_step_overhead_ms, Some(50.0));
+
+        // Without a spawn stamp there is nothing to time from.
+        let unstamped = metadata.with_spawn(None).finish(1.0, "v", 1);
+        assert_eq!(
+            (unstamped.first_step_ms, unstamped.first_step_overhead_ms),
+            (None, None)
+        );
     }
 }

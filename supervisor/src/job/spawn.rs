@@ -87,6 +87,8 @@ impl Worker {
                 Ok(())
             });
         }
+        // As late as possible, so the worker's start-up is timed from the spawn itself.
+        command.env(arbiter::spawn::SPAWNED_AT_ENV, arbiter::spawn::stamp_now());
         let mut child = command.spawn()?;
         let pid = child
             .id()
