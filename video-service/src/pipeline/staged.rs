@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, TchError, Tensor};
 
 use super::Frames;
-use super::cache::EmbeddingCache;
+use super::cache::{CacheKey, EmbeddingCache};
 use super::component::{ComponentError, Live, device_index};
 use super::sampler;
 use super::tiles::{self, Factors, Tiling};
@@ -161,6 +161,43 @@ struct Run<'a> {
     settings: &'a Settings,
     request: &'a Request<'a>,
     live: &'a mut HashMap<String, Live>,
+    writes: &'a mut CacheWrites,
+}
+
+/// Embeddings being written to the cache beside the run. A write is durable (fsync before
+/// the rename), which on a slow disk costs more than the text encoder's compute; it is off
+/// the job's critical path and waited for when the run ends, so an entry is whole on disk
+/// before the worker reports its job done and exits.
+#[derive(Default)]
+struct CacheWrites(Vec<std::thread::JoinHandle<()>>);
+
+impl CacheWrites {
+    /// Stores each (key, embedding on the CPU) in `cache` on a thread of its own.
+    fn store(&mut self, cache: EmbeddingCache, rows: Vec<(CacheKey, Tensor)>) {
+        let write = move || {
+            for (key, embedding) in rows {
+                if let Err(error) = cache.put(&key, &embedding) {
+                    tracing::warn!(%error, "cannot store the embedding");
+                }
+            }
+        };
+        match std::thread::Builder::new()
+            .name("arbiter-embedding-cache".into())
+            .spawn(write)
+        {
+            Ok(handle) => self.0.push(handle),
+            Err(error) => tracing::warn!(%error, "cannot start a thread to store the embedding"),
+        }
+    }
+
+    /// Waits for every write.
+    fn finish(&mut self) {
+        for handle in self.0.drain(..) {
+            if handle.join().is_err() {
+                tracing::warn!("a thread storing an embedding panicked");
+            }
+        }
+    }
 }
 
 /// What a process keeps between jobs of one pipeline: its `resident` components. A per-job
@@ -216,6 +253,7 @@ pub fn run_in(
             "libtorch kept its TorchScript graph optimizer on; first calls will be slower"
         );
     }
+    let mut writes = CacheWrites::default();
     let result = tch::no_grad(|| {
         let mut run = Run {
             manifest,
@@ -223,6 +261,7 @@ pub fn run_in(
             settings,
             request,
             live: &mut session.live,
+            writes: &mut writes,
         };
         let mut carry = Carry::default();
         let mut stages = Vec::with_capacity(manifest.stages.len());
@@ -247,6 +286,7 @@ pub fn run_in(
             stages,
         })
     });
+    writes.finish();
     // A run that stopped part way may have left components loaded: only resident ones stay.
     let before = session.live.len();
     session
@@ -343,12 +383,15 @@ impl Run<'_> {
                         let component = self.acquire(index, &mut metrics)?;
                         let text = component.call(&[&ids])?;
                         if let Some(cache) = &self.settings.cache {
-                            for (row, key) in keys.iter().enumerate() {
-                                let one = text.f_narrow(0, row as i64, 1).map_err(torch)?;
-                                if let Err(error) = cache.put(key, &one) {
-                                    tracing::warn!(%error, "cannot store the embedding");
-                                }
+                            let mut rows = Vec::with_capacity(keys.len());
+                            for (row, key) in keys.into_iter().enumerate() {
+                                let one = text
+                                    .f_narrow(0, row as i64, 1)
+                                    .and_then(|one| one.f_to_device(Device::Cpu))
+                                    .map_err(torch)?;
+                                rows.push((key, one));
                             }
+                            self.writes.store(cache.clone(), rows);
                         }
                         text
                     }
@@ -513,11 +556,13 @@ impl Run<'_> {
         // be served the old embeddings.
         let code = self.dir.join(&component.code);
         let weights = self.dir.join(&component.weights);
-        let weights_id = match &component.sha256 {
-            Some(sha) => sha.clone(),
-            None => format!("{}:{}", weights.display(), stamp(&weights)),
-        };
-        format!("{weights_id}/{}:{}", code.display(), stamp(&code))
+        format!(
+            "{}:{}/{}:{}",
+            weights.display(),
+            stamp(&weights),
+            code.display(),
+            stamp(&code)
+        )
     }
 
     /// The stage's component, loaded now unless an earlier stage left it loaded.
