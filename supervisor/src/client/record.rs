@@ -25,6 +25,8 @@ pub struct Recorder<W: Write> {
     /// The last sample written per GPU: the feed may repeat one (a status sent again
     /// after a change), which must not become a second row at the same time.
     last: HashMap<u32, SystemTime>,
+    /// The time written for the last sample per GPU, as written.
+    last_t: HashMap<u32, String>,
 }
 
 impl<W: Write> Recorder<W> {
@@ -39,6 +41,7 @@ impl<W: Write> Recorder<W> {
             seen: HashMap::new(),
             start: None,
             last: HashMap::new(),
+            last_t: HashMap::new(),
         })
     }
 
@@ -65,7 +68,16 @@ impl<W: Write> Recorder<W> {
         }
         self.last.insert(gpu.index, at);
         let start = *self.start.get_or_insert(at);
-        let t = at.duration_since(start).unwrap_or_default().as_secs_f64();
+        let t = format!(
+            "{:.3}",
+            at.duration_since(start).unwrap_or_default().as_secs_f64()
+        );
+        // Samples under a millisecond apart (the periodic one and one taken to verify a
+        // release) would be two rows at the same time, which a plot cannot stack: keep one.
+        if self.last_t.get(&gpu.index) == Some(&t) {
+            return Ok(());
+        }
+        self.last_t.insert(gpu.index, t.clone());
         let mut now: BTreeMap<String, u64> = BTreeMap::new();
         for process in &gpu.processes {
             let gpu_suffix = if gpu.index == 0 {
@@ -74,6 +86,10 @@ impl<W: Write> Recorder<W> {
                 format!(" on GPU {}", gpu.index)
             };
             let label = match self.holders.get(&process.lease_id) {
+                // Holders often name their pid already (`arbiter-tts (pid 42)`).
+                Some(holder) if holder.contains(&format!("pid {}", process.pid)) => {
+                    format!("{holder}{gpu_suffix}")
+                }
                 Some(holder) => format!("{holder} (pid {}){gpu_suffix}", process.pid),
                 None if process.lease_id.is_empty() => {
                     format!("pid {} (no lease){gpu_suffix}", process.pid)
@@ -90,7 +106,7 @@ impl<W: Write> Recorder<W> {
             let bytes = now.get(label).copied().unwrap_or(0);
             // Labels may hold commas; the plot reads the last field as bytes and the rest
             // after the first as the label.
-            writeln!(self.out, "{t:.3},{label},{bytes}")?;
+            writeln!(self.out, "{t},{label},{bytes}")?;
         }
         self.out.flush()
     }
@@ -145,7 +161,20 @@ mod tests {
             ))
             .unwrap();
         recorder.event(&sample(2, vec![process(9, "", 5)])).unwrap();
-        // The same sample again writes nothing.
+        // The same sample again writes nothing, nor does one under a millisecond later.
+        recorder
+            .event(&pb::Event {
+                at: None,
+                kind: Some(pb::event::Kind::Sample(pb::GpuStatus {
+                    processes: vec![process(9, "", 6)],
+                    sampled_at: Some(prost_types::Timestamp {
+                        seconds: 1_700_000_002,
+                        nanos: 300_000,
+                    }),
+                    ..Default::default()
+                })),
+            })
+            .unwrap();
         recorder.event(&sample(2, vec![process(9, "", 5)])).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
@@ -155,6 +184,28 @@ mod tests {
              0.000,video job (pid 7),100\n\
              2.000,pid 9 (no lease),5\n\
              2.000,video job (pid 7),0\n"
+        );
+    }
+
+    #[test]
+    fn a_holder_that_names_its_pid_is_not_labelled_twice() {
+        let mut out = Vec::new();
+        let lease = pb::Lease {
+            lease_id: "lease-2".into(),
+            holder: "arbiter-tts (pid 42)".into(),
+            ..Default::default()
+        };
+        let mut recorder = Recorder::new(&mut out, &[lease]).unwrap();
+        let tts = pb::GpuProcess {
+            pid: 42,
+            used_bytes: 7,
+            lease_id: "lease-2".into(),
+        };
+        recorder.event(&sample(0, vec![tts])).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "t_seconds,label,bytes\n0.000,arbiter-tts (pid 42),7\n"
         );
     }
 }
