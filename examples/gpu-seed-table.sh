@@ -11,11 +11,16 @@
 # Also: the limits in the same run (cold disk read, page-cache read, pinned copy) and NVML
 # per-process samples every 100 ms for the plots. Results: $RESULTS, packed into
 # $OUT/seed-table.tgz. Runs from the repository root with the release binaries in $SHIP.
+# PRESET=ltx-full (on the H200) measures the full-size pipeline; AUTO_LEASE sizes the auto
+# row's lease; WARM_ONLY=1 skips the cold rows, for a WORK directory on tmpfs (/dev/shm),
+# whose files cannot be dropped from memory (the full pipeline does not fit the host's disk).
 set -euo pipefail
 ship="${SHIP:-ship}"
 out="${RESULTS:-/tmp/seed-table}"
 work="${WORK:-/tmp/arbiter-work}"
-pipeline="$work/ltx-half"
+preset="${PRESET:-ltx-half}"
+auto_lease="${AUTO_LEASE:-16GiB}"
+pipeline="$work/$preset"
 mkdir -p "$out" "$work"
 pack() { if [ -n "${OUT:-}" ]; then tar czf "$OUT/seed-table.tgz" -C "$out" .; fi; }
 trap pack EXIT
@@ -26,7 +31,7 @@ date -u +%FT%TZ >"$out/date.txt"
 video="$ship/arbiter-video"
 
 if [ ! -f "$pipeline/manifest.toml" ]; then
-    "$video" make-pipeline --preset ltx-half --out "$pipeline" --device cuda >"$out/make.log" 2>&1
+    "$video" make-pipeline --preset "$preset" --out "$pipeline" --device cuda >"$out/make.log" 2>&1
 fi
 "$video" inspect "$pipeline" --json >"$out/inspect.json"
 
@@ -47,6 +52,9 @@ done
 run() {
     local name="$1" cache="$2"
     shift 2
+    if [ "$cache" = cold ] && [ "${WARM_ONLY:-0}" = 1 ]; then
+        return
+    fi
     if [ "$cache" = cold ]; then
         "$video" prewarm "$pipeline" --evict >/dev/null
     else
@@ -75,10 +83,14 @@ run() {
     rm -rf "$work/out-$name"
 }
 
-run persistent cold "${all_resident[@]}" --repeat 3 --pause 5s
+if [ "${WARM_ONLY:-0}" = 1 ]; then
+    run persistent warm "${all_resident[@]}" --repeat 3 --pause 5s
+else
+    run persistent cold "${all_resident[@]}" --repeat 3 --pause 5s
+fi
 run cold cold
 run cold-warm warm
 run stream cold --placement text_encoder=stream
 run stream-warm warm --placement text_encoder=stream
-run auto cold --placement text_encoder=auto --placement transformer=auto --lease 16GiB
-run auto-warm warm --placement text_encoder=auto --placement transformer=auto --lease 16GiB
+run auto cold --placement text_encoder=auto --placement transformer=auto --lease "$auto_lease"
+run auto-warm warm --placement text_encoder=auto --placement transformer=auto --lease "$auto_lease"

@@ -15,7 +15,9 @@ ship="${SHIP:-ship}"
 out="${RESULTS:-/tmp/tts-beside}"
 work="${WORK:-/tmp/arbiter-work}"
 preset="${PRESET:-ltx-half}"
-rounds="${ROUNDS:-60}"
+rounds="${ROUNDS:-120}"
+# A pause between speech rounds, so they spread over whole video jobs (stages, loads, exits).
+interval="${INTERVAL:-200}"
 approaches="${APPROACHES:-idle persistent cold stream auto}"
 pipeline="$work/$preset"
 mkdir -p "$out" "$work"
@@ -89,7 +91,7 @@ for approach in $approaches; do
     fi
     echo "$approach $(date +%s%N)" >>"$out/marks.txt"
     "$ship/tts-speech-bench" --server "$PWD/$ship/arbiter-tts" --voice-dir "$voice" \
-        --supervisor "$sup" "${gpu[@]}" --rounds "$rounds" --warmup 3 --label "$approach" \
+        --supervisor "$sup" "${gpu[@]}" --rounds "$rounds" --interval "$interval" --warmup 3 --label "$approach" \
         --json "$out/tts-$approach.json" >"$out/tts-$approach.txt" 2>&1 ||
         echo "$approach: the speech bench failed" >>"$out/failures.txt"
     if [ -n "$loop" ]; then

@@ -37,6 +37,8 @@ speech bench: time to first audio and real-time factor of arbiter-tts, next to a
 OPTIONS
   --rounds N            measured rounds (default 30)
   --warmup N            rounds run first and not counted (default 3)
+  --interval MS         a pause between rounds, so the rounds spread over a span of time
+                        (as a user speaking now and then, beside other GPU work; default 0)
   --server PATH         the arbiter-tts binary (default: $ARBITER_TTS_BIN, else the one cargo built)
   --voice-dir DIR       a TorchScript voice directory for the server (repeatable)
   --voice NAME          the voice to speak with (default: the first TorchScript voice when
@@ -55,6 +57,7 @@ OPTIONS
 struct Options {
     rounds: usize,
     warmup: usize,
+    interval: Duration,
     server: PathBuf,
     voice_dirs: Vec<PathBuf>,
     voice: Option<String>,
@@ -73,6 +76,7 @@ fn parse() -> Result<Options, String> {
     let mut o = Options {
         rounds: 30,
         warmup: 3,
+        interval: Duration::ZERO,
         server: std::env::var_os("ARBITER_TTS_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_arbiter-tts"))),
@@ -107,6 +111,7 @@ fn parse() -> Result<Options, String> {
             }
             "--rounds" => o.rounds = number(value()?)?.max(1),
             "--warmup" => o.warmup = number(value()?)?,
+            "--interval" => o.interval = Duration::from_millis(number(value()?)? as u64),
             "--server" => o.server = value()?.into(),
             "--voice-dir" => o.voice_dirs.push(value()?.into()),
             "--voice" => o.voice = Some(value()?),
@@ -414,9 +419,17 @@ async fn run(o: Options) -> Result<(), String> {
     let (mut noop, mut first, mut whole, mut rtf) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut warm = Vec::new();
+    // When each measured round started (Unix ms), to line the samples up with other work.
+    let mut round_starts = Vec::new();
     let mut last = None;
     for round in 0..o.rounds + o.warmup {
+        if round > 0 && !o.interval.is_zero() {
+            tokio::time::sleep(o.interval).await;
+        }
         let start = Instant::now();
+        let started_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3);
         health
             .check(check())
             .await
@@ -426,6 +439,7 @@ async fn run(o: Options) -> Result<(), String> {
         if round < o.warmup {
             warm.push((said.first, said.whole));
         } else {
+            round_starts.push(started_unix_ms);
             noop.push(noop_took);
             first.push(said.first);
             whole.push(said.whole);
@@ -579,6 +593,7 @@ async fn run(o: Options) -> Result<(), String> {
             "ready_ms": ms(ready),
             "rounds": rounds,
             "warmup": warmup,
+            "interval_ms": ms(o.interval),
             "text_chars": o.text.len(),
             "chunks": last.chunks,
             "audio_seconds": audio_seconds,
@@ -588,6 +603,7 @@ async fn run(o: Options) -> Result<(), String> {
             "real_time_factor": { "p50": percentile_f(&rtf, 0.5), "p95": percentile_f(&rtf, 0.95) },
             "warmup_rounds_ms": warm.iter().map(|(f, w)| json!({ "first": ms(*f), "whole": ms(*w) })).collect::<Vec<_>>(),
             "samples_ms": {
+                "round_started_unix_ms": round_starts,
                 "noop": list(&raw_noop),
                 "time_to_first_audio": list(&raw_first),
                 "whole_utterance": list(&raw_whole),
