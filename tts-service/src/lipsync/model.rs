@@ -23,6 +23,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Deserialize;
 use tch::{CModule, Device, Kind, Tensor};
@@ -101,11 +102,21 @@ pub struct LipSyncModel {
     config: Config,
     path: PathBuf,
     cpu: Mutex<CModule>,
-    /// The copy on CUDA device 0, while the service holds the lease on a CUDA machine.
+    /// The copy on CUDA device 0, while the service holds the lease on a CUDA machine. A
+    /// render holds this lock for its whole run; nothing else waits on it for long.
     gpu: Mutex<Option<CModule>>,
+    /// Whether `gpu` holds a copy, readable without that lock (status calls from async
+    /// handlers must not wait for a render).
+    on_gpu: AtomicBool,
+    /// Serializes loads of the GPU copy, which happen outside the `gpu` lock so that
+    /// renders go on (on the CPU) meanwhile.
+    loading: Mutex<()>,
+    /// Bumped by every offload: a copy whose load began before one is not installed, since
+    /// the lease it was loaded under is going or gone.
+    generation: AtomicU64,
     /// Set while the GPU copy is being given back: new windows go to the CPU at once
     /// instead of queueing for the GPU copy ahead of the offload.
-    draining: std::sync::atomic::AtomicBool,
+    draining: AtomicBool,
     /// Bytes of the parameters, what the weights need on a device.
     parameter_bytes: u64,
 }
@@ -198,7 +209,10 @@ impl LipSyncModel {
             path: model,
             cpu: Mutex::new(module),
             gpu: Mutex::new(None),
-            draining: std::sync::atomic::AtomicBool::new(false),
+            on_gpu: AtomicBool::new(false),
+            loading: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
             parameter_bytes,
         })
     }
@@ -242,7 +256,7 @@ impl LipSyncModel {
 
     /// Where renders run now.
     pub fn device(&self) -> Device {
-        if lock(&self.gpu).is_some() {
+        if self.on_gpu.load(Ordering::SeqCst) {
             Device::Cuda(0)
         } else {
             Device::Cpu
@@ -250,15 +264,35 @@ impl LipSyncModel {
     }
 
     /// Loads the GPU copy on CUDA device 0, if libtorch sees one and it is not there yet;
-    /// returns where renders will run. Call only while the service holds the lease.
+    /// returns where renders will run. Call only while the service holds the lease. Renders
+    /// meanwhile run on the CPU copy; an offload meanwhile wins (the new copy is dropped and
+    /// the answer is the CPU).
     pub fn to_gpu(&self) -> Result<Device> {
         if !tch::Cuda::is_available() {
             return Ok(Device::Cpu);
         }
-        let mut gpu = lock(&self.gpu);
-        if gpu.is_none() {
-            *gpu = Some(load_module(&self.path, Device::Cuda(0))?);
+        let _loading = lock(&self.loading);
+        if self.on_gpu.load(Ordering::SeqCst) {
+            return Ok(Device::Cuda(0));
         }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let module = match load_module(&self.path, Device::Cuda(0)) {
+            Ok(module) => module,
+            Err(error) => {
+                // What the failed load allocated is cached by libtorch until emptied.
+                empty_cache("a failed load of the lip-sync model");
+                return Err(error);
+            }
+        };
+        let mut gpu = lock(&self.gpu);
+        if self.generation.load(Ordering::SeqCst) != generation {
+            drop(gpu);
+            drop(module);
+            empty_cache("a load of the lip-sync model that an offload overtook");
+            return Ok(Device::Cpu);
+        }
+        *gpu = Some(module);
+        self.on_gpu.store(true, Ordering::SeqCst);
         Ok(Device::Cuda(0))
     }
 
@@ -266,15 +300,18 @@ impl LipSyncModel {
     /// caching allocator, so the memory goes back to the driver. Returns whether there was
     /// a GPU copy.
     pub fn offload(&self) -> bool {
-        use std::sync::atomic::Ordering;
         self.draining.store(true, Ordering::SeqCst);
-        let dropped = lock(&self.gpu).take().is_some();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        // `on_gpu` changes only under the `gpu` lock, so it always says what the slot holds.
+        let dropped = {
+            let mut gpu = lock(&self.gpu);
+            self.on_gpu.store(false, Ordering::SeqCst);
+            gpu.take().is_some()
+        };
         self.draining.store(false, Ordering::SeqCst);
         if dropped {
             // Dropped tensors stay reserved in the cache until it is emptied.
-            if let Err(error) = arbiter_torch::allocator::empty_cache() {
-                tracing::warn!(%error, "cannot empty libtorch's CUDA cache after offloading the lip-sync model");
-            }
+            empty_cache("offloading the lip-sync model");
         }
         dropped
     }
@@ -293,7 +330,7 @@ impl LipSyncModel {
             });
         }
         // While an offload waits for the GPU copy, do not queue up ahead of it.
-        let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
+        let draining = self.draining.load(Ordering::SeqCst);
         let gpu = if draining {
             None
         } else {
@@ -317,12 +354,15 @@ impl LipSyncModel {
     fn run(&self, module: &CModule, device: Device, face: &Face, audio: &[f32]) -> Result<Tensor> {
         let s = i64::from(self.face_size());
         tch::no_grad(|| {
+            // The fallible forms: a CUDA error is the caller's to report, not a panic.
             let face = Tensor::from_slice(&face.pixels)
-                .view([1, 3, s, s])
-                .to_device(device);
-            let audio = Tensor::from_slice(audio).view([1, -1]).to_device(device);
+                .f_view([1, 3, s, s])?
+                .f_to_device(device)?;
+            let audio = Tensor::from_slice(audio)
+                .f_view([1, -1])?
+                .f_to_device(device)?;
             let out = module.forward_ts(&[face, audio])?;
-            Ok(out.to_device(Device::Cpu))
+            out.f_to_device(Device::Cpu)
         })
         .map_err(|source| Error::Run {
             model: self.name.clone(),
@@ -375,6 +415,13 @@ fn load_module(path: &Path, device: Device) -> Result<CModule> {
     })?;
     module.set_eval();
     Ok(module)
+}
+
+/// Empties libtorch's CUDA cache after `what`, so freed memory goes back to the driver.
+fn empty_cache(what: &str) {
+    if let Err(error) = arbiter_torch::allocator::empty_cache() {
+        tracing::warn!(%error, "cannot empty libtorch's CUDA cache after {what}");
+    }
 }
 
 /// T for N samples at `rate` Hz and `fps`: `floor(N * fps / rate + 1/2)`.
