@@ -2,8 +2,8 @@
 //!
 //! Each worker gets its own process group (so one signal reaches ffmpeg and anything else it
 //! started), a parent-death signal (so it cannot outlive a crashed supervisor), a minimal
-//! environment (nothing of ours leaks into it but what it needs), and its stdout and stderr
-//! in the job's log file. Dropping a [`Worker`] kills its whole group.
+//! environment and no descriptor of ours but its stdio (nothing of ours leaks into it but
+//! what it needs), and its stdout and stderr in the job's log file. Dropping a [`Worker`] kills its whole group.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -12,6 +12,44 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
+
+/// The highest descriptor number to care about in a child (bounded, for the fallback loop).
+fn open_max() -> i32 {
+    // SAFETY: sysconf reads a limit.
+    let max = unsafe { nix::libc::sysconf(nix::libc::_SC_OPEN_MAX) };
+    if max <= 0 {
+        1024
+    } else {
+        max.min(1 << 16) as i32
+    }
+}
+
+/// Marks every descriptor from `first` up close-on-exec, in the child between fork and exec.
+/// Rust opens its own files that way, but C libraries in the supervisor need not, and NVML
+/// keeps the NVIDIA device files open: a worker must not start holding the supervisor's
+/// handles on the driver, whatever flags the library used. Marking rather than closing keeps the descriptor through which
+/// the standard library reports a failed exec.
+fn close_on_exec_from(first: i32, open_max: i32) {
+    const CLOSE_RANGE_CLOEXEC: nix::libc::c_uint = 1 << 2;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
+    let marked = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_close_range,
+            first as nix::libc::c_uint,
+            nix::libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if !marked {
+        // Kernels before 5.11: one descriptor at a time (EBADF for the unused ones).
+        for fd in first..open_max {
+            // SAFETY: fcntl on a descriptor number; an unused one answers EBADF.
+            unsafe {
+                nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
 
 /// What to start.
 pub struct Launch {
@@ -75,7 +113,9 @@ impl Worker {
             .process_group(0)
             .kill_on_drop(true);
         let parent = nix::unistd::getpid();
-        // SAFETY: only async-signal-safe calls between fork and exec: prctl and getppid.
+        let open_max = open_max();
+        // SAFETY: only async-signal-safe calls between fork and exec: prctl, getppid,
+        // close_range and fcntl.
         unsafe {
             command.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
@@ -84,6 +124,7 @@ impl Worker {
                         "the supervisor exited while starting the worker",
                     ));
                 }
+                close_on_exec_from(3, open_max);
                 Ok(())
             });
         }
@@ -263,5 +304,50 @@ mod tests {
         let pid = other.0.id();
         assert!(!kill_leftover(pid, "arbiter-video"));
         assert!(running(pid));
+    }
+
+    fn launch(program: &str, args: &[&str], dir: &Path) -> Launch {
+        Launch {
+            program: program.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+            log: dir.join("worker.log"),
+            dir: dir.to_path_buf(),
+            stdin: None,
+            capture_stdout: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_inherits_no_descriptor_of_the_supervisor_but_stdio() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        // As NVML opens the device files: without close-on-exec.
+        // SAFETY: open(2) of a fixed path; the descriptor is closed below.
+        let fd = unsafe { nix::libc::open(c"/dev/null".as_ptr(), nix::libc::O_RDONLY) };
+        assert!(fd > 2, "open /dev/null: {fd}");
+        let check = format!("if [ -e /proc/$$/fd/{fd} ]; then echo leaked; else echo closed; fi");
+        let mut worker = Worker::spawn(launch("sh", &["-c", &check], dir.path())).unwrap();
+        let mut said = String::new();
+        worker
+            .child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut said)
+            .await
+            .unwrap();
+        // SAFETY: the descriptor opened above, closed once.
+        unsafe { nix::libc::close(fd) };
+        assert_eq!(said.trim(), "closed");
+        assert!(worker.child.wait().await.unwrap().success());
+
+        // A program that cannot be started is still reported as such.
+        let missing = dir.path().join("no-such-worker");
+        let error = Worker::spawn(launch(missing.to_str().unwrap(), &[], dir.path()));
+        assert!(
+            error.is_err(),
+            "a missing worker binary must fail the spawn"
+        );
     }
 }
