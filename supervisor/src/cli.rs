@@ -20,7 +20,12 @@ pub struct Cli {
     /// A TOML config file (default: /etc/arbiter/supervisor.toml if it exists).
     #[arg(long, short, env = "ARBITER_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    #[command(flatten)]
+    /// Settings of the supervisor itself (each overrides the config file); of them, client
+    /// commands use only --socket, to find the supervisor.
+    #[command(
+        flatten,
+        next_help_heading = "Supervisor settings (override the config file)"
+    )]
     pub overrides: Overrides,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -109,29 +114,38 @@ pub enum Command {
 pub struct GenerateArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// What the video shows.
     #[arg(long)]
     pub prompt: String,
+    /// What it should not show (the pipeline's guidance steers away from it).
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    /// A WAV soundtrack: `@file` sends it inline, a bare path lets the supervisor read it
+    /// A soundtrack (WAV, FLAC, MP3, OGG): `@file` sends it inline, a bare path lets the supervisor read it
     /// (inside its allowed input directories).
     #[arg(long)]
     pub audio: Option<String>,
     /// A reference image, `@file` or a path, like --audio.
     #[arg(long)]
     pub image: Option<String>,
+    /// The pipeline to run (default: the supervisor's default pipeline).
     #[arg(long)]
     pub pipeline: Option<String>,
+    /// Width in pixels (default: the pipeline's).
     #[arg(long)]
     pub width: Option<u32>,
+    /// Height in pixels (default: the pipeline's).
     #[arg(long)]
     pub height: Option<u32>,
+    /// Frames (default: the pipeline's).
     #[arg(long)]
     pub frames: Option<u32>,
+    /// Frames per second (default: the pipeline's).
     #[arg(long)]
     pub fps: Option<u32>,
+    /// Denoising steps (default: the pipeline's).
     #[arg(long)]
     pub steps: Option<u32>,
+    /// The noise seed, for a reproducible video (default: random, recorded in metadata.json).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Where a component runs, `COMPONENT=PLACEMENT` (gpu, resident, cpu, stream, auto);
