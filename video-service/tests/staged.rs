@@ -359,6 +359,19 @@ fn a_session_keeps_resident_components_from_one_run_to_the_next() {
         0,
         "the resident transformer was not loaded again"
     );
+    // Each component's first call is timed once per process: the resident transformer's in
+    // the first run only; components loaded again per run, in each run.
+    let first_call = |o: &Output, stage: &str| {
+        o.stages
+            .iter()
+            .find(|s| s.stage == stage)
+            .unwrap()
+            .first_call_ms
+    };
+    assert!(first_call(&first, "denoise").is_some());
+    assert_eq!(first_call(&second, "denoise"), None);
+    assert_eq!(first_call(&second, "refine"), None);
+    assert!(first_call(&second, "text").is_some());
     assert!(second.latents.allclose(&first.latents, 1e-6, 1e-6, false));
 }
 

@@ -84,6 +84,10 @@ pub struct Live {
     pub device_bytes: u64,
     /// Drops with the component: the views into the loaded buffer.
     _weights: Vec<Tensor>,
+    /// Calls so far; the first is timed.
+    calls: u64,
+    /// How long the first call took (synchronized), until a stage takes the figure.
+    first_call_ms: Option<f64>,
 }
 
 pub fn kind_of(dtype: Dtype) -> Kind {
@@ -235,6 +239,8 @@ impl Live {
             load,
             device_bytes,
             _weights: kept,
+            calls: 0,
+            first_call_ms: None,
         })
     }
 
@@ -242,6 +248,12 @@ impl Live {
     /// Float inputs are cast to the component's dtype; the output comes back as float32
     /// on the pipeline's device.
     pub fn call(&mut self, inputs: &[&Tensor]) -> Result<Tensor, ComponentError> {
+        let first = self.calls == 0;
+        self.calls += 1;
+        let started = first.then(|| {
+            synchronize(self.compute);
+            Instant::now()
+        });
         let inputs = inputs
             .iter()
             .map(|t| self.prepare(t))
@@ -274,10 +286,20 @@ impl Live {
                     }
                 })?,
             };
+        if let Some(started) = started {
+            synchronize(self.compute);
+            self.first_call_ms = Some(crate::metadata::ms(started.elapsed()));
+        }
         output
             .f_to_kind(Kind::Float)
             .and_then(|t| t.f_to_device(self.device))
             .map_err(|source| self.error("output", source))
+    }
+
+    /// The first call's time, once: a fresh process's first call of a component pays for
+    /// loading its kernels and setting up cuBLAS and cuDNN, which later calls do not.
+    pub fn take_first_call_ms(&mut self) -> Option<f64> {
+        self.first_call_ms.take()
     }
 
     fn prepare(&self, t: &Tensor) -> Result<Tensor, TchError> {
@@ -318,6 +340,13 @@ pub fn tensor_of(value: IValue) -> Result<Tensor, TchError> {
     match value {
         IValue::Tensor(t) => Ok(t),
         other => Err(TchError::Kind(format!("expected a tensor, got {other:?}"))),
+    }
+}
+
+/// Waits for `device`'s work (nothing to wait for on the CPU).
+fn synchronize(device: Device) {
+    if device.is_cuda() {
+        tch::Cuda::synchronize(device_index(device));
     }
 }
 

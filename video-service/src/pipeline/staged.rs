@@ -89,6 +89,11 @@ pub struct StageMetrics {
     pub load_bytes: u64,
     pub load_gb_per_s: f64,
     pub compute_ms: f64,
+    /// The component's first call in this process, when this stage made it (synchronized,
+    /// part of `compute_ms`): kernel loading and library set-up that a fresh process pays
+    /// and a resident component does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_call_ms: Option<f64>,
     /// Weights of every loaded component on the device during the stage.
     pub device_weight_bytes: u64,
     /// The caching allocator's peaks during the stage (0 without a GPU).
@@ -520,6 +525,10 @@ impl Run<'_> {
         metrics.compute_ms = ((millis(started) - metrics.load_ms) * 100.0).round() / 100.0;
         metrics.device_weight_bytes = self.live.values().map(|l| l.device_bytes).sum();
         metrics.nvml_bytes = self.settings.nvml.as_ref().and_then(ProcessMemory::sample);
+        metrics.first_call_ms = self
+            .live
+            .get_mut(&spec.component)
+            .and_then(Live::take_first_call_ms);
         self.release_after(index);
         let mut held: Vec<String> = self.live.keys().cloned().collect();
         held.sort();
@@ -537,6 +546,7 @@ impl Run<'_> {
             placement = %metrics.placement,
             load_ms = metrics.load_ms,
             compute_ms = format!("{:.1}", metrics.compute_ms),
+            first_call_ms = metrics.first_call_ms,
             peak_reserved = metrics.peak_reserved_bytes,
             "stage done"
         );
