@@ -1305,12 +1305,62 @@ fn png(width: u32, height: u32) -> Vec<u8> {
     out.stdout
 }
 
+/// A copy of the staged pipeline in `pipelines` without its image stage (and component),
+/// named `no-image`.
+fn without_image_stage(pipelines: &Path) {
+    let from = pipelines.join("tiny-staged");
+    let to = pipelines.join("no-image");
+    std::fs::create_dir(&to).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+    let manifest = std::fs::read_to_string(to.join("manifest.toml")).unwrap();
+    // Blocks run from a header to the next one.
+    let mut kept = String::new();
+    let mut skipping = false;
+    for line in manifest.lines() {
+        if line.starts_with('[') {
+            skipping = line == "[components.image_encoder]";
+        }
+        if line == "stage = \"image\"" {
+            // The `[[stages]]` header just written belongs to this block.
+            let header = kept.trim_end().rfind("[[stages]]").unwrap();
+            kept.truncate(header);
+            skipping = true;
+            continue;
+        }
+        if !skipping {
+            let line = if line.starts_with("name = ") {
+                "name = \"no-image\""
+            } else {
+                line
+            };
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    std::fs::write(to.join("manifest.toml"), kept).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staged_pipeline_job_normalizes_its_inputs_and_runs_stage_by_stage() {
     let pipelines = staged_pipelines();
+    without_image_stage(pipelines.path());
     let supervisor = start(&pipelines, "8GiB", "").await;
     let video = supervisor.video_client().await;
     let client = supervisor.unix_client().await;
+
+    // A reference image for a pipeline that has no stage to take it is refused up front.
+    let mut with_image = request("no-image", "a fox", 2);
+    with_image.reference_image = Some(vpb::Media {
+        source: Some(vpb::media::Source::Data(png(64, 64))),
+    });
+    assert_refused(
+        video.clone().submit(with_image).await,
+        Code::InvalidArgument,
+        &["reference_image", "no-image", "no image stage"],
+    );
 
     // Placements are checked against the pipeline's components before anything is queued.
     for (placement, words) in [
