@@ -58,7 +58,8 @@ pub struct Metadata {
     /// `first_step_ms` less the weight loads and model compute of the stages before it: what
     /// a process per job costs before its first step beyond the model's own work (exec,
     /// libtorch, CUDA context, claim, inputs, TorchScript parsing). The figure to hold
-    /// against a bare CUDA context start.
+    /// against a bare CUDA context start. (The built-in `tiny` model records no per-stage
+    /// work, so for it nothing is subtracted.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_step_overhead_ms: Option<f64>,
 }
