@@ -48,6 +48,7 @@ impl Prewarm {
     async fn once(&self, dir: &PathBuf) {
         let mut command = tokio::process::Command::new(&self.worker);
         command.arg("prewarm").arg(dir).kill_on_drop(true);
+        super::spawn::inherit_only_stdio(&mut command);
         if let Some(cap) = self.cap {
             command.arg("--cap").arg(cap.to_string());
         }

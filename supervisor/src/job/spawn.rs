@@ -13,6 +13,19 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 
+/// Lets `command`'s child inherit no descriptor of the supervisor but its stdio (see
+/// [`close_on_exec_from`]). Every process the supervisor starts goes through this.
+pub fn inherit_only_stdio(command: &mut tokio::process::Command) {
+    let open_max = open_max();
+    // SAFETY: only async-signal-safe calls between fork and exec: close_range and fcntl.
+    unsafe {
+        command.pre_exec(move || {
+            close_on_exec_from(3, open_max);
+            Ok(())
+        });
+    }
+}
+
 /// The highest descriptor number to care about in a child (bounded, for the fallback loop).
 fn open_max() -> i32 {
     // SAFETY: sysconf reads a limit.
@@ -113,9 +126,7 @@ impl Worker {
             .process_group(0)
             .kill_on_drop(true);
         let parent = nix::unistd::getpid();
-        let open_max = open_max();
-        // SAFETY: only async-signal-safe calls between fork and exec: prctl, getppid,
-        // close_range and fcntl.
+        // SAFETY: only async-signal-safe calls between fork and exec: prctl and getppid.
         unsafe {
             command.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
@@ -124,10 +135,10 @@ impl Worker {
                         "the supervisor exited while starting the worker",
                     ));
                 }
-                close_on_exec_from(3, open_max);
                 Ok(())
             });
         }
+        inherit_only_stdio(&mut command);
         // As late as possible, so the worker's start-up is timed from the spawn itself.
         command.env(arbiter::spawn::SPAWNED_AT_ENV, arbiter::spawn::stamp_now());
         let mut child = command.spawn()?;
