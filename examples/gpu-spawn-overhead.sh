@@ -66,3 +66,20 @@ done
 find "$work/spawn-state" -name metadata.json | while read -r m; do
     cp "$m" "$out/metadata-$(basename "$(dirname "$(dirname "$m")")").json"
 done
+# One line per job and per bare start, for reading the run at a glance.
+python3 - "$out" >"$out/summary.txt" <<'PY' || true
+import glob, json, sys
+out = sys.argv[1]
+for line in open(f"{out}/cuda-start.jsonl") if glob.glob(f"{out}/cuda-start.jsonl") else []:
+    bare = json.loads(line)
+    print(f"bare cuda-start: spawn to ready {bare['spawn_to_ready_ms']:.0f} ms")
+for path in sorted(glob.glob(f"{out}/metadata-*.json")):
+    m = json.load(open(path))
+    first = {s["stage"]: s.get("first_call_ms") for s in m.get("pipeline_stages", [])}
+    print(
+        f"job: spawn {m.get('spawn_ms', 0):.0f} ms, first step {m.get('first_step_ms', 0):.0f} ms, "
+        f"overhead {m.get('first_step_overhead_ms', 0):.0f} ms; first calls: "
+        f"text {first.get('text') or 0:.0f} ms, denoise {first.get('denoise') or 0:.0f} ms"
+    )
+PY
+cat "$out/summary.txt"
