@@ -388,7 +388,8 @@ pub(crate) fn human(d: prost_types::Duration, seconds_only: bool) -> String {
     humantime::format_duration(d).to_string()
 }
 
-fn truncate(text: &str, width: usize) -> String {
+/// `text` cut to `width` characters, with an ellipsis where it was cut.
+pub(crate) fn truncate(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         text.to_string()
     } else {

@@ -673,7 +673,11 @@ fn draw_legend(
         ))
         .map_err(draw_error)?;
         let peak = series.values.iter().copied().max().unwrap_or(0);
-        let label = format!("{} · peak {}", truncate(&series.label, 30), ByteSize(peak));
+        let label = format!(
+            "{} · peak {}",
+            super::truncate(&series.label, 30),
+            ByteSize(peak)
+        );
         area.draw(&text(label, LEFT + 22, y, 13))
             .map_err(draw_error)?;
         y += ROW;
@@ -731,16 +735,6 @@ fn nonzero_runs(values: &[u64]) -> Vec<std::ops::Range<usize>> {
 fn tick_label(value: &f64) -> String {
     let text = format!("{value:.3}");
     text.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
-fn truncate(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        text.to_string()
-    } else {
-        let mut out: String = text.chars().take(width - 1).collect();
-        out.push('…');
-        out
-    }
 }
 
 #[cfg(test)]
