@@ -25,8 +25,6 @@ pub struct Recorder<W: Write> {
     /// The last sample written per GPU: the feed may repeat one (a status sent again
     /// after a change), which must not become a second row at the same time.
     last: HashMap<u32, SystemTime>,
-    /// The time written for the last sample per GPU, as written.
-    last_t: HashMap<u32, String>,
 }
 
 impl<W: Write> Recorder<W> {
@@ -41,7 +39,6 @@ impl<W: Write> Recorder<W> {
             seen: HashMap::new(),
             start: None,
             last: HashMap::new(),
-            last_t: HashMap::new(),
         })
     }
 
@@ -63,21 +60,25 @@ impl<W: Write> Recorder<W> {
         let Some(at) = gpu.sampled_at.and_then(|t| SystemTime::try_from(t).ok()) else {
             return Ok(());
         };
-        if self.last.get(&gpu.index).is_some_and(|last| *last >= at) {
+        let start = *self.start.get_or_insert(at);
+        let seconds = |time: SystemTime| {
+            format!(
+                "{:.3}",
+                time.duration_since(start).unwrap_or_default().as_secs_f64()
+            )
+        };
+        let t = seconds(at);
+        // A repeated sample, or one under a millisecond after the last (the periodic one and
+        // one taken to verify a release), would be a second row at the same time, which a
+        // plot cannot stack: keep the first.
+        if self
+            .last
+            .get(&gpu.index)
+            .is_some_and(|last| *last >= at || seconds(*last) == t)
+        {
             return Ok(());
         }
         self.last.insert(gpu.index, at);
-        let start = *self.start.get_or_insert(at);
-        let t = format!(
-            "{:.3}",
-            at.duration_since(start).unwrap_or_default().as_secs_f64()
-        );
-        // Samples under a millisecond apart (the periodic one and one taken to verify a
-        // release) would be two rows at the same time, which a plot cannot stack: keep one.
-        if self.last_t.get(&gpu.index) == Some(&t) {
-            return Ok(());
-        }
-        self.last_t.insert(gpu.index, t.clone());
         let mut now: BTreeMap<String, u64> = BTreeMap::new();
         for process in &gpu.processes {
             let gpu_suffix = if gpu.index == 0 {
