@@ -1315,32 +1315,18 @@ fn without_image_stage(pipelines: &Path) {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
-    let manifest = std::fs::read_to_string(to.join("manifest.toml")).unwrap();
-    // Blocks run from a header to the next one.
-    let mut kept = String::new();
-    let mut skipping = false;
-    for line in manifest.lines() {
-        if line.starts_with('[') {
-            skipping = line == "[components.image_encoder]";
-        }
-        if line == "stage = \"image\"" {
-            // The `[[stages]]` header just written belongs to this block.
-            let header = kept.trim_end().rfind("[[stages]]").unwrap();
-            kept.truncate(header);
-            skipping = true;
-            continue;
-        }
-        if !skipping {
-            let line = if line.starts_with("name = ") {
-                "name = \"no-image\""
-            } else {
-                line
-            };
-            kept.push_str(line);
-            kept.push('\n');
-        }
-    }
-    std::fs::write(to.join("manifest.toml"), kept).unwrap();
+    let path = to.join("manifest.toml");
+    let mut manifest: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    manifest.insert("name".into(), "no-image".into());
+    manifest["components"]
+        .as_table_mut()
+        .unwrap()
+        .remove("image_encoder");
+    manifest["stages"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|stage| stage["stage"].as_str() != Some("image"));
+    std::fs::write(&path, toml::to_string(&manifest).unwrap()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
