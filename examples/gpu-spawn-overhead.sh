@@ -5,7 +5,10 @@
 # same run. Both are timed from the spawn (ARBITER_SPAWNED_AT_NS: the supervisor stamps its
 # workers, this script stamps the bare starts). Each job's metadata.json gives spawn_ms,
 # startup_ms, cuda_context_ms, first_step_ms and first_step_overhead_ms (the first step
-# less the weight loads and model compute of the stages before it).
+# less the weight loads and model compute of the stages before it). For comparison in the same
+# run, SHELL_RUNS (default 1) jobs of the same kind run from this shell with `arbiter-video
+# generate` before the supervisor's jobs and as many after them: the components' first
+# forwards (first_call_ms) of both kinds of process, side by side.
 #
 # Run from the repository root on the GPU host with ship/ filled by scripts/ship.sh; results
 # in $RESULTS, packed into $OUT/spawn-overhead.tgz. As a smoke test on a machine without a
@@ -51,6 +54,22 @@ cat >"$work/spawn.toml" <<TOML
 [jobs]
 frames_without_ffmpeg = true
 TOML
+# The same request from this shell instead of the supervisor: metadata-shell-WHEN-N.json.
+shell_runs() {
+    local when="$1"
+    for i in $(seq "${SHELL_RUNS:-1}"); do
+        ARBITER_SPAWNED_AT_NS="$(date +%s%N)" "$video" generate --pipeline "$pipeline" \
+            --prompt "shell $when $i: a harbour at dawn" \
+            --out "$work/shell-out" >"$out/shell-$when-$i.log" 2>&1 ||
+            echo "shell run $when $i failed" >>"$out/failures.txt"
+        find "$work/shell-out" -name metadata.json | head -1 | while read -r m; do
+            cp "$m" "$out/metadata-shell-$when-$i.json"
+        done
+        rm -rf "$work/shell-out"
+    done
+}
+shell_runs before
+
 sock="$work/spawn.sock"
 rm -rf "$work/spawn-state" "$sock"
 "$S" --config "$work/spawn.toml" --socket "$sock" --state-dir "$work/spawn-state" \
@@ -63,6 +82,7 @@ for i in $(seq "$jobs"); do
     "$S" generate --address "$sock" --pipeline "$preset" --prompt "spawn test $i: a harbour at dawn" \
         >"$out/job-$i.txt" 2>&1 || echo "job $i failed" >>"$out/failures.txt"
 done
+shell_runs after
 find "$work/spawn-state" -name metadata.json | while read -r m; do
     cp "$m" "$out/metadata-$(basename "$(dirname "$(dirname "$m")")").json"
 done
@@ -76,8 +96,9 @@ for line in open(f"{out}/cuda-start.jsonl") if glob.glob(f"{out}/cuda-start.json
 for path in sorted(glob.glob(f"{out}/metadata-*.json")):
     m = json.load(open(path))
     first = {s["stage"]: s.get("first_call_ms") for s in m.get("pipeline_stages", [])}
+    name = path.rsplit("/", 1)[-1][len("metadata-"):-len(".json")]
     print(
-        f"job: spawn {m.get('spawn_ms', 0):.0f} ms, first step {m.get('first_step_ms', 0):.0f} ms, "
+        f"{name}: spawn {m.get('spawn_ms', 0):.0f} ms, first step {m.get('first_step_ms', 0):.0f} ms, "
         f"overhead {m.get('first_step_overhead_ms', 0):.0f} ms; first calls: "
         f"text {first.get('text') or 0:.0f} ms, denoise {first.get('denoise') or 0:.0f} ms"
     )

@@ -587,6 +587,76 @@ async fn a_tiny_job_generates_a_video_and_gives_its_lease_back() {
     );
 }
 
+/// Every built-in worker runs in one working directory, with CUDA's kernel cache under the
+/// state directory: cuDNN compiles its attention kernels in each new process, and CUDA's
+/// on-disk cache of them misses when the working directory differs, which cost every job
+/// 1-3 s on the H100 and H200 while workers ran in their job directories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_runs_in_one_directory_with_the_kernel_cache_set() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let seen = dir.path().join("workers.txt");
+    let wrapper = dir.path().join("worker.sh");
+    let worker = support::binary().with_file_name("arbiter-video");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$(pwd -P)|$CUDA_CACHE_PATH\" >> '{}'\nexec '{}' \"$@\"\n",
+            seen.display(),
+            worker.display()
+        ),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("make the wrapper executable");
+    let supervisor = Supervisor::builder()
+        .gpus("4GiB")
+        .config(&format!(
+            "{BASE_CONFIG}worker = \"{}\"\n",
+            wrapper.display()
+        ))
+        // An empty value counts as unset, whatever the test's own environment holds.
+        .env("CUDA_CACHE_PATH", "")
+        .start()
+        .await;
+    let video = supervisor.video_client().await;
+    for prompt in ["a red fox in the snow", "a grey heron in the reeds"] {
+        let id = submit(
+            &video,
+            vpb::VideoRequest {
+                prompt: prompt.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_state(&final_job(&video, &id).await, JobState::Succeeded);
+    }
+    let state = supervisor.state_dir();
+    let expected = format!(
+        "{}|{}",
+        state
+            .join("worker")
+            .canonicalize()
+            .expect("the workers' directory exists")
+            .display(),
+        state.join("cuda-cache").display()
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&seen)
+        .expect("the wrapper ran")
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines,
+        vec![expected.clone(), expected],
+        "{}",
+        supervisor.log()
+    );
+    assert!(state.join("cuda-cache").is_dir(), "the kernel cache exists");
+}
+
 /// Polls List until every job in `ids` is final; returns the most that were in Starting or
 /// Running together in one snapshot, and whether some job waited while another ran.
 async fn watch_overlap(video: &Video, ids: &[String]) -> (usize, bool) {

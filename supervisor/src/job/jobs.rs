@@ -77,6 +77,10 @@ pub struct Settings {
     pub socket: PathBuf,
     pub simulated_dir: Option<PathBuf>,
     pub embedding_cache: Option<PathBuf>,
+    /// The built-in workers' working directory, the same for every job.
+    pub worker_dir: PathBuf,
+    /// The workers' CUDA_CACHE_PATH.
+    pub kernel_cache: PathBuf,
 }
 
 pub struct Jobs {
@@ -103,6 +107,10 @@ impl Jobs {
         stop: CancellationToken,
     ) -> Result<Arc<Jobs>, JobError> {
         let store = Store::open(&config.state_dir().join("jobs.redb"))?;
+        for dir in [config.worker_dir(), config.kernel_cache_dir()] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| JobError::Store(StoreError::Dir { path: dir, source }))?;
+        }
         let catalog = Catalog::load(
             config.jobs.pipelines_dir.as_deref(),
             &config.jobs.default_pipeline,
@@ -118,6 +126,8 @@ impl Jobs {
                 socket: config.server.socket.clone(),
                 simulated_dir: inventory.simulated().then(|| config.simulated_dir()),
                 embedding_cache: config.embedding_cache_dir(),
+                worker_dir: config.worker_dir(),
+                kernel_cache: config.kernel_cache_dir(),
             },
             inventory,
             live: Mutex::new(HashMap::new()),

@@ -115,6 +115,10 @@ async fn attempt(
             record.output_dir().display().to_string(),
         ),
         ("CUDA_VISIBLE_DEVICES".to_string(), gpu_uuid.clone()),
+        (
+            crate::config::KERNEL_CACHE_ENV.to_string(),
+            jobs.settings.kernel_cache.display().to_string(),
+        ),
     ];
     if let Some(dir) = &jobs.settings.simulated_dir {
         env.push((
@@ -138,10 +142,12 @@ async fn attempt(
         ));
     }
     // External commands run from their pipeline's directory, so the manifest can name a
-    // script beside it; the built-in worker runs in the job's own directory.
+    // script beside it; the built-in worker runs in one directory for every job, where
+    // CUDA's cache finds the attention kernels an earlier worker compiled (see
+    // Config::worker_dir). Each writes its files to its job's output directory.
     let dir = match (&external, pipeline.as_ref().and_then(|p| p.dir.clone())) {
         (Some(_), Some(pipeline_dir)) => pipeline_dir,
-        _ => record.dir.clone(),
+        _ => jobs.settings.worker_dir.clone(),
     };
     let launch = Launch {
         program,

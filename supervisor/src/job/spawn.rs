@@ -87,6 +87,9 @@ const PASSED: &[&str] = &[
     "RUST_LOG",
     "LD_LIBRARY_PATH",
     "TMPDIR",
+    // CUDA's own knobs for its kernel cache (the path itself is set per supervisor).
+    "CUDA_CACHE_MAXSIZE",
+    "CUDA_CACHE_DISABLE",
 ];
 
 pub struct Worker {
