@@ -98,12 +98,18 @@ pub enum ConnectError {
     Unreachable { address: String, reason: String },
 }
 
+/// The error and its causes, each said once: layers of the transport stack that already
+/// print their cause's message would otherwise repeat it ("No such file or directory (os
+/// error 2)" three times).
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = cause.source();
     }
     text
@@ -112,6 +118,41 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error whose message may already include its cause's.
+    #[derive(Debug)]
+    struct Layer(String, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        // What tonic's connector gave for a missing socket: the io error three times over.
+        let enoent = || "No such file or directory (os error 2)".to_string();
+        let io = Layer(enoent(), None);
+        let connector = Layer(enoent(), Some(Box::new(io)));
+        let hyper = Layer(enoent(), Some(Box::new(connector)));
+        let top = Layer("transport error".into(), Some(Box::new(hyper)));
+        assert_eq!(
+            error_chain(&top),
+            "transport error: No such file or directory (os error 2)"
+        );
+        let plain = Layer(
+            "connect".into(),
+            Some(Box::new(Layer("refused".into(), None))),
+        );
+        assert_eq!(error_chain(&plain), "connect: refused");
+    }
 
     #[test]
     fn reads_every_address_form() {

@@ -248,6 +248,9 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
         .into_inner();
     assert!(status.lease_timeouts >= 1, "{status:?}");
     assert!(status.fallback_windows >= 2, "{status:?}");
+    // No room within the wait is not a failure: the next render may ask at once.
+    assert_eq!((status.failures, status.retry_in), (0, None), "{status:?}");
+    assert!(status.note.contains("no GPU memory"), "{status:?}");
     assert!(
         find(
             &leases(&supervisor_socket).await.unwrap(),
@@ -280,4 +283,78 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
     assert_eq!(status.residency, pb::LipSyncResidency::Resident as i32);
     assert_eq!(status.lease_id, again.lease_id);
     assert_eq!(status.leases_granted, 2);
+}
+
+/// A lip-sync lease that cannot be asked for (the supervisor unreachable) is a failure: the
+/// render goes to the CPU saying why, and later renders do not ask again until the backoff
+/// has passed, instead of one failed ask (or GPU load) per render.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_ask_holds_the_next_one_back() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let model = dir.path().join("tiny-lipsync");
+    make_lipsync(&model, &["--face-size", "32", "--fps", "25"]);
+    let tts_socket = dir.path().join("tts.sock");
+    let nobody = dir.path().join("no-supervisor.sock");
+    let _tts = support::tts(
+        &tts_socket,
+        &[
+            "--supervisor",
+            nobody.to_str().unwrap(),
+            "--lipsync-dir",
+            model.to_str().unwrap(),
+            "--lipsync-lease-bytes",
+            "1GiB",
+            "--lipsync-wait-ms",
+            "300",
+        ],
+    );
+    let mut tts = connected(&tts_socket).await;
+    let client = tts.clone();
+    let status = || {
+        let mut tts = client.clone();
+        async move {
+            tts.get_lip_sync_status(pb::GetLipSyncStatusRequest {})
+                .await
+                .expect("GetLipSyncStatus")
+                .into_inner()
+        }
+    };
+
+    // The ask made at start fails.
+    let failed = eventually("the first ask to fail", || async {
+        let status = status().await;
+        (status.failures == 1).then_some(status)
+    })
+    .await;
+    assert_eq!(failed.residency, pb::LipSyncResidency::Offloaded as i32);
+    assert!(
+        failed.note.contains("cannot reach the supervisor"),
+        "{failed:?}"
+    );
+    assert!(failed.note.contains("asking again in 5 s"), "{failed:?}");
+    let wait = support::secs(&failed.retry_in);
+    assert!(wait > 0.0 && wait <= 5.0, "{failed:?}");
+
+    // Renders meanwhile go to the CPU, saying why, without asking again.
+    let face = picture(64, 64, image::ImageFormat::Png);
+    for _ in 0..3 {
+        let chunks = lip_sync_stream(
+            &mut tts,
+            face_request(Input::Audio(pcm(&tone(0.5, 16000), 16000)), face.clone()),
+        )
+        .await
+        .expect("a render on the CPU");
+        let render = chunks[0].render.clone().unwrap();
+        assert!(!render.leased, "{render:?}");
+        assert!(
+            render.note.contains("cannot reach the supervisor"),
+            "{render:?}"
+        );
+    }
+    let after = status().await;
+    assert_eq!(
+        after.failures, 1,
+        "no new ask within the backoff: {after:?}"
+    );
+    assert_eq!(after.leases_granted, 0);
 }

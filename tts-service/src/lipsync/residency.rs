@@ -76,6 +76,46 @@ struct State {
     lease_id: Option<String>,
     /// Why the model is not resident, when it is not.
     note: String,
+    backoff: Backoff,
+}
+
+/// Failed asks (the supervisor unreachable or refusing, the lease stream failing, the model
+/// not loading on the GPU) hold the next one back: 5 s after the first, doubling, at most
+/// 5 minutes; a grant clears it. Without it every render would ask again, and a model that
+/// cannot load would be loaded (and fail) once per render. A lease that simply ends
+/// (reclaimed, revoked, no room within the short wait) is no failure: the next render asks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(5);
+    const MOST: Duration = Duration::from_secs(300);
+
+    /// Counts a failure at `now`; returns how long the next ask waits.
+    fn failed(&mut self, now: Instant) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let wait = Self::FIRST
+            .saturating_mul(1 << (self.failures - 1).min(16))
+            .min(Self::MOST);
+        self.until = Some(now + wait);
+        wait
+    }
+
+    /// How long an ask at `now` must still wait; None once it may go.
+    fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.until
+            .and_then(|until| until.checked_duration_since(now))
+            .filter(|left| !left.is_zero())
+    }
+}
+
+/// How a lease ended (or why none was had), and whether that counts as a failure.
+enum Ending {
+    Normal(String),
+    Failed(String),
 }
 
 /// What a render is told before it starts.
@@ -98,6 +138,11 @@ pub struct Snapshot {
     pub last_reclaim_answer: Option<Duration>,
     pub leases_granted: u64,
     pub lease_timeouts: u64,
+    /// Why the model is not resident, when it is not.
+    pub note: String,
+    /// Failed asks in a row, and how long until a render may ask again.
+    pub failures: u32,
+    pub retry_in: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -144,6 +189,7 @@ impl Residency {
             phase: Phase::Offloaded,
             lease_id: None,
             note: "not asked for yet".into(),
+            backoff: Backoff::default(),
         });
         Residency {
             inner: Arc::new(Inner {
@@ -162,10 +208,14 @@ impl Residency {
         self.begin_acquire();
     }
 
-    /// Starts an acquisition unless one is running or the lease is held.
+    /// Starts an acquisition unless one is running, the lease is held, or failed asks hold
+    /// the next one back ([`Backoff`]).
     fn begin_acquire(&self) {
         let begun = self.inner.state.send_if_modified(|s| {
-            if s.phase != Phase::Offloaded || self.inner.stop.is_cancelled() {
+            if s.phase != Phase::Offloaded
+                || self.inner.stop.is_cancelled()
+                || s.backoff.remaining(Instant::now()).is_some()
+            {
                 return false;
             }
             s.phase = Phase::Acquiring;
@@ -221,6 +271,9 @@ impl Residency {
             last_reclaim_answer: (answer > 0).then(|| Duration::from_micros(answer - 1)),
             leases_granted: c.leases_granted.load(Ordering::Relaxed),
             lease_timeouts: c.lease_timeouts.load(Ordering::Relaxed),
+            note: state.note,
+            failures: state.backoff.failures,
+            retry_in: state.backoff.remaining(Instant::now()),
         }
     }
 }
@@ -229,29 +282,36 @@ impl Inner {
     /// One lease, from the ask to its end; the model is off the GPU afterwards, whatever
     /// ended it.
     async fn hold(self: Arc<Self>) {
-        let why = self.hold_once().await;
+        let ending = self.hold_once().await;
         let model = Arc::clone(&self.model);
-        if tokio::task::spawn_blocking(move || model.offload())
+        let left_gpu = tokio::task::spawn_blocking(move || model.offload())
             .await
-            .unwrap_or(false)
-        {
-            tracing::info!(why = %why, "the lip-sync model left the GPU");
-        }
+            .unwrap_or(false);
         self.state.send_modify(|s| {
             s.phase = Phase::Offloaded;
             s.lease_id = None;
-            s.note = why;
+            s.note = match ending {
+                Ending::Normal(why) => why,
+                Ending::Failed(why) => {
+                    let wait = s.backoff.failed(Instant::now());
+                    tracing::warn!(why = %why, failures = s.backoff.failures, next_ask_in = ?wait, "the lip-sync model renders on the CPU until the next ask");
+                    format!("{why} (asking again in {} s)", wait.as_secs())
+                }
+            };
+            if left_gpu {
+                tracing::info!(why = %s.note, "the lip-sync model left the GPU");
+            }
         });
     }
 
     /// Holds the lease until it ends; returns why it ended (or was never granted).
-    async fn hold_once(&self) -> String {
+    async fn hold_once(&self) -> Ending {
         let settings = &self.settings;
         let channel = match connect(&settings.supervisor).await {
             Ok(channel) => channel,
             Err(error) => {
                 tracing::warn!(%error, "cannot reach the supervisor for the lip-sync lease; rendering on the CPU");
-                return format!("cannot reach the supervisor: {error}");
+                return Ending::Failed(format!("cannot reach the supervisor: {error}"));
             }
         };
         let mut client = SupervisorClient::new(channel);
@@ -268,29 +328,35 @@ impl Inner {
             Ok(reply) => reply.into_inner(),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "the supervisor refused the lip-sync lease");
-                return format!("the supervisor refused the lease: {}", status.message());
+                return Ending::Failed(format!(
+                    "the supervisor refused the lease: {}",
+                    status.message()
+                ));
             }
         };
         let mut held: Option<spb::Lease> = None;
         loop {
             let message = tokio::select! {
-                () = self.stop.cancelled() => return "the service is stopping".into(),
+                () = self.stop.cancelled() => return Ending::Normal("the service is stopping".into()),
                 message = stream.message() => message,
             };
             let update = match message {
                 Ok(Some(update)) => update,
-                Ok(None) => return "the supervisor ended the lease stream".into(),
+                Ok(None) => return Ending::Normal("the supervisor ended the lease stream".into()),
                 Err(status) if held.is_none() && status.code() == tonic::Code::DeadlineExceeded => {
                     self.counters.lease_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(wait = ?settings.wait, bytes = settings.bytes, "no GPU memory for the lip-sync model within the wait; rendering on the CPU");
-                    return format!(
+                    return Ending::Normal(format!(
                         "no GPU memory for it within {} ms",
                         settings.wait.as_millis()
-                    );
+                    ));
                 }
                 Err(status) => {
                     tracing::warn!(code = ?status.code(), message = status.message(), "the lip-sync lease stream failed");
-                    return format!("the lease stream failed: {}", status.message());
+                    return Ending::Failed(format!(
+                        "the lease stream failed: {}",
+                        status.message()
+                    ));
                 }
             };
             match update.update {
@@ -308,11 +374,13 @@ impl Inner {
                         Ok(Err(error)) => {
                             tracing::error!(%error, "cannot load the lip-sync model on the GPU; giving its lease back");
                             release(&mut client, &lease.lease_id).await;
-                            return format!("cannot load it on the GPU: {error}");
+                            return Ending::Failed(format!("cannot load it on the GPU: {error}"));
                         }
                         Err(error) => {
                             release(&mut client, &lease.lease_id).await;
-                            return format!("loading it on the GPU failed: {error}");
+                            return Ending::Failed(format!(
+                                "loading it on the GPU failed: {error}"
+                            ));
                         }
                     };
                     self.counters.leases_granted.fetch_add(1, Ordering::Relaxed);
@@ -321,6 +389,7 @@ impl Inner {
                         s.phase = Phase::Resident;
                         s.lease_id = Some(lease.lease_id.clone());
                         s.note.clear();
+                        s.backoff = Backoff::default();
                     });
                     held = Some(lease);
                 }
@@ -330,11 +399,11 @@ impl Inner {
                 }
                 Some(Update::Reclaim(reclaim)) => {
                     let bytes = held.as_ref().map_or(settings.bytes, |l| l.bytes);
-                    return self.give_back(&mut client, reclaim, bytes).await;
+                    return Ending::Normal(self.give_back(&mut client, reclaim, bytes).await);
                 }
                 Some(Update::Revoked(revoked)) => {
                     tracing::warn!(reason = %revoked.reason, "the lip-sync lease was revoked");
-                    return format!("its lease was revoked: {}", revoked.reason);
+                    return Ending::Normal(format!("its lease was revoked: {}", revoked.reason));
                 }
                 None => {}
             }
@@ -401,5 +470,38 @@ async fn release(client: &mut SupervisorClient<Channel>, lease_id: &str) {
     };
     if let Err(status) = client.release(request).await {
         tracing::warn!(code = ?status.code(), message = status.message(), "Release of the lip-sync lease failed; closing its stream instead");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_asks_wait_longer_each_time_up_to_five_minutes() {
+        let start = Instant::now();
+        let mut backoff = Backoff::default();
+        assert_eq!(backoff.remaining(start), None, "a first ask never waits");
+        let waits: Vec<u64> = (0..10).map(|_| backoff.failed(start).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300, 300]);
+        assert_eq!(backoff.failures, 10);
+        assert_eq!(backoff.remaining(start), Some(Duration::from_secs(300)));
+        assert_eq!(
+            backoff.remaining(start + Duration::from_secs(299)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(backoff.remaining(start + Duration::from_secs(300)), None);
+    }
+
+    #[test]
+    fn many_failures_do_not_overflow() {
+        let mut backoff = Backoff {
+            failures: u32::MAX - 1,
+            until: None,
+        };
+        let now = Instant::now();
+        assert_eq!(backoff.failed(now), Backoff::MOST);
+        assert_eq!(backoff.failed(now), Backoff::MOST);
+        assert_eq!(backoff.failures, u32::MAX);
     }
 }

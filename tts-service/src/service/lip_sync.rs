@@ -231,6 +231,11 @@ impl TtsService {
                 .and_then(|d| prost_types::Duration::try_from(d).ok());
             status.leases_granted = snapshot.leases_granted;
             status.lease_timeouts = snapshot.lease_timeouts;
+            status.note = snapshot.note;
+            status.failures = snapshot.failures;
+            status.retry_in = snapshot
+                .retry_in
+                .and_then(|d| prost_types::Duration::try_from(d).ok());
         }
         status
     }
