@@ -79,8 +79,8 @@ struct State {
     backoff: Backoff,
 }
 
-/// Failed asks (the supervisor unreachable or refusing, the lease stream failing, the model
-/// not loading on the GPU) hold the next one back: 5 s after the first, doubling, at most
+/// Failed asks (the supervisor unreachable or refusing, the lease stream failing before a
+/// grant, the model not loading on the GPU) hold the next one back: 5 s after the first, doubling, at most
 /// 5 minutes; a grant clears it. Without it every render would ask again, and a model that
 /// cannot load would be loaded (and fail) once per render. A lease that simply ends
 /// (reclaimed, revoked, no room within the short wait) is no failure: the next render asks.
@@ -353,10 +353,14 @@ impl Inner {
                 }
                 Err(status) => {
                     tracing::warn!(code = ?status.code(), message = status.message(), "the lip-sync lease stream failed");
-                    return Ending::Failed(format!(
-                        "the lease stream failed: {}",
-                        status.message()
-                    ));
+                    let why = format!("the lease stream failed: {}", status.message());
+                    // A stream lost after a grant (the supervisor restarted) is a loss like a
+                    // revocation: the next render asks again, and fails then if it must.
+                    return if held.is_some() {
+                        Ending::Normal(why)
+                    } else {
+                        Ending::Failed(why)
+                    };
                 }
             };
             match update.update {
