@@ -1,6 +1,14 @@
-# Shared by the examples/gpu-*.sh scripts that run video jobs through a supervisor on the GPU
-# host (sourced, not run). They run from the repository root with the release binaries in
+# Shared by the examples/gpu-*.sh scripts that run video jobs on the GPU host (sourced, not
+# run). They run from the repository root with the release binaries in
 # $SHIP (scripts/ship.sh) and leave their results in $out, packed into $OUT/NAME.tgz.
+
+# The seed table's request, and the placements of its persistent approach (every component
+# resident), for the scripts that run it.
+seed_prompt="a lighthouse at dusk, waves breaking on the rocks"
+all_resident=()
+for c in text_encoder audio_encoder image_encoder transformer upsampler vae_decoder; do
+    all_resident+=(--placement "$c=resident")
+done
 
 # gpu_setup NAME: the settings every script shares ($ship, $out, $work, $preset, $pipeline,
 # $video, $S), libtorch on the loader path, the date and the GPU noted, and the results packed

@@ -15,6 +15,7 @@
 # row's lease; WARM_ONLY=1 skips the cold rows, for a WORK directory on tmpfs (/dev/shm),
 # whose files cannot be dropped from memory (the full pipeline does not fit the host's disk).
 set -euo pipefail
+source "$(dirname "$0")/gpu-lib.sh"
 ship="${SHIP:-ship}"
 out="${RESULTS:-/tmp/seed-table}"
 work="${WORK:-/tmp/arbiter-work}"
@@ -42,11 +43,7 @@ fi
 "$ship/arbiter-loadbench" "$pipeline/transformer.safetensors" --read-threads 16 --load-threads 16 \
     --repeat 1 --json "$out/loadbench.json" >>"$out/limits.txt" 2>&1 || true
 
-prompt="a lighthouse at dusk, waves breaking on the rocks"
-all_resident=()
-for c in text_encoder audio_encoder image_encoder transformer upsampler vae_decoder; do
-    all_resident+=(--placement "$c=resident")
-done
+prompt="$seed_prompt"
 
 # run NAME CACHE(cold|warm) ARGS...: one process, sampled, timed.
 run() {

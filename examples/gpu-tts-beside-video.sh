@@ -11,6 +11,7 @@
 # As a smoke test on a machine without a GPU: PRESET=tiny REQUIRE_GPU=0 ROUNDS=5
 # LEASE_BYTES=1GiB SUPERVISOR_ARGS="--simulated-gpus 80GiB --simulated-dir /tmp/sim-gpu".
 set -euo pipefail
+source "$(dirname "$0")/gpu-lib.sh"
 ship="${SHIP:-ship}"
 out="${RESULTS:-/tmp/tts-beside}"
 work="${WORK:-/tmp/arbiter-work}"
@@ -58,11 +59,7 @@ gpu=(--require-gpu)
 [ "${REQUIRE_GPU:-1}" = 0 ] && gpu=()
 # Without a GPU (smoke test, simulated supervisor) the voice needs a lease size given.
 [ -n "${LEASE_BYTES:-}" ] && gpu+=(--lease-bytes "$LEASE_BYTES")
-prompt="a lighthouse at dusk, waves breaking on the rocks"
-all_resident=()
-for c in text_encoder audio_encoder image_encoder transformer upsampler vae_decoder; do
-    all_resident+=(--placement "$c=resident")
-done
+prompt="$seed_prompt"
 
 # Video jobs of one approach, back to back, until killed.
 video_loop() {

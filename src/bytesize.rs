@@ -81,16 +81,18 @@ impl FromStr for ByteSize {
     }
 }
 
+/// The binary units sizes are written in, largest first.
+const WRITTEN_UNITS: &[(&str, u64)] = &[
+    ("TiB", 1 << 40),
+    ("GiB", 1 << 30),
+    ("MiB", 1 << 20),
+    ("KiB", 1 << 10),
+];
+
 impl fmt::Display for ByteSize {
     /// The largest binary unit that keeps at least one whole unit, two decimals at most.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const STEPS: &[(&str, u64)] = &[
-            ("TiB", 1 << 40),
-            ("GiB", 1 << 30),
-            ("MiB", 1 << 20),
-            ("KiB", 1 << 10),
-        ];
-        for (name, size) in STEPS {
+        for (name, size) in WRITTEN_UNITS {
             if self.0 >= *size {
                 let value = self.0 as f64 / *size as f64;
                 let text = format!("{value:.2}");
@@ -112,13 +114,7 @@ impl ByteSize {
     /// The exact form: the largest binary unit that divides the size (`2GiB`, `640MiB`),
     /// else plain bytes. What files are written with, since the human form rounds.
     pub fn exact(&self) -> String {
-        const STEPS: &[(&str, u64)] = &[
-            ("TiB", 1 << 40),
-            ("GiB", 1 << 30),
-            ("MiB", 1 << 20),
-            ("KiB", 1 << 10),
-        ];
-        for (name, size) in STEPS {
+        for (name, size) in WRITTEN_UNITS {
             if self.0 >= *size && self.0.is_multiple_of(*size) {
                 return format!("{}{name}", self.0 / size);
             }

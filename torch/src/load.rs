@@ -179,29 +179,17 @@ pub fn load_pinned(
         let read = fill_cpu(path, &file, &header, &view, options)?;
         drop(view);
         if let Ok(pinned) = mapping.pin() {
-            let buffer =
-                pinned
-                    .f_narrow(0, 0, len as i64)
-                    .map_err(|source| WeightsError::Torch {
-                        path: path.to_path_buf(),
-                        action: "viewing the pinned buffer",
-                        source,
-                    })?;
+            let buffer = first_bytes(path, &pinned, len)?;
             return finish(path, &header, &buffer, start, read, true);
         }
     }
     // Else through libtorch's pinned allocator (slower to pin; rounds up to a power of two).
-    let buffer = crate::stream::empty_pinned(len.max(1), device)
-        .map_err(|source| WeightsError::Stream {
+    let pinned =
+        crate::stream::empty_pinned(len.max(1), device).map_err(|source| WeightsError::Stream {
             path: path.to_path_buf(),
-            source,
-        })?
-        .f_narrow(0, 0, len as i64)
-        .map_err(|source| WeightsError::Torch {
-            path: path.to_path_buf(),
-            action: "viewing the pinned buffer",
             source,
         })?;
+    let buffer = first_bytes(path, &pinned, len)?;
     let read = fill_cpu(path, &file, &header, &buffer, options)?;
     finish(path, &header, &buffer, start, read, true)
 }
@@ -285,6 +273,18 @@ fn allocate(path: &Path, header: &Header, device: Device) -> Result<Tensor, Weig
         action: "allocating the buffer for the data section",
         source,
     })
+}
+
+/// The first `len` bytes of a pinned buffer (which may be larger: rounded up to pages or
+/// to a power of two).
+fn first_bytes(path: &Path, pinned: &Tensor, len: usize) -> Result<Tensor, WeightsError> {
+    pinned
+        .f_narrow(0, 0, len as i64)
+        .map_err(|source| WeightsError::Torch {
+            path: path.to_path_buf(),
+            action: "viewing the pinned buffer",
+            source,
+        })
 }
 
 /// Reads the data section into a CPU `buffer` with up to `options.threads` threads, each

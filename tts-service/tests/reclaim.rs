@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use arbiter::endpoint::{Address, connect};
@@ -48,6 +48,26 @@ fn find<'a>(leases: &'a [spb::Lease], holder: &str) -> Option<&'a spb::Lease> {
         .find(|l| l.holder.starts_with(&format!("{holder} (pid")))
 }
 
+/// arbiter-tts in `dir` with a generated lip-sync model under its own 1 GiB lease (a 300 ms
+/// wait) from the supervisor at `supervisor`, `extra` flags added; and its socket.
+fn tts_with_lipsync(dir: &Path, supervisor: &Path, extra: &[&str]) -> (support::Killed, PathBuf) {
+    let model = dir.join("tiny-lipsync");
+    make_lipsync(&model, &["--face-size", "32", "--fps", "25"]);
+    let socket = dir.join("tts.sock");
+    let mut args = vec![
+        "--supervisor",
+        supervisor.to_str().unwrap(),
+        "--lipsync-dir",
+        model.to_str().unwrap(),
+        "--lipsync-lease-bytes",
+        "1GiB",
+        "--lipsync-wait-ms",
+        "300",
+    ];
+    args.extend_from_slice(extra);
+    (support::tts(&socket, &args), socket)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_back() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -59,24 +79,8 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
             RECLAIM_GRACE.as_secs()
         ),
     );
-    let model = dir.path().join("tiny-lipsync");
-    make_lipsync(&model, &["--face-size", "32", "--fps", "25"]);
-    let tts_socket = dir.path().join("tts.sock");
-    let _tts = support::tts(
-        &tts_socket,
-        &[
-            "--supervisor",
-            supervisor_socket.to_str().unwrap(),
-            "--lease-bytes",
-            "2GiB",
-            "--lipsync-dir",
-            model.to_str().unwrap(),
-            "--lipsync-lease-bytes",
-            "1GiB",
-            "--lipsync-wait-ms",
-            "300",
-        ],
-    );
+    let (_tts, tts_socket) =
+        tts_with_lipsync(dir.path(), &supervisor_socket, &["--lease-bytes", "2GiB"]);
     let mut tts = connected(&tts_socket).await;
 
     // Both leases held: the voices' (not preemptible) and the lip-sync model's.
@@ -291,23 +295,8 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_ask_holds_the_next_one_back() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let model = dir.path().join("tiny-lipsync");
-    make_lipsync(&model, &["--face-size", "32", "--fps", "25"]);
-    let tts_socket = dir.path().join("tts.sock");
     let nobody = dir.path().join("no-supervisor.sock");
-    let _tts = support::tts(
-        &tts_socket,
-        &[
-            "--supervisor",
-            nobody.to_str().unwrap(),
-            "--lipsync-dir",
-            model.to_str().unwrap(),
-            "--lipsync-lease-bytes",
-            "1GiB",
-            "--lipsync-wait-ms",
-            "300",
-        ],
-    );
+    let (_tts, tts_socket) = tts_with_lipsync(dir.path(), &nobody, &[]);
     let mut tts = connected(&tts_socket).await;
     let client = tts.clone();
     let status = || {
