@@ -16,15 +16,15 @@
 //! - [`service`]: `arbiter.tts.v1.Tts`, streaming a sentence at a time; [`server`]: the
 //!   listeners, reflection and health around it; [`status`]: errors to gRPC codes;
 //!   [`lease`]: holding the GPU memory from the supervisor, re-acquired after a loss;
-//!   [`say`]: a small client that writes what the service says to a WAV file (for scripts
-//!   and the main job).
+//!   [`client`]: small clients for scripts and the main job (speech to a WAV file, mouth
+//!   frames to PNG files).
 
 pub mod audio;
 pub mod audio_viseme;
+pub mod client;
 pub mod espeak;
 pub mod lease;
 pub mod lipsync;
-pub mod say;
 pub mod sentences;
 pub mod server;
 pub mod service;

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::path::PathBuf;
 
 use arbiter::pb::supervisor::v1 as spb;
+use arbiter_tts::client::lip_sync::{self, Speech};
 use arbiter_tts::server::{self, LipSyncSettings, Settings};
 use arbiter_tts::service::Limits;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -118,6 +119,31 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Lip-sync a face to a WAV file or to a text through a running service, write the mouth
+    /// frames as PNG files, and say where they were rendered (a client, for scripts).
+    LipSync {
+        /// The service's socket (default: the `serve` default).
+        #[arg(long, env = "ARBITER_TTS_SOCKET")]
+        socket: Option<PathBuf>,
+        /// The face: a PNG or JPEG image.
+        #[arg(long)]
+        face: PathBuf,
+        /// The audio to follow: a WAV file.
+        #[arg(long, conflicts_with = "text", required_unless_present = "text")]
+        audio: Option<PathBuf>,
+        /// Or a text for the service to speak.
+        #[arg(long)]
+        text: Option<String>,
+        /// The voice that speaks `--text` (default: the service's default).
+        #[arg(long, default_value = "", requires = "text")]
+        voice: String,
+        /// The directory the frames go to (frame-00000.png, ...).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the report, and the service's lip-sync status after the render, as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Show what libtorch sees (CUDA, devices) and run a small self-check on the device.
     Info,
 }
@@ -132,21 +158,37 @@ fn main() -> ExitCode {
             out,
         } => {
             let socket = socket.unwrap_or_else(server::default_socket);
-            let said = tokio::runtime::Runtime::new()
-                .map_err(|e| e.to_string())
-                .and_then(|runtime| {
-                    runtime.block_on(arbiter_tts::say::say(&socket, text, voice, &out))
-                });
-            match said {
-                Ok(report) => {
-                    println!("{report}");
-                    ExitCode::SUCCESS
+            run_client(
+                async move { arbiter_tts::client::say::say(&socket, text, voice, &out).await },
+            )
+        }
+        Command::LipSync {
+            socket,
+            face,
+            audio,
+            text,
+            voice,
+            out,
+            json,
+        } => {
+            let socket = socket.unwrap_or_else(server::default_socket);
+            run_client(async move {
+                let speech = match (audio, text) {
+                    (Some(audio), _) => Speech::Audio(audio),
+                    (None, Some(text)) => Speech::Text { text, voice },
+                    (None, None) => {
+                        return Err("give the audio (--audio FILE.wav) or a text (--text)".into());
+                    }
+                };
+                let report = lip_sync::lip_sync(&socket, &face, speech, &out).await?;
+                if let Some(path) = &json {
+                    let text = serde_json::to_string_pretty(&report)
+                        .map_err(|e| format!("cannot write the report: {e}"))?;
+                    std::fs::write(path, text)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                 }
-                Err(error) => {
-                    eprintln!("arbiter-tts: {error}");
-                    ExitCode::from(2)
-                }
-            }
+                Ok(report.to_string())
+            })
         }
         Command::Serve {
             socket,
@@ -217,6 +259,23 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+/// Runs a client command: its report on stdout, or its error on stderr and exit code 2.
+fn run_client(work: impl std::future::Future<Output = Result<String, String>>) -> ExitCode {
+    let done = tokio::runtime::Runtime::new()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|runtime| runtime.block_on(work));
+    match done {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("arbiter-tts: {error}");
+            ExitCode::from(2)
         }
     }
 }

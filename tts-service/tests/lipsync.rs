@@ -15,7 +15,8 @@ use tonic::transport::Channel;
 
 struct Served {
     _tts: Killed,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
     client: TtsClient<Channel>,
 }
 
@@ -31,7 +32,8 @@ async fn serve_with_model(extra: &[&str]) -> Served {
     let client = connected(&socket).await;
     Served {
         _tts: tts,
-        _dir: dir,
+        dir,
+        socket,
         client,
     }
 }
@@ -384,4 +386,101 @@ async fn bad_lip_sync_inputs_are_refused_naming_the_field() {
         .unwrap()
         .into_inner();
     assert_eq!(status.residency, pb::LipSyncResidency::None as i32);
+}
+
+/// `arbiter-tts lip-sync`, the client for scripts: one PNG file per frame of the audio, of
+/// the model's size, and a report (also as JSON) of where they were rendered; a text works
+/// as well as a WAV; a missing face is refused naming the file.
+#[tokio::test]
+async fn the_lip_sync_client_writes_the_frames_and_says_where_they_were_rendered() {
+    let served = serve_with_model(&[]).await;
+    let dir = served.dir.path();
+    let face = dir.join("face.png");
+    std::fs::write(&face, picture(64, 64, image::ImageFormat::Png)).unwrap();
+    let audio = dir.join("speech.wav");
+    std::fs::write(
+        &audio,
+        arbiter_tts::wav::encode(&tone(1.0, 16000), 16000, 1),
+    )
+    .unwrap();
+    let client = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_arbiter-tts"))
+            .arg("lip-sync")
+            .arg("--socket")
+            .arg(&served.socket)
+            .args(args)
+            .output()
+            .expect("arbiter-tts lip-sync runs")
+    };
+
+    let frames = dir.join("frames");
+    let report = dir.join("report.json");
+    let out = client(&[
+        "--face".as_ref(),
+        face.as_os_str(),
+        "--audio".as_ref(),
+        audio.as_os_str(),
+        "--out".as_ref(),
+        frames.as_os_str(),
+        "--json".as_ref(),
+        report.as_os_str(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("wrote 25 frames (48x48 at 25 fps)"),
+        "{stdout}"
+    );
+    let mut written: Vec<String> = std::fs::read_dir(&frames)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    let expected: Vec<String> = (0..25).map(|i| format!("frame-{i:05}.png")).collect();
+    assert_eq!(written, expected);
+    let last = image::open(frames.join("frame-00024.png")).expect("a PNG frame");
+    assert_eq!((last.width(), last.height()), (48, 48));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["frames"], 25);
+    assert_eq!(json["leased"], false);
+    assert_eq!(json["device"], "cpu");
+    assert_eq!(json["frames_on"], serde_json::json!([["cpu", 25]]));
+    assert_eq!(json["residency"], "LIP_SYNC_RESIDENCY_CPU_ONLY");
+
+    let spoken = dir.join("spoken");
+    let out = client(&[
+        "--face".as_ref(),
+        face.as_os_str(),
+        "--text".as_ref(),
+        "Hello there.".as_ref(),
+        "--out".as_ref(),
+        spoken.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_dir(&spoken).unwrap().count() > 0);
+
+    let missing = dir.join("no-such-face.png");
+    let out = client(&[
+        "--face".as_ref(),
+        missing.as_os_str(),
+        "--audio".as_ref(),
+        audio.as_os_str(),
+        "--out".as_ref(),
+        dir.join("never").as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot read the face") && stderr.contains("no-such-face.png"),
+        "{stderr}"
+    );
 }

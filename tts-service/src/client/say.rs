@@ -4,16 +4,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use arbiter::endpoint::{Address, connect};
 use arbiter::pb::tts::v1 as pb;
 
 use crate::wav;
 
 pub async fn say(socket: &Path, text: String, voice: String, out: &Path) -> Result<String, String> {
-    let channel = connect(&Address::unix(socket))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut client = pb::tts_client::TtsClient::new(channel);
+    let mut client = super::tts(socket).await?;
     let start = Instant::now();
     let mut stream = client
         .synthesize(pb::SynthesizeRequest {
@@ -22,17 +18,13 @@ pub async fn say(socket: &Path, text: String, voice: String, out: &Path) -> Resu
             ..Default::default()
         })
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .map_err(super::grpc)?
         .into_inner();
     let mut first = None;
     let mut samples = Vec::new();
     let mut rate = 0;
     let mut chunks = 0;
-    while let Some(chunk) = stream
-        .message()
-        .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-    {
+    while let Some(chunk) = stream.message().await.map_err(super::grpc)? {
         first.get_or_insert_with(|| start.elapsed());
         rate = chunk.sample_rate;
         chunks += 1;
