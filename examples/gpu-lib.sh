@@ -43,6 +43,7 @@ gpu_pipeline() {
         "$video" make-pipeline --preset "$preset" --out "$pipeline" --device "${MAKE_DEVICE:-cuda}" \
             >"$out/make.log" 2>&1
     fi
+    mkdir -p "$work/pipelines"
     ln -sfn "$pipeline" "$work/pipelines/$preset"
     "$video" prewarm "$pipeline" >"$out/prewarm.txt"
 }

@@ -5,10 +5,11 @@
 # `arbiter-video generate` (the same requests as examples/gpu-seed-table.sh, files warm in the
 # page cache) while the speech bench measures the voice; the GPU's memory is sampled
 # throughout. Approaches: idle, persistent (one process, every component resident), cold
-# (a process per job, every component gpu), stream (text encoder streamed), auto (16 GiB).
+# (a process per job, every component gpu), stream (text encoder streamed), auto (AUTO_LEASE,
+# default 16 GiB).
 #
 # Run from the repository root on the GPU host with ship/ filled by scripts/ship.sh; results in $RESULTS, packed into $OUT/tts-beside.tgz.
-# As a smoke test on a machine without a GPU: PRESET=tiny REQUIRE_GPU=0 ROUNDS=5
+# As a smoke test on a machine without a GPU: PRESET=tiny MAKE_DEVICE=cpu REQUIRE_GPU=0 ROUNDS=5
 # LEASE_BYTES=1GiB SUPERVISOR_ARGS="--simulated-gpus 80GiB --simulated-dir /tmp/sim-gpu".
 set -euo pipefail
 source "$(dirname "$0")/gpu-lib.sh"
@@ -37,10 +38,7 @@ video="$ship/arbiter-video"
 date -u +%FT%TZ >"$out/date.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.csv" 2>&1 || true
 
-if [ ! -f "$pipeline/manifest.toml" ]; then
-    "$video" make-pipeline --preset "$preset" --out "$pipeline" >"$out/make.log" 2>&1
-fi
-"$video" prewarm "$pipeline" >"$out/prewarm.txt"
+gpu_pipeline
 voice="$work/voices/wide-voice"
 if [ ! -f "$voice/voice.json" ]; then
     python3 scripts/make-test-voice.py "$voice" --name wide-voice >"$out/voice.txt" 2>&1
@@ -69,7 +67,7 @@ video_loop() {
         persistent) args=("${all_resident[@]}" --repeat 1000) ;;
         cold) args=() ;;
         stream) args=(--placement text_encoder=stream) ;;
-        auto) args=(--placement text_encoder=auto --placement transformer=auto --lease 16GiB) ;;
+        auto) args=(--placement text_encoder=auto --placement transformer=auto --lease "${AUTO_LEASE:-16GiB}") ;;
     esac
     while true; do
         "$video" generate --pipeline "$pipeline" --prompt "$prompt" --seed 7 \
