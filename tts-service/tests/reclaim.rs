@@ -15,6 +15,7 @@ use arbiter::endpoint::{Address, connect};
 use arbiter::pb::supervisor::v1 as spb;
 use arbiter::pb::tts::v1 as pb;
 use pb::lip_sync_request::Input;
+use pb::tts_client::TtsClient;
 use spb::event::Kind;
 use spb::supervisor_client::SupervisorClient;
 use support::{
@@ -39,6 +40,17 @@ async fn leases(socket: &Path) -> Option<Vec<spb::Lease>> {
             .ok()?
             .into_inner()
             .leases,
+    )
+}
+
+/// The service's lip-sync status; None while it does not answer.
+async fn lip_sync_status(tts: &TtsClient<Channel>) -> Option<pb::LipSyncStatus> {
+    let mut tts = tts.clone();
+    Some(
+        tts.get_lip_sync_status(pb::GetLipSyncStatusRequest {})
+            .await
+            .ok()?
+            .into_inner(),
     )
 }
 
@@ -97,16 +109,9 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
     assert_eq!(lipsync.priority, spb::Priority::Batch as i32);
     assert_eq!(lipsync.form, spb::LeaseForm::Stream as i32);
     // The supervisor lists the grant a moment before the service has taken it in.
-    let status = eventually("the service to see its lip-sync lease", || {
-        let mut tts = tts.clone();
-        async move {
-            let status = tts
-                .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            (status.residency == pb::LipSyncResidency::Resident as i32).then_some(status)
-        }
+    let status = eventually("the service to see its lip-sync lease", || async {
+        let status = lip_sync_status(&tts).await?;
+        (status.residency == pb::LipSyncResidency::Resident as i32).then_some(status)
     })
     .await;
     assert_eq!(status.lease_id, lipsync.lease_id);
@@ -220,17 +225,10 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
     assert!(!speech.message().await.unwrap().unwrap().audio.is_empty());
     // The service counts the reclaim once the supervisor has answered its Release, which
     // may come just after the waiter's grant.
-    let status = eventually("the reclaim to be counted", || {
-        let mut tts = tts.clone();
-        async move {
-            let status = tts
-                .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            (status.residency == pb::LipSyncResidency::Offloaded as i32 && status.reclaims == 1)
-                .then_some(status)
-        }
+    let status = eventually("the reclaim to be counted", || async {
+        let status = lip_sync_status(&tts).await?;
+        (status.residency == pb::LipSyncResidency::Offloaded as i32 && status.reclaims == 1)
+            .then_some(status)
     })
     .await;
     assert_eq!((status.reclaims, status.bytes_given_back), (1, GIB));
@@ -245,11 +243,7 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
     assert!(!render.leased);
     assert!(render.note.contains("no GPU memory"), "{}", render.note);
     assert_eq!(chunks.iter().filter(|c| c.frame.is_some()).count(), 30);
-    let status = tts
-        .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = lip_sync_status(&tts).await.expect("GetLipSyncStatus");
     assert!(status.lease_timeouts >= 1, "{status:?}");
     assert!(status.fallback_windows >= 2, "{status:?}");
     // No room within the wait is not a failure: the next render may ask at once.
@@ -279,11 +273,7 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
     let again = find(&now, "arbiter-tts/lipsync").expect("a new lip-sync lease");
     assert_ne!(again.lease_id, lipsync.lease_id);
     assert_eq!((again.bytes, again.preemptible), (GIB, true));
-    let status = tts
-        .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = lip_sync_status(&tts).await.expect("GetLipSyncStatus");
     assert_eq!(status.residency, pb::LipSyncResidency::Resident as i32);
     assert_eq!(status.lease_id, again.lease_id);
     assert_eq!(status.leases_granted, 2);
@@ -299,15 +289,7 @@ async fn a_failed_ask_holds_the_next_one_back() {
     let (_tts, tts_socket) = tts_with_lipsync(dir.path(), &nobody, &[]);
     let mut tts = connected(&tts_socket).await;
     let client = tts.clone();
-    let status = || {
-        let mut tts = client.clone();
-        async move {
-            tts.get_lip_sync_status(pb::GetLipSyncStatusRequest {})
-                .await
-                .expect("GetLipSyncStatus")
-                .into_inner()
-        }
-    };
+    let status = || async { lip_sync_status(&client).await.expect("GetLipSyncStatus") };
 
     // The ask made at start fails.
     let failed = eventually("the first ask to fail", || async {
