@@ -762,6 +762,12 @@ async fn check_config_prints_the_effective_settings() {
         toml::Value::Array(vec!["80GiB".into(), "24GiB".into()]),
         "{stdout}"
     );
+    // And where things go, as comments: the workers' directory and kernel cache among them.
+    assert!(
+        stdout.contains("workers' working directory:") && stdout.contains("/worker\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("workers' CUDA kernel cache:"), "{stdout}");
     // Whatever the layout, the array reads `simulated = ["80GiB", "24GiB"]`.
     let squeezed: String = stdout.split_whitespace().collect();
     assert!(

@@ -395,11 +395,53 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }
+
+    /// Where the supervisor keeps things, as TOML comments: paths the settings imply
+    /// (defaults, the environment) rather than state, so `check-config` shows them too.
+    pub fn describe_paths(&self) -> String {
+        let embeddings = self
+            .embedding_cache_dir()
+            .map_or("off".to_string(), |dir| dir.display().to_string());
+        format!(
+            "\n# Where things go (from the settings above and the environment):\n\
+             #   jobs database and logs:      {}\n\
+             #   outputs:                     {}\n\
+             #   worker binary:               {}\n\
+             #   workers' working directory:  {}\n\
+             #   workers' CUDA kernel cache:  {}\n\
+             #   text-embedding cache:        {}\n",
+            self.state_dir().display(),
+            self.output_dir().display(),
+            self.worker_binary().display(),
+            self.worker_dir().display(),
+            self.kernel_cache_dir().display(),
+            embeddings,
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workers_directory_and_kernel_cache_live_under_the_state_directory() {
+        let config = Config::parse("[jobs]\nstate_dir = \"/srv/arbiter\"\n").unwrap();
+        assert_eq!(config.worker_dir(), PathBuf::from("/srv/arbiter/worker"));
+        if std::env::var_os(KERNEL_CACHE_ENV).is_none_or(|v| v.is_empty()) {
+            assert_eq!(
+                config.kernel_cache_dir(),
+                PathBuf::from("/srv/arbiter/cuda-cache")
+            );
+        }
+        let paths = config.describe_paths();
+        assert!(paths.contains("/srv/arbiter/worker"), "{paths}");
+        assert!(paths.contains("/srv/arbiter/embeddings"), "{paths}");
+        assert!(
+            paths.lines().all(|l| l.is_empty() || l.starts_with('#')),
+            "comments only, so the output stays a config: {paths}"
+        );
+    }
 
     #[test]
     fn a_full_file_parses_and_round_trips() {

@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
         }
         Command::CheckConfig => match config.validate() {
             Ok(()) => {
-                print!("{}", config.to_toml());
+                print!("{}{}", config.to_toml(), config.describe_paths());
                 Ok(())
             }
             Err(error) => Err(error.into()),
