@@ -261,7 +261,7 @@ async fn attempt(
         video_path: video.to_path_buf(),
         video_bytes: output_bytes(video),
         metadata_path: metadata.to_path_buf(),
-        metadata_bytes: std::fs::metadata(metadata).map(|m| m.len()).unwrap_or(0),
+        metadata_bytes: output_bytes(metadata),
         queued: started.duration_since(queued_at),
         worker: worker_time,
         memory_return: returned.took,
@@ -464,7 +464,7 @@ async fn follow_external(
     }
 }
 
-/// A result file's size, or the total of a frames directory's files.
+/// A result file's size, or the total of a frames directory's files (0 if missing).
 fn output_bytes(path: &std::path::Path) -> u64 {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => std::fs::read_dir(path)

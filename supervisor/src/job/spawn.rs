@@ -3,7 +3,8 @@
 //! Each worker gets its own process group (so one signal reaches ffmpeg and anything else it
 //! started), a parent-death signal (so it cannot outlive a crashed supervisor), a minimal
 //! environment and no descriptor of ours but its stdio (nothing of ours leaks into it but
-//! what it needs), and its stdout and stderr in the job's log file. Dropping a [`Worker`] kills its whole group.
+//! what it needs), and its stdout and stderr in the job's log file. Dropping a [`Worker`]
+//! kills its whole group.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -40,8 +41,8 @@ fn open_max() -> i32 {
 /// Marks every descriptor from `first` up close-on-exec, in the child between fork and exec.
 /// Rust opens its own files that way, but C libraries in the supervisor need not, and NVML
 /// keeps the NVIDIA device files open: a worker must not start holding the supervisor's
-/// handles on the driver, whatever flags the library used. Marking rather than closing keeps the descriptor through which
-/// the standard library reports a failed exec.
+/// handles on the driver, whatever flags the library used. Marking rather than closing
+/// keeps the descriptor through which the standard library reports a failed exec.
 fn close_on_exec_from(first: i32, open_max: i32) {
     const CLOSE_RANGE_CLOEXEC: nix::libc::c_uint = 1 << 2;
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
