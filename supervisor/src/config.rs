@@ -11,6 +11,8 @@ use std::time::Duration;
 use arbiter::ByteSize;
 use serde::{Deserialize, Serialize};
 
+use crate::lease::Action;
+
 /// Where the config is looked for when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/arbiter/supervisor.toml";
 
@@ -24,8 +26,40 @@ pub struct Config {
     pub server: ServerConfig,
     pub gpu: GpuConfig,
     pub lease: LeaseConfig,
+    pub overuse: OveruseConfig,
     pub jobs: JobsConfig,
     pub log: LogConfig,
+}
+
+/// What a holder whose processes use more GPU memory than their leases (by more than
+/// `gpu.overuse_tolerance`) gets, per priority class of its lease. Whatever the action, the
+/// excess is out of the budget while it lasts. A reclaim not answered by its deadline ends in
+/// a revocation (a kill where the class says `kill`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OveruseConfig {
+    pub batch: Action,
+    pub normal: Action,
+    pub interactive: Action,
+    pub critical: Action,
+}
+
+impl Default for OveruseConfig {
+    fn default() -> OveruseConfig {
+        OveruseConfig {
+            batch: Action::Log,
+            normal: Action::Log,
+            interactive: Action::Log,
+            critical: Action::Log,
+        }
+    }
+}
+
+impl OveruseConfig {
+    /// Indexed by priority class, lowest first, as the ledger's policy takes it.
+    pub fn by_class(&self) -> [Action; 4] {
+        [self.batch, self.normal, self.interactive, self.critical]
+    }
 }
 
 /// What a worker that uses more VRAM than its lease (beyond the tolerance) gets.
@@ -132,8 +166,20 @@ pub struct GpuConfig {
     /// How often NVML is sampled.
     #[serde(with = "humantime_serde")]
     pub sample_interval: Duration,
-    /// A holder using more than its lease by this much raises an overuse event.
+    /// A holder using more than its leases by this much is overusing (see `[overuse]`);
+    /// given-back bytes count as back once its use is within this of what it still holds.
     pub overuse_tolerance: ByteSize,
+    /// A grant is decided on a reading of the card at most this old; an older one is read
+    /// again first, so a foreign process that took memory since the last sample is seen.
+    #[serde(with = "humantime_serde")]
+    pub fresh_reading: Duration,
+    /// How often a card is read while bytes given back wait to be seen free.
+    #[serde(with = "humantime_serde")]
+    pub return_poll: Duration,
+    /// Given-back bytes still in use after this long are reported unverified (an event, a
+    /// warning, a status line); they stay out of the budget until the card shows them free.
+    #[serde(with = "humantime_serde")]
+    pub return_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -153,6 +199,11 @@ pub struct LeaseConfig {
     /// The longest max_wait a request may ask for.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
+    /// Leases larger than this need a holder whose processes the supervisor can see (a
+    /// Unix-socket caller in its pid namespace): the others are counted by bytes alone, and
+    /// their give-backs cannot be checked. Unset: any size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_visible_above: Option<ByteSize>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -190,6 +241,9 @@ impl Default for GpuConfig {
             reserve: ByteSize(512 << 20),
             sample_interval: Duration::from_secs(1),
             overuse_tolerance: ByteSize(256 << 20),
+            fresh_reading: Duration::from_millis(100),
+            return_poll: Duration::from_millis(5),
+            return_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -202,6 +256,7 @@ impl Default for LeaseConfig {
             default_ttl: Duration::from_secs(30),
             max_ttl: Duration::from_secs(3600),
             max_wait: Duration::from_secs(24 * 3600),
+            require_visible_above: None,
         }
     }
 }
@@ -307,6 +362,15 @@ impl Config {
         }
         if self.jobs.default_timeout > self.jobs.max_timeout {
             return invalid("jobs.default_timeout must be at most jobs.max_timeout".into());
+        }
+        if self.gpu.return_poll < Duration::from_millis(1) || self.gpu.return_poll > self.gpu.sample_interval {
+            return invalid(format!(
+                "gpu.return_poll is {}: it must be between 1ms and gpu.sample_interval; use 5ms",
+                humantime::format_duration(self.gpu.return_poll)
+            ));
+        }
+        if self.gpu.return_timeout.is_zero() {
+            return invalid("gpu.return_timeout is 0: given-back memory needs time to show free; use 10s".into());
         }
         if self.lease.reclaim_grace.is_zero() {
             return invalid(

@@ -1,4 +1,6 @@
-//! The operators' event feed: every grant, release, reclaim, revocation, wait and sample.
+//! The operators' event feed: every grant, release, shrink, reclaim, revocation, verified
+//! return, wait and sample. Every change of granted or returning bytes is an event, so a
+//! watcher that sums them agrees with `status`.
 //!
 //! A broadcast channel: a slow watcher skips events (and is told how many) rather than
 //! slowing the broker down.
@@ -7,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
-use crate::lease::{Lease, Priority, ReleaseReason, WaitEnd};
+use crate::lease::{Action, Lease, Priority, ReleaseReason, Return, WaitEnd};
 
 /// A GPU as operators see it: its sample, budget and grants.
 #[derive(Clone, Debug, Default)]
@@ -22,6 +24,14 @@ pub struct GpuView {
     pub unleased: u64,
     pub budget: u64,
     pub granted: u64,
+    /// Use above their leases by the holders the supervisor sees.
+    pub excess: u64,
+    /// Given-back bytes the card does not yet show free (overdue ones included).
+    pub returning: u64,
+    /// The overdue part of `returning`.
+    pub unverified: u64,
+    /// Granted to holders the supervisor cannot see (counted by bytes alone).
+    pub unmeasured: u64,
     pub available: u64,
     /// (pid, bytes used, lease id it counts against)
     pub processes: Vec<(u32, u64, Option<String>)>,
@@ -31,15 +41,29 @@ pub struct GpuView {
 #[derive(Clone, Debug)]
 pub enum EventKind {
     Granted(Lease),
+    /// `bytes` left the lease; `returning` of them wait for the card to show them free.
     Released {
         lease: Lease,
         reason: ReleaseReason,
+        bytes: u64,
+        returning: u64,
     },
     Reclaim(Lease),
     ReclaimWithdrawn(Lease),
     Revoked {
         lease: Lease,
         reason: String,
+        returning: u64,
+    },
+    /// Given-back bytes seen free: grantable again.
+    Returned {
+        ret: Return,
+        took: Duration,
+    },
+    ReturnOverdue {
+        ret: Return,
+        used: u64,
+        holds: u64,
     },
     WaitStarted {
         holder: String,
@@ -57,6 +81,8 @@ pub enum EventKind {
     Overuse {
         lease: Lease,
         used: u64,
+        leased: u64,
+        action: Action,
     },
 }
 

@@ -59,12 +59,16 @@ pub async fn run(
         Policy {
             aging: config.lease.aging_interval,
             reclaim_grace: config.lease.reclaim_grace,
+            fresh_within: Some(config.gpu.fresh_reading),
+            return_timeout: config.gpu.return_timeout,
+            tolerance: config.gpu.overuse_tolerance.0,
+            overuse: config.overuse.by_class(),
         },
         Limits {
             default_ttl: config.lease.default_ttl,
             max_ttl: config.lease.max_ttl,
             max_wait: config.lease.max_wait,
-            overuse_tolerance: config.gpu.overuse_tolerance.0,
+            visible_above: config.lease.require_visible_above.map(|b| b.0),
         },
         EventFeed::new(4096),
     );
@@ -141,6 +145,7 @@ pub async fn run(
         Arc::clone(&inventory),
         Arc::clone(&broker),
         config.gpu.sample_interval,
+        config.gpu.return_poll,
         stop.clone(),
     ));
 

@@ -20,7 +20,7 @@ impl From<LeaseError> for Status {
             | LeaseError::UnknownGpu { .. }
             | LeaseError::BadDuration { .. }
             | LeaseError::BadShrink { .. } => Status::invalid_argument(message),
-            LeaseError::NeverFits { .. } | LeaseError::NotUnary(_) => {
+            LeaseError::NeverFits { .. } | LeaseError::NotUnary(_) | LeaseError::Invisible { .. } => {
                 Status::failed_precondition(message)
             }
             LeaseError::UnknownLease(_) => Status::not_found(message),

@@ -76,6 +76,30 @@ pub async fn status(args: &ClientArgs, config: &Config) -> Result<(), ClientErro
             ByteSize(gpu.granted_bytes).to_string(),
             ByteSize(gpu.available_bytes).to_string()
         );
+        let mut held_out = Vec::new();
+        if gpu.excess_bytes > 0 {
+            held_out.push(format!("{} used above leases", ByteSize(gpu.excess_bytes)));
+        }
+        if gpu.returning_bytes > 0 {
+            held_out.push(format!(
+                "{} given back, not yet seen free{}",
+                ByteSize(gpu.returning_bytes),
+                if gpu.unverified_bytes > 0 {
+                    format!(" ({} unverified past the timeout)", ByteSize(gpu.unverified_bytes))
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if !held_out.is_empty() {
+            println!("     also out of the budget: {}", held_out.join("; "));
+        }
+        if gpu.unmeasured_bytes > 0 {
+            println!(
+                "     {} granted to holders the supervisor cannot see (TCP): counted by bytes alone",
+                ByteSize(gpu.unmeasured_bytes)
+            );
+        }
         for process in &gpu.processes {
             let owner = if process.lease_id.is_empty() {
                 "no lease (foreign)"
@@ -92,6 +116,25 @@ pub async fn status(args: &ClientArgs, config: &Config) -> Result<(), ClientErro
     }
     println!();
     print_leases(&leases);
+    if !status.returns.is_empty() {
+        println!();
+        println!(
+            "{:<38} {:<24} {:>8} {:>10} {:<12} {:>8}",
+            "GIVEN BACK (NOT YET FREE)", "HOLDER", "PID", "BYTES", "HOW", "WAITED"
+        );
+        for r in &status.returns {
+            println!(
+                "{:<38} {:<24} {:>8} {:>10} {:<12} {:>8}{}",
+                r.lease_id,
+                truncate(&r.holder, 24),
+                r.pid,
+                ByteSize(r.bytes).to_string(),
+                r.reason,
+                r.waited.map(|d| human(d, false)).unwrap_or_default(),
+                if r.overdue { "  unverified" } else { "" }
+            );
+        }
+    }
     if !status.queue.is_empty() {
         println!();
         println!(
@@ -159,10 +202,22 @@ fn print_leases(leases: &[pb::Lease]) {
                 .pid
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
-            match &lease.reclaim {
-                Some(r) => format!("  reclaiming {}", ByteSize(r.bytes)),
-                None => String::new(),
-            }
+            [
+                match &lease.reclaim {
+                    Some(r) => format!("  reclaiming {}", ByteSize(r.bytes)),
+                    None => String::new(),
+                },
+                match lease.excess_bytes {
+                    Some(excess) if excess > 0 => format!("  {} over its lease", ByteSize(excess)),
+                    _ => String::new(),
+                },
+                if lease.measured {
+                    String::new()
+                } else {
+                    "  (counted by bytes: process not visible)".into()
+                },
+            ]
+            .concat()
         );
     }
 }
@@ -225,11 +280,29 @@ pub fn describe(event: &pb::Event) -> String {
             l.holder
         ),
         Some(Kind::Released(r)) => format!(
-            "released {} {} from {} ({})",
+            "released {} {} from {} ({}){}",
             r.lease_id,
             ByteSize(r.bytes),
             r.holder,
-            r.reason
+            r.reason,
+            returning(r.returning_bytes)
+        ),
+        Some(Kind::Returned(r)) => format!(
+            "returned {} {} from {}: seen free after {}{}",
+            r.lease_id,
+            ByteSize(r.bytes),
+            r.holder,
+            r.took.map(|d| human(d, false)).unwrap_or_default(),
+            if r.overdue { " (late)" } else { "" }
+        ),
+        Some(Kind::ReturnOverdue(r)) => format!(
+            "unverified {} {} from {} (pid {}): still in use ({} on {} held) past the timeout; kept out of the budget",
+            r.lease_id,
+            ByteSize(r.bytes),
+            r.holder,
+            r.pid,
+            ByteSize(r.used_bytes),
+            ByteSize(r.holds_bytes)
         ),
         Some(Kind::Reclaim(r)) => format!(
             "reclaim  {} give back {}: {}",
@@ -237,7 +310,13 @@ pub fn describe(event: &pb::Event) -> String {
             ByteSize(r.bytes),
             r.reason
         ),
-        Some(Kind::Revoked(r)) => format!("revoked  {}: {}", r.lease_id, r.reason),
+        Some(Kind::Revoked(r)) => format!(
+            "revoked  {} {}: {}{}",
+            r.lease_id,
+            ByteSize(r.bytes),
+            r.reason,
+            returning(r.returning_bytes)
+        ),
         Some(Kind::ReclaimWithdrawn(r)) => {
             format!("withdrawn reclaim of {} from {}", r.lease_id, r.holder)
         }
@@ -262,15 +341,24 @@ pub fn describe(event: &pb::Event) -> String {
             ByteSize(g.available_bytes)
         ),
         Some(Kind::Overuse(o)) => format!(
-            "overuse  {} {} uses {} on a lease of {}",
+            "overuse  {} {} uses {} on a lease of {} (action: {})",
             o.lease_id,
             o.holder,
             ByteSize(o.used_bytes),
-            ByteSize(o.lease_bytes)
+            ByteSize(o.lease_bytes),
+            o.action
         ),
         None => "unknown event".into(),
     };
     format!("{at} {what}")
+}
+
+fn returning(bytes: u64) -> String {
+    if bytes == 0 {
+        String::new()
+    } else {
+        format!(", {} out of the budget until seen free", ByteSize(bytes))
+    }
 }
 
 /// Holds a streaming lease until SIGINT/SIGTERM, answering reclaim requests by shrinking.

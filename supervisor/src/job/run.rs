@@ -4,7 +4,7 @@
 //!    held by this task, so it cannot outlive the supervisor).
 //! 2. Spawn the worker with a one-time token; bind its pid to the lease so NVML's view of
 //!    its memory counts against the lease, not as foreign use.
-//! 3. Watch it: cancel, timeout, overuse.
+//! 3. Watch it: cancel, timeout, overuse, a revoked lease (the broker's overuse action).
 //! 4. Reap it, check that its memory came back, and only then return the lease.
 //! 5. Record the outcome; a crash is retried if configured, with the log's tail otherwise.
 
@@ -26,6 +26,8 @@ enum Ending {
     Cancelled,
     TimedOut(Duration),
     Overuse { used: u64, leased: u64 },
+    /// The broker revoked the lease (its overuse action); `kill`: at once, no grace.
+    Revoked { reason: String, kill: bool },
     Shutdown,
 }
 
@@ -213,6 +215,14 @@ async fn attempt(
             },
             () = cancel.cancelled() => break Ending::Cancelled,
             () = &mut deadline => break Ending::TimedOut(timeout),
+            note = holding.notes.recv() => match note {
+                // A worker cannot run without its lease.
+                Some(Note::Revoked { reason, kill, .. }) if !jobs.stop.is_cancelled() => {
+                    break Ending::Revoked { reason, kill };
+                }
+                Some(Note::Revoked { .. }) | None => break Ending::Shutdown,
+                Some(_) => continue,
+            },
             () = jobs.stop.cancelled() => break Ending::Shutdown,
             _ = vram.tick() => {
                 let used = jobs.broker.lease_usage(holding.ticket).unwrap_or(0);
@@ -228,7 +238,10 @@ async fn attempt(
             }
         }
     };
-    let grace = jobs.settings.jobs.kill_grace;
+    let grace = match ending {
+        Ending::Revoked { kill: true, .. } => Duration::ZERO,
+        _ => jobs.settings.jobs.kill_grace,
+    };
     if !matches!(ending, Ending::Exited(_)) {
         let _ = worker.stop(grace).await;
     }
@@ -251,11 +264,16 @@ async fn attempt(
         tracing::warn!(job = %id, took = ?returned.took, used = %arbiter::ByteSize(returned.used_after), "worker memory did not come back in time; it stays out of the budget");
     }
     // The fresh reading first, so the budget never shows the worker's memory as foreign
-    // once its lease is gone; then the lease.
-    if let Some(sample) = returned.sample.clone() {
-        jobs.broker.observe(gpu, sample);
+    // once its lease is gone; then the lease, grantable at once when its memory was seen
+    // back (otherwise the broker keeps it out until the card shows it free).
+    if let Some((sample, taken_at)) = returned.sample.clone() {
+        jobs.broker.observe(gpu, sample, taken_at);
     }
-    drop(holding);
+    if returned.complete {
+        holding.end_verified();
+    } else {
+        drop(holding);
+    }
     let seat = jobs.unseat(id);
     let result = |r: &JobRecord, video: &std::path::Path, metadata: &std::path::Path| JobResult {
         video_path: video.to_path_buf(),
@@ -301,6 +319,12 @@ async fn attempt(
             finish(jobs, id, JobState::Failed, message, None);
             None
         }
+        Ending::Revoked { reason, .. } => {
+            let message = format!("the worker's lease was revoked and the worker stopped: {reason}");
+            tracing::warn!(job = %id, %reason, "worker stopped: its lease was revoked");
+            finish(jobs, id, JobState::Failed, message, None);
+            None
+        }
         Ending::Overuse { used, leased } => {
             let message = format!(
                 "the worker used {} of GPU memory on a {} lease and was stopped: raise the pipeline's memory estimate",
@@ -318,6 +342,9 @@ async fn attempt(
                 None
             }
             Some(WorkerOutcome::Failed(error)) => {
+                if !status.success() {
+                    tracing::warn!(job = %id, %status, "the worker failed");
+                }
                 finish(
                     jobs,
                     id,
@@ -350,6 +377,7 @@ async fn attempt(
                     });
                     return Some(true);
                 }
+                tracing::warn!(job = %id, attempt = record.attempt, "{what}");
                 finish(
                     jobs,
                     id,

@@ -19,8 +19,9 @@ pub struct Returned {
     pub used_after: u64,
     /// False when the deadline passed first.
     pub complete: bool,
-    /// The last reading, for the broker: its own periodic sample may predate the exit.
-    pub sample: Option<GpuSample>,
+    /// The last reading and when it began, for the broker: its own periodic sample may
+    /// predate the exit.
+    pub sample: Option<(GpuSample, Instant)>,
 }
 
 /// Used memory on `gpu` now (0 when it cannot be read).
@@ -44,6 +45,7 @@ pub async fn memory_back(
     let start = Instant::now();
     loop {
         let source = Arc::clone(inventory);
+        let taken_at = Instant::now();
         let sample = tokio::task::spawn_blocking(move || source.sample(gpu)).await;
         if let Ok(Ok(sample)) = sample {
             let ours = sample
@@ -56,7 +58,7 @@ pub async fn memory_back(
                     took: start.elapsed(),
                     used_after: sample.used,
                     complete: back,
-                    sample: Some(sample),
+                    sample: Some((sample, taken_at)),
                 };
             }
         } else if start.elapsed() >= timeout {

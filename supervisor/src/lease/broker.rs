@@ -2,7 +2,10 @@
 //!
 //! It owns the lock around the [`Ledger`], routes each effect to the holder it concerns
 //! (through one channel per request), publishes it on the event feed, and folds NVML
-//! samples into the budget.
+//! samples into the ledger: each process is attributed to the nearest tracked pid in its
+//! ancestry (a lease holder, or a holder whose given-back bytes are not yet shown free);
+//! everything else is foreign. When the ledger wants a fresher reading before a grant, or
+//! given-back bytes wait to be seen free, the broker wakes the sampler.
 //! The lock is a plain mutex held only for bookkeeping, never across an await.
 
 use std::collections::{HashMap, HashSet};
@@ -12,8 +15,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::ledger::{Book, Ledger, Policy, WaiterView};
-use super::{Ask, Effect, GpuChoice, Lease, LeaseError, Peer, ReleaseReason, Ticket, WaitEnd};
+use super::ledger::{Book, Ledger, Policy, ProcessView, Reading, WaiterView};
+use super::{
+    Ask, Effect, GpuChoice, Lease, LeaseError, Peer, ReleaseReason, Return, Ticket, WaitEnd,
+};
 use crate::budget::Budget;
 use crate::events::{EventFeed, EventKind, GpuView, WaitEndReason};
 use crate::gpu::{GpuIdentity, GpuSample, procfs};
@@ -24,7 +29,13 @@ pub enum Note {
     Queued { position: u32, queue_length: u32 },
     Granted(Lease),
     Reclaim(Lease),
-    Revoked { lease: Lease, reason: String },
+    /// `kill`: the holder's processes are to be killed at once (the configured overuse
+    /// action); a holder the supervisor spawned stops its worker either way.
+    Revoked {
+        lease: Lease,
+        reason: String,
+        kill: bool,
+    },
     WaitEnded { reason: WaitEnd, waited: Duration },
 }
 
@@ -34,8 +45,9 @@ pub struct Limits {
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub max_wait: Duration,
-    /// Use above a lease by more than this raises an overuse event.
-    pub overuse_tolerance: u64,
+    /// Leases above this many bytes need a holder whose processes the supervisor can see
+    /// (a Unix-socket caller in its pid namespace); None: any size may be counted by bytes.
+    pub visible_above: Option<u64>,
 }
 
 pub struct Broker {
@@ -47,6 +59,8 @@ pub struct Broker {
     closing: AtomicBool,
     /// The supervisor's own uid: like root, it may act on any lease.
     own_uid: u32,
+    /// Wakes the sampler: a GPU is wanted (see `Inner::wanted`).
+    wake: tokio::sync::Notify,
 }
 
 struct Inner {
@@ -54,9 +68,8 @@ struct Inner {
     routes: HashMap<Ticket, mpsc::UnboundedSender<Note>>,
     /// The last sample of each GPU, for status.
     samples: Vec<Option<(GpuSample, SystemTime)>>,
-    /// Memory each lease's processes used at the last sample.
-    usage: HashMap<Ticket, u64>,
-    overusing: HashSet<Ticket>,
+    /// GPUs the ledger wants read before it grants.
+    wanted: HashSet<u32>,
 }
 
 impl Broker {
@@ -69,14 +82,15 @@ impl Broker {
     ) -> Arc<Broker> {
         let books = gpus
             .iter()
-            .map(|gpu| Book {
-                label: format!("GPU {} ({}, {})", gpu.index, gpu.uuid, gpu.name),
-                budget: Budget {
-                    capacity: gpu.capacity,
-                    reserve,
-                    unleased: 0,
-                },
-                granted: 0,
+            .map(|gpu| {
+                Book::new(
+                    format!("GPU {} ({}, {})", gpu.index, gpu.uuid, gpu.name),
+                    Budget {
+                        capacity: gpu.capacity,
+                        reserve,
+                        unleased: 0,
+                    },
+                )
             })
             .collect();
         Arc::new(Broker {
@@ -84,8 +98,7 @@ impl Broker {
                 ledger: Ledger::new(books, policy),
                 routes: HashMap::new(),
                 samples: vec![None; gpus.len()],
-                usage: HashMap::new(),
-                overusing: HashSet::new(),
+                wanted: HashSet::new(),
             }),
             feed,
             gpus,
@@ -93,6 +106,7 @@ impl Broker {
             started: (Instant::now(), SystemTime::now()),
             closing: AtomicBool::new(false),
             own_uid: nix::unistd::getuid().as_raw(),
+            wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -154,6 +168,15 @@ impl Broker {
         if self.closing.load(Ordering::Acquire) {
             return Err(LeaseError::ShuttingDown);
         }
+        if let Some(limit) = self.limits.visible_above
+            && ask.bytes > limit
+            && ask.peer.is_none_or(|p| p.pid == 0)
+        {
+            return Err(LeaseError::Invisible {
+                asked: arbiter::ByteSize(ask.bytes),
+                limit: arbiter::ByteSize(limit),
+            });
+        }
         let (sender, notes) = mpsc::unbounded_channel();
         let mut inner = self.lock();
         let now = Instant::now();
@@ -197,6 +220,15 @@ impl Broker {
         let mut inner = self.lock();
         inner.routes.remove(&ticket);
         let effects = inner.ledger.end(ticket, reason, Instant::now());
+        self.dispatch(&mut inner, effects);
+    }
+
+    /// Ends a lease whose memory the caller has seen come back (a reaped worker): its
+    /// bytes are grantable at once.
+    pub fn end_verified(self: &Arc<Self>, ticket: Ticket) {
+        let mut inner = self.lock();
+        inner.routes.remove(&ticket);
+        let effects = inner.ledger.end_verified(ticket, Instant::now());
         self.dispatch(&mut inner, effects);
     }
 
@@ -248,6 +280,7 @@ impl Broker {
             let _ = route.send(Note::Revoked {
                 lease,
                 reason: "released by Release".into(),
+                kill: false,
             });
         }
         let effects = inner
@@ -264,69 +297,52 @@ impl Broker {
         self.dispatch(&mut inner, effects);
     }
 
-    /// Folds an NVML sample into the budget: processes descended from a lease holder count
-    /// against that lease; everything else is foreign and shrinks the budget.
-    pub fn observe(self: &Arc<Self>, gpu: u32, sample: GpuSample) {
+    /// Folds a reading of `gpu`, begun at `taken_at`, into the ledger: each process counts
+    /// against the nearest tracked pid in its ancestry; everything else is foreign and
+    /// shrinks the budget.
+    pub fn observe(self: &Arc<Self>, gpu: u32, sample: GpuSample, taken_at: Instant) {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        let now = Instant::now();
-        let holders: HashMap<u32, Vec<Ticket>> = inner
-            .ledger
-            .leases()
-            .filter(|l| l.gpu == gpu)
-            .filter_map(|l| l.peer.map(|p| (p.pid, l.ticket)))
-            .fold(HashMap::new(), |mut map, (pid, ticket)| {
-                map.entry(pid).or_default().push(ticket);
-                map
-            });
+        let tracked: HashSet<u32> = inner.ledger.tracked(gpu).into_iter().collect();
         let mut foreign = 0u64;
-        let mut per_holder: HashMap<u32, u64> = HashMap::new();
+        let mut used_by: HashMap<u32, u64> = HashMap::new();
         for process in &sample.processes {
             let used = process.used.unwrap_or(0);
-            match procfs::lineage(process.pid).find(|pid| holders.contains_key(pid)) {
-                Some(holder) => *per_holder.entry(holder).or_default() += used,
+            match procfs::lineage(process.pid).find(|pid| tracked.contains(pid)) {
+                Some(holder) => *used_by.entry(holder).or_default() += used,
                 None => foreign += used,
             }
         }
-        // Used memory that no lease's processes account for is unavailable too, whether a
+        // Used memory that no tracked process accounts for is unavailable too, whether a
         // foreign process holds it or nobody visibly does (memory that did not come back).
-        let leased_use: u64 = per_holder.values().sum();
-        let unleased = foreign.max(sample.used.saturating_sub(leased_use));
-        inner
-            .usage
-            .retain(|ticket, _| inner.ledger.lease(*ticket).is_some_and(|l| l.gpu != gpu));
-        let mut overuse = Vec::new();
-        for (pid, tickets) in &holders {
-            let used = per_holder.get(pid).copied().unwrap_or(0);
-            let leased: u64 = tickets
-                .iter()
-                .filter_map(|t| inner.ledger.lease(*t))
-                .map(|l| l.bytes)
-                .sum();
-            for &ticket in tickets {
-                inner.usage.insert(ticket, used);
-            }
-            let first = tickets[0];
-            if used > leased.saturating_add(self.limits.overuse_tolerance) {
-                if inner.overusing.insert(first)
-                    && let Some(lease) = inner.ledger.lease(first).cloned()
-                {
-                    overuse.push((lease, used));
-                }
-            } else {
-                inner.overusing.remove(&first);
-            }
-        }
+        let tracked_use: u64 = used_by.values().sum();
+        let unleased = foreign.max(sample.used.saturating_sub(tracked_use));
         inner.samples[gpu as usize] = Some((sample, SystemTime::now()));
-        let effects = inner.ledger.set_unleased(gpu, unleased, now);
+        inner.wanted.remove(&gpu);
+        let reading = Reading {
+            taken_at: Some(taken_at),
+            unleased,
+            used_by,
+        };
+        let effects = inner.ledger.observe(gpu, reading, Instant::now());
         self.dispatch(inner, effects);
         let view = self.view(inner, gpu as usize);
         drop(guard);
-        for (lease, used) in overuse {
-            tracing::warn!(lease = %lease.id, holder = %lease.holder, leased = %arbiter::ByteSize(lease.bytes), used = %arbiter::ByteSize(used), "holder uses more GPU memory than its lease");
-            self.feed.publish(EventKind::Overuse { lease, used });
-        }
         self.feed.publish(EventKind::Sample(view));
+    }
+
+    /// Which GPUs to read now beyond the periodic samples: those a grant waits on, and
+    /// those with given-back bytes waiting to be seen free.
+    pub fn readings_wanted(&self) -> Vec<u32> {
+        let inner = self.lock();
+        (0..self.gpus.len() as u32)
+            .filter(|g| inner.wanted.contains(g) || inner.ledger.returns_pending(*g))
+            .collect()
+    }
+
+    /// Resolves when the ledger wants a GPU read before it grants.
+    pub async fn reading_wanted(&self) {
+        self.wake.notified().await
     }
 
     /// Ties a lease to a process other than the one that asked: a job's lease is taken by
@@ -338,7 +354,9 @@ impl Broker {
 
     /// What a lease's processes used at the last sample.
     pub fn lease_usage(&self, ticket: Ticket) -> Option<u64> {
-        self.lock().usage.get(&ticket).copied()
+        let inner = self.lock();
+        let lease = inner.ledger.lease(ticket)?;
+        inner.ledger.used_by(lease)
     }
 
     /// The largest lease any GPU could ever grant (capacity minus reserve).
@@ -359,14 +377,38 @@ impl Broker {
         (views, inner.ledger.queue(Instant::now()))
     }
 
-    /// Granted leases, optionally on one GPU, each with its holder's sampled use.
-    pub fn leases(&self, gpu: Option<u32>) -> Vec<(Lease, Option<u64>)> {
+    /// Granted leases, optionally on one GPU, each with its holder's process as charged
+    /// (None: a holder counted by bytes alone).
+    pub fn leases(&self, gpu: Option<u32>) -> Vec<(Lease, Option<ProcessView>)> {
         let inner = self.lock();
+        let processes = inner.ledger.processes();
         inner
             .ledger
             .leases()
             .filter(|l| gpu.is_none_or(|g| l.gpu == g))
-            .map(|l| (l.clone(), inner.usage.get(&l.ticket).copied()))
+            .map(|l| {
+                let pid = super::ledger::visible_pid(l);
+                let process = processes
+                    .iter()
+                    .find(|p| p.gpu == l.gpu && Some(p.pid) == pid)
+                    .cloned();
+                (l.clone(), process)
+            })
+            .collect()
+    }
+
+    /// Given-back bytes not yet shown free, and how long each has waited.
+    pub fn returns(&self) -> Vec<(Return, Duration)> {
+        let inner = self.lock();
+        let now = Instant::now();
+        inner
+            .ledger
+            .returns()
+            .into_iter()
+            .map(|r| {
+                let waited = now.saturating_duration_since(r.since);
+                (r, waited)
+            })
             .collect()
     }
 
@@ -391,7 +433,7 @@ impl Broker {
             .ledger
             .leases()
             .filter(|l| l.gpu as usize == g)
-            .filter_map(|l| l.peer.map(|p| (p.pid, l.id.clone())))
+            .filter_map(|l| super::ledger::visible_pid(l).map(|pid| (pid, l.id.clone())))
             .collect();
         GpuView {
             index: gpu.index,
@@ -408,6 +450,21 @@ impl Broker {
             unleased: book.budget.unleased,
             budget: book.budget.total(),
             granted: book.granted,
+            excess: book.excess,
+            returning: book.returning,
+            unverified: inner
+                .ledger
+                .returns()
+                .iter()
+                .filter(|r| r.gpu as usize == g && r.overdue)
+                .map(|r| r.bytes)
+                .sum(),
+            unmeasured: inner
+                .ledger
+                .leases()
+                .filter(|l| l.gpu as usize == g && super::ledger::visible_pid(l).is_none())
+                .map(|l| l.bytes)
+                .sum(),
             available: book.available(),
             processes: sample
                 .processes
@@ -500,33 +557,81 @@ impl Broker {
                     tracing::info!(lease = %lease.id, holder = %lease.holder, bytes = lease.reclaim.as_ref().map_or(0, |r| r.bytes), "reclaim requested");
                     self.feed.publish(EventKind::Reclaim(lease));
                 }
-                Effect::Revoked { lease, reason } => {
-                    self.forget(inner, &lease);
+                Effect::Revoked {
+                    lease,
+                    reason,
+                    returning,
+                    kill,
+                } => {
                     if let Some(route) = inner.routes.remove(&lease.ticket) {
                         let _ = route.send(Note::Revoked {
                             lease: lease.clone(),
                             reason: reason.clone(),
+                            kill,
                         });
                     }
-                    tracing::info!(lease = %lease.id, holder = %lease.holder, %reason, "revoked");
-                    self.feed.publish(EventKind::Revoked { lease, reason });
+                    if self.closing.load(Ordering::Acquire) {
+                        tracing::info!(lease = %lease.id, holder = %lease.holder, %reason, "revoked");
+                    } else {
+                        tracing::warn!(lease = %lease.id, holder = %lease.holder, %reason, kill, "revoked");
+                    }
+                    self.feed.publish(EventKind::Revoked {
+                        lease,
+                        reason,
+                        returning,
+                    });
                 }
-                Effect::Released { lease, reason } => {
-                    self.forget(inner, &lease);
-                    inner.routes.remove(&lease.ticket);
-                    tracing::debug!(lease = %lease.id, holder = %lease.holder, reason = reason.as_str(), "released");
-                    self.feed.publish(EventKind::Released { lease, reason });
+                Effect::Released {
+                    lease,
+                    reason,
+                    bytes,
+                    returning,
+                } => {
+                    if reason != ReleaseReason::Shrunk {
+                        inner.routes.remove(&lease.ticket);
+                    }
+                    tracing::debug!(lease = %lease.id, holder = %lease.holder, reason = reason.as_str(), bytes, returning, "released");
+                    self.feed.publish(EventKind::Released {
+                        lease,
+                        reason,
+                        bytes,
+                        returning,
+                    });
+                }
+                Effect::Returned { ret, took } => {
+                    tracing::debug!(lease = %ret.lease_id, holder = %ret.holder, bytes = ret.bytes, ?took, "given-back memory seen free");
+                    if ret.overdue {
+                        tracing::info!(lease = %ret.lease_id, holder = %ret.holder, bytes = %arbiter::ByteSize(ret.bytes), ?took, "overdue memory came back; grantable again");
+                    }
+                    self.feed.publish(EventKind::Returned { ret, took });
+                }
+                Effect::ReturnOverdue { ret, used, holds } => {
+                    tracing::warn!(lease = %ret.lease_id, holder = %ret.holder, pid = ret.pid, bytes = %arbiter::ByteSize(ret.bytes), used = %arbiter::ByteSize(used), holds = %arbiter::ByteSize(holds), "given-back memory still in use past the return timeout; it stays out of the budget until the card shows it free");
+                    self.feed.publish(EventKind::ReturnOverdue { ret, used, holds });
+                }
+                Effect::Overuse {
+                    lease,
+                    used,
+                    leased,
+                    action,
+                } => {
+                    tracing::warn!(lease = %lease.id, holder = %lease.holder, leased = %arbiter::ByteSize(leased), used = %arbiter::ByteSize(used), action = action.as_str(), "holder uses more GPU memory than its leases; the excess is out of the budget");
+                    self.feed.publish(EventKind::Overuse {
+                        lease,
+                        used,
+                        leased,
+                        action,
+                    });
+                }
+                Effect::NeedReading { gpu } => {
+                    if inner.wanted.insert(gpu) {
+                        self.wake.notify_one();
+                    }
                 }
             }
         }
     }
-
-    fn forget(&self, inner: &mut Inner, lease: &Lease) {
-        inner.usage.remove(&lease.ticket);
-        inner.overusing.remove(&lease.ticket);
-    }
 }
-
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
@@ -539,6 +644,13 @@ pub struct Holding {
 }
 
 impl Holding {
+    /// Ends the lease now, its memory already seen back by the caller (`job::verify`).
+    pub fn end_verified(mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.end_verified(self.ticket);
+        }
+    }
+
     /// Stops tying the request to this value (a granted unary lease lives on by TTL).
     fn detach(&mut self) {
         if let Some(broker) = self.broker.take() {

@@ -52,6 +52,10 @@ pub enum LeaseError {
         "waited {waited} without enough free memory; wait longer (max_wait), ask for less, or free memory on the GPU"
     )]
     DeadlineExceeded { waited: String },
+    #[error(
+        "asked for {asked}, but leases above {limit} need a holder whose GPU use the supervisor can see: connect over its Unix socket from this host (same pid namespace), or ask for at most {limit}"
+    )]
+    Invisible { asked: ByteSize, limit: ByteSize },
     #[error("the supervisor is shutting down: retry against the new instance")]
     ShuttingDown,
 }

@@ -4,6 +4,11 @@
 //! its own (callers pass `now`), so property tests can drive it through any sequence of
 //! events. [`broker`] wraps it for the server: a lock, the holders' notification channels,
 //! timers and the event feed. [`error`] says why a request was refused.
+//!
+//! The books follow the card, not the holders' word: a process the supervisor can see counts
+//! as the larger of its leases and its measured use, and bytes it gives back (release,
+//! shrink, revocation) become grantable only once a reading taken after the give-back shows
+//! its use down to what it still holds (a [`Return`] until then).
 
 pub mod broker;
 pub mod error;
@@ -78,8 +83,56 @@ pub struct Reclaim {
     pub deadline: Instant,
     /// Who needs the memory, for the holder's logs.
     pub reason: String,
-    /// The waiter it is for: the request is withdrawn when that waiter stops waiting.
-    pub for_ticket: Ticket,
+    /// The waiter it is for: the request is withdrawn when that waiter stops waiting. None:
+    /// the holder uses more than it holds, and is asked to give the excess back; the request
+    /// is withdrawn when a reading shows its use back within its leases.
+    pub for_ticket: Option<Ticket>,
+}
+
+/// What a holder whose processes use more than their leases (beyond the tolerance) gets,
+/// configured per priority class. A reclaim that is not answered by its deadline ends in a
+/// revocation (a kill where the action is `Kill`), never in a grant of bytes still in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A warning and an Overuse event; the excess stays out of the budget meanwhile.
+    Log,
+    /// Ask the holder to give the excess back within the reclaim grace, then revoke.
+    Reclaim,
+    /// End the lease at once; what its processes still use stays out of the budget until
+    /// the card shows it free.
+    Revoke,
+    /// Revoke, and kill the holder's process group at once (video workers; other holders
+    /// are revoked, since the supervisor did not start them).
+    Kill,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Log => "log",
+            Action::Reclaim => "reclaim",
+            Action::Revoke => "revoke",
+            Action::Kill => "kill",
+        }
+    }
+}
+
+/// Bytes a holder gave back that the card does not yet show free. They stay out of the
+/// budget until a reading taken after `since` shows the holder's use within what it still
+/// holds; past the return timeout they are reported overdue, and still stay out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Return {
+    pub lease_id: String,
+    pub holder: String,
+    pub gpu: u32,
+    pub pid: u32,
+    pub bytes: u64,
+    pub since: Instant,
+    /// How the bytes left the lease.
+    pub reason: ReleaseReason,
+    /// The return timeout passed without the bytes showing free.
+    pub overdue: bool,
 }
 
 /// Memory granted to a holder.
@@ -109,6 +162,10 @@ pub enum ReleaseReason {
     HolderDied,
     TtlExpired,
     Shutdown,
+    /// Part of the lease, given back with Shrink.
+    Shrunk,
+    /// The lease was revoked (a reclaim unanswered, overuse).
+    Revoked,
 }
 
 impl ReleaseReason {
@@ -119,6 +176,8 @@ impl ReleaseReason {
             ReleaseReason::HolderDied => "holder died",
             ReleaseReason::TtlExpired => "ttl expired",
             ReleaseReason::Shutdown => "shutdown",
+            ReleaseReason::Shrunk => "shrunk",
+            ReleaseReason::Revoked => "revoked",
         }
     }
 }
@@ -168,12 +227,46 @@ pub enum Effect {
     ReclaimWithdrawn {
         lease: Lease,
     },
+    /// The lease ended against its holder's will; `returning` of its bytes wait for the
+    /// card to show them free. `kill`: the holder's process group is to be killed.
     Revoked {
         lease: Lease,
         reason: String,
+        returning: u64,
+        kill: bool,
     },
+    /// `bytes` left the lease (all of it, or part with Shrink: then `lease` is what remains);
+    /// `returning` of them wait for the card to show them free (0 for a holder counted by
+    /// bytes alone, whose give-back cannot be checked).
     Released {
         lease: Lease,
         reason: ReleaseReason,
+        bytes: u64,
+        returning: u64,
+    },
+    /// Given-back bytes the card now shows free: grantable again.
+    Returned {
+        ret: Return,
+        /// From the give-back to the reading that showed them free.
+        took: Duration,
+    },
+    /// Given-back bytes still in use past the return timeout: they stay out of the budget.
+    ReturnOverdue {
+        ret: Return,
+        /// What the holder's processes used at the last reading, and what they still hold.
+        used: u64,
+        holds: u64,
+    },
+    /// A holder's processes use more than their leases: `lease` stands for them (the one the
+    /// action applies to).
+    Overuse {
+        lease: Lease,
+        used: u64,
+        leased: u64,
+        action: Action,
+    },
+    /// A grant waits for a reading of this GPU newer than the freshness bound.
+    NeedReading {
+        gpu: u32,
     },
 }

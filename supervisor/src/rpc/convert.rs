@@ -9,8 +9,8 @@ use arbiter::pb::supervisor::v1 as pb;
 
 use crate::events::{Event, EventKind, GpuView};
 use crate::lease::broker::{Broker, Note};
-use crate::lease::ledger::WaiterView;
-use crate::lease::{Ask, Form, GpuChoice, Lease, LeaseError, Peer, Priority};
+use crate::lease::ledger::{ProcessView, WaiterView, visible_pid};
+use crate::lease::{Ask, Form, GpuChoice, Lease, LeaseError, Peer, Priority, Return};
 
 const MAX_HOLDER_CHARS: usize = 128;
 const MIN_TTL: Duration = Duration::from_secs(1);
@@ -140,7 +140,8 @@ fn pb_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(d).unwrap_or_default()
 }
 
-pub fn lease(broker: &Broker, lease: &Lease, used: Option<u64>) -> pb::Lease {
+/// A lease for the wire, with its holder's process as charged where the caller knows it.
+pub fn lease(broker: &Broker, lease: &Lease, process: Option<&ProcessView>) -> pb::Lease {
     let gpu = &broker.gpus()[lease.gpu as usize];
     pb::Lease {
         lease_id: lease.id.clone(),
@@ -159,7 +160,22 @@ pub fn lease(broker: &Broker, lease: &Lease, used: Option<u64>) -> pb::Lease {
         granted_at: Some(timestamp(broker.wall(lease.granted_at))),
         expires_at: lease.expires_at.map(|at| timestamp(broker.wall(at))),
         reclaim: lease.reclaim.as_ref().map(|_| reclaim(broker, lease)),
-        used_bytes: used,
+        used_bytes: process.map(|p| p.used),
+        measured: visible_pid(lease).is_some(),
+        excess_bytes: process.map(|p| p.excess()),
+    }
+}
+
+pub fn giveback(broker: &Broker, ret: &Return, waited: Duration) -> pb::Return {
+    pb::Return {
+        lease_id: ret.lease_id.clone(),
+        holder: ret.holder.clone(),
+        gpu_uuid: broker.gpus()[ret.gpu as usize].uuid.clone(),
+        pid: ret.pid,
+        bytes: ret.bytes,
+        reason: ret.reason.as_str().into(),
+        waited: Some(pb_duration(waited)),
+        overdue: ret.overdue,
     }
 }
 
@@ -186,13 +202,15 @@ pub fn update(broker: &Broker, note: Note) -> pb::LeaseUpdate {
         }),
         Note::Granted(l) => Update::Granted(lease(broker, &l, None)),
         Note::Reclaim(l) => Update::Reclaim(reclaim(broker, &l)),
-        Note::Revoked { lease, reason } => Update::Revoked(pb::Revoked {
+        Note::Revoked { lease, reason, .. } => Update::Revoked(pb::Revoked {
             lease_id: lease.id,
             reason,
+            ..Default::default()
         }),
         Note::WaitEnded { reason, .. } => Update::Revoked(pb::Revoked {
             lease_id: String::new(),
             reason: reason.as_str().into(),
+            ..Default::default()
         }),
     };
     pb::LeaseUpdate {
@@ -212,6 +230,10 @@ pub fn gpu(view: GpuView) -> pb::GpuStatus {
         unleased_bytes: view.unleased,
         budget_bytes: view.budget,
         granted_bytes: view.granted,
+        excess_bytes: view.excess,
+        returning_bytes: view.returning,
+        unverified_bytes: view.unverified,
+        unmeasured_bytes: view.unmeasured,
         available_bytes: view.available,
         processes: view
             .processes
@@ -244,21 +266,52 @@ pub fn event(broker: &Broker, event: Event) -> pb::Event {
     use pb::event::Kind;
     let kind = match event.kind {
         EventKind::Granted(l) => Kind::Granted(lease(broker, &l, None)),
-        EventKind::Released { lease: l, reason } => Kind::Released(pb::Released {
+        EventKind::Released {
+            lease: l,
+            reason,
+            bytes,
+            returning,
+        } => Kind::Released(pb::Released {
             lease_id: l.id.clone(),
             holder: l.holder.clone(),
             gpu_uuid: broker.gpus()[l.gpu as usize].uuid.clone(),
-            bytes: l.bytes,
+            bytes,
             reason: reason.as_str().into(),
+            returning_bytes: returning,
         }),
         EventKind::Reclaim(l) => Kind::Reclaim(reclaim(broker, &l)),
         EventKind::ReclaimWithdrawn(l) => Kind::ReclaimWithdrawn(pb::ReclaimWithdrawn {
             lease_id: l.id,
             holder: l.holder,
         }),
-        EventKind::Revoked { lease, reason } => Kind::Revoked(pb::Revoked {
+        EventKind::Revoked {
+            lease,
+            reason,
+            returning,
+        } => Kind::Revoked(pb::Revoked {
+            gpu_uuid: broker.gpus()[lease.gpu as usize].uuid.clone(),
+            holder: lease.holder,
+            bytes: lease.bytes,
             lease_id: lease.id,
             reason,
+            returning_bytes: returning,
+        }),
+        EventKind::Returned { ret, took } => Kind::Returned(pb::Returned {
+            gpu_uuid: broker.gpus()[ret.gpu as usize].uuid.clone(),
+            lease_id: ret.lease_id,
+            holder: ret.holder,
+            bytes: ret.bytes,
+            took: Some(pb_duration(took)),
+            overdue: ret.overdue,
+        }),
+        EventKind::ReturnOverdue { ret, used, holds } => Kind::ReturnOverdue(pb::ReturnOverdue {
+            gpu_uuid: broker.gpus()[ret.gpu as usize].uuid.clone(),
+            lease_id: ret.lease_id,
+            holder: ret.holder,
+            pid: ret.pid,
+            bytes: ret.bytes,
+            used_bytes: used,
+            holds_bytes: holds,
         }),
         EventKind::WaitStarted {
             holder,
@@ -283,11 +336,17 @@ pub fn event(broker: &Broker, event: Event) -> pb::Event {
             waited: Some(pb_duration(waited)),
         }),
         EventKind::Sample(view) => Kind::Sample(gpu(view)),
-        EventKind::Overuse { lease, used } => Kind::Overuse(pb::Overuse {
+        EventKind::Overuse {
+            lease,
+            used,
+            leased,
+            action,
+        } => Kind::Overuse(pb::Overuse {
             lease_id: lease.id,
             holder: lease.holder,
-            lease_bytes: lease.bytes,
+            lease_bytes: leased,
             used_bytes: used,
+            action: action.as_str().into(),
         }),
     };
     pb::Event {

@@ -126,6 +126,12 @@ impl Supervisor for SupervisorService {
                 .into_iter()
                 .map(|w| convert::waiter(&self.broker, w))
                 .collect(),
+            returns: self
+                .broker
+                .returns()
+                .iter()
+                .map(|(ret, waited)| convert::giveback(&self.broker, ret, *waited))
+                .collect(),
         }))
     }
 
@@ -141,7 +147,7 @@ impl Supervisor for SupervisorService {
             .broker
             .leases(gpu)
             .iter()
-            .map(|(lease, used)| convert::lease(&self.broker, lease, *used))
+            .map(|(lease, process)| convert::lease(&self.broker, lease, process.as_ref()))
             .collect();
         Ok(Response::new(pb::ListLeasesReply { leases }))
     }

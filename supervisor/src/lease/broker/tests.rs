@@ -18,12 +18,16 @@ fn broker(capacity: u64) -> Arc<Broker> {
         Policy {
             aging: Duration::from_secs(30),
             reclaim_grace: Duration::from_secs(5),
+            fresh_within: None,
+            return_timeout: Duration::from_secs(10),
+            tolerance: 0,
+            overuse: [crate::lease::Action::Log; 4],
         },
         Limits {
             default_ttl: Duration::from_secs(30),
             max_ttl: Duration::from_secs(3600),
             max_wait: Duration::from_secs(3600),
-            overuse_tolerance: 0,
+            visible_above: None,
         },
         EventFeed::new(64),
     )

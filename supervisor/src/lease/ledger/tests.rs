@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::lease::{Peer, Priority};
+use std::collections::HashMap;
 use proptest::prelude::*;
 
 const GIB: u64 = 1 << 30;
@@ -10,14 +11,15 @@ fn books(sizes: &[u64]) -> Vec<Book> {
     sizes
         .iter()
         .enumerate()
-        .map(|(i, &capacity)| Book {
-            label: format!("GPU {i}"),
-            budget: Budget {
-                capacity,
-                reserve: 0,
-                unleased: 0,
-            },
-            granted: 0,
+        .map(|(i, &capacity)| {
+            Book::new(
+                format!("GPU {i}"),
+                Budget {
+                    capacity,
+                    reserve: 0,
+                    unleased: 0,
+                },
+            )
         })
         .collect()
 }
@@ -26,6 +28,10 @@ fn policy() -> Policy {
     Policy {
         aging: Duration::from_secs(30),
         reclaim_grace: Duration::from_secs(5),
+        fresh_within: None,
+        return_timeout: Duration::from_secs(10),
+        tolerance: 0,
+        overuse: [Action::Log; 4],
     }
 }
 
@@ -38,7 +44,9 @@ fn ask(holder: &str, bytes: u64, priority: Priority) -> Ask {
         preemptible: false,
         max_wait: None,
         form: Form::Stream,
-        peer: Some(Peer { pid: 1, uid: 0 }),
+        // A holder the ledger cannot see (a TCP caller): counted by bytes, taken at its word,
+        // so these rules are about the queue alone. `visible` below is the other kind.
+        peer: None,
     }
 }
 
@@ -306,6 +314,262 @@ fn shrink_refuses_growth_and_zero() {
     ));
 }
 
+
+// === accounting by what the card holds ===
+
+/// A holder the ledger sees: its pid's use on the card counts.
+fn visible(holder: &str, bytes: u64, priority: Priority, pid: u32) -> Ask {
+    Ask {
+        peer: Some(Peer { pid, uid: 0 }),
+        ..ask(holder, bytes, priority)
+    }
+}
+
+/// A reading at `at` in which `used` lists what each pid uses.
+fn reading(at: Instant, unleased: u64, used: &[(u32, u64)]) -> Reading {
+    Reading {
+        taken_at: Some(at),
+        unleased,
+        used_by: used.iter().copied().collect(),
+    }
+}
+
+fn returned(effects: &[Effect]) -> Vec<(String, u64)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Returned { ret, .. } => Some((ret.lease_id.clone(), ret.bytes)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn use_above_a_lease_is_charged_like_foreign_use() {
+    // The first case: a 10 GiB lease whose process uses 30 GiB on an 80 GiB card.
+    let now = Instant::now();
+    let mut ledger = Ledger::new(books(&[80 * GIB]), policy());
+    let (_, effects) = ledger
+        .ask(visible("greedy", 10 * GIB, Priority::Normal, 7), now)
+        .unwrap();
+    assert_eq!(granted(&effects).len(), 1);
+    let effects = ledger.observe(0, reading(now, 0, &[(7, 30 * GIB)]), now);
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Overuse { used, leased, action: Action::Log, .. } if *used == 30 * GIB && *leased == 10 * GIB))
+    );
+    let book = &ledger.books()[0];
+    assert_eq!(book.excess, 20 * GIB);
+    assert_eq!(book.available(), 50 * GIB);
+    let (_, effects) = ledger
+        .ask(visible("second", 65 * GIB, Priority::Normal, 8), now)
+        .unwrap();
+    assert!(
+        granted(&effects).is_empty(),
+        "30 + 65 > 80: the second caller must wait"
+    );
+    // Its use drops to the lease: the excess is gone and the wait ends.
+    let effects = ledger.observe(0, reading(now, 0, &[(7, 10 * GIB)]), now);
+    assert_eq!(granted(&effects).len(), 1);
+}
+
+#[test]
+fn a_shrink_is_granted_to_the_waiter_only_when_the_card_shows_it() {
+    // The second case: a preemptible 10 GiB holder answers a critical 75 GiB
+    // request with Shrink to 1 GiB, but keeps using 10 GiB for two more seconds.
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(books(&[80 * GIB]), policy());
+    let mut holder = visible("lipsync", 10 * GIB, Priority::Batch, 7);
+    holder.preemptible = true;
+    let (lipsync, _) = ledger.ask(holder, t0).unwrap();
+    ledger.observe(0, reading(t0, 0, &[(7, 10 * GIB)]), t0);
+    let (critical, effects) = ledger
+        .ask(visible("critical", 75 * GIB, Priority::Critical, 8), t0)
+        .unwrap();
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::ReclaimRequested { lease } if lease.ticket == lipsync))
+    );
+    let t1 = t0 + Duration::from_millis(100);
+    let (_, effects) = ledger.shrink(lipsync, GIB, t1).unwrap();
+    assert!(granted(&effects).is_empty(), "granted at the shrink");
+    assert!(effects.iter().any(|e| matches!(e,
+        Effect::Released { reason: ReleaseReason::Shrunk, bytes, returning, .. }
+            if *bytes == 9 * GIB && *returning == 9 * GIB)));
+    assert_eq!(ledger.books()[0].returning, 9 * GIB);
+    // A reading begun before the shrink proves nothing, even one that shows the use down.
+    let effects = ledger.observe(0, reading(t0 + Duration::from_millis(50), 0, &[(7, GIB)]), t1);
+    assert!(granted(&effects).is_empty() && returned(&effects).is_empty());
+    // Still in use a second later: still waiting.
+    let t2 = t1 + Duration::from_secs(1);
+    let effects = ledger.observe(0, reading(t2, 0, &[(7, 10 * GIB)]), t2);
+    assert!(granted(&effects).is_empty());
+    // Two seconds after the shrink the memory is free: granted at that reading.
+    let t3 = t1 + Duration::from_secs(2);
+    let effects = ledger.observe(0, reading(t3, 0, &[(7, GIB)]), t3);
+    assert_eq!(granted(&effects), vec![critical]);
+    let took = effects.iter().find_map(|e| match e {
+        Effect::Returned { took, .. } => Some(*took),
+        _ => None,
+    });
+    assert_eq!(took, Some(Duration::from_secs(2)));
+    assert_eq!(ledger.books()[0].returning, 0);
+}
+
+#[test]
+fn a_release_by_a_live_process_waits_for_its_memory_and_is_reported_overdue() {
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
+    let (a, _) = ledger
+        .ask(visible("a", 8 * GIB, Priority::Normal, 7), t0)
+        .unwrap();
+    let (b, _) = ledger
+        .ask(visible("b", 8 * GIB, Priority::Normal, 8), t0)
+        .unwrap();
+    let effects = ledger.end(a, ReleaseReason::Released, t0);
+    assert!(granted(&effects).is_empty());
+    assert!(effects.iter().any(|e| matches!(e,
+        Effect::Released { returning, .. } if *returning == 8 * GIB)));
+    ledger.observe(0, reading(t0, 0, &[(7, 8 * GIB)]), t0);
+    let late = t0 + Duration::from_secs(11);
+    let effects = ledger.tick(late);
+    assert!(effects.iter().any(|e| matches!(e,
+        Effect::ReturnOverdue { ret, used, .. } if ret.bytes == 8 * GIB && *used == 8 * GIB)));
+    assert!(granted(&effects).is_empty(), "overdue bytes stay out");
+    assert!(!ledger.returns_pending(0), "overdue: no more fast polling");
+    assert_eq!(ledger.returns()[0].bytes, 8 * GIB);
+    // The process exits: the reading no longer lists it, and b is granted.
+    let effects = ledger.observe(0, reading(late, 0, &[]), late);
+    assert_eq!(granted(&effects), vec![b]);
+    assert!(effects.iter().any(|e| matches!(e, Effect::Returned { ret, .. } if ret.overdue)));
+    assert!(ledger.tracked(0).contains(&8) && !ledger.tracked(0).contains(&7));
+}
+
+#[test]
+fn a_holder_counted_by_bytes_is_taken_at_its_word() {
+    let now = Instant::now();
+    let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
+    let (a, _) = ledger.ask(ask("tcp", 8 * GIB, Priority::Normal), now).unwrap();
+    let (b, _) = ledger.ask(ask("next", 8 * GIB, Priority::Normal), now).unwrap();
+    let effects = ledger.end(a, ReleaseReason::Released, now);
+    assert_eq!(granted(&effects), vec![b]);
+    assert!(ledger.tracked(0).is_empty());
+}
+
+#[test]
+fn a_verified_end_is_grantable_at_once() {
+    let now = Instant::now();
+    let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
+    let (a, _) = ledger.ask(visible("job", 8 * GIB, Priority::Normal, 7), now).unwrap();
+    let (b, _) = ledger.ask(visible("next", 8 * GIB, Priority::Normal, 8), now).unwrap();
+    let effects = ledger.end_verified(a, now);
+    assert_eq!(granted(&effects), vec![b]);
+}
+
+#[test]
+fn grants_wait_for_a_fresh_reading() {
+    let t0 = Instant::now();
+    let mut policy = policy();
+    policy.fresh_within = Some(Duration::from_millis(100));
+    let mut ledger = Ledger::new(books(&[10 * GIB]), policy);
+    ledger.observe(0, reading(t0, 0, &[]), t0);
+    let (_, effects) = ledger.ask(ask("quick", GIB, Priority::Normal), t0 + Duration::from_millis(50)).unwrap();
+    assert_eq!(granted(&effects).len(), 1, "a 50 ms old reading is fresh");
+    let t1 = t0 + Duration::from_secs(1);
+    let (late, effects) = ledger.ask(ask("late", GIB, Priority::Normal), t1).unwrap();
+    assert!(granted(&effects).is_empty());
+    assert!(effects.iter().any(|e| matches!(e, Effect::NeedReading { gpu: 0 })));
+    // The new reading shows a foreign process that took most of the card since: no grant.
+    let effects = ledger.observe(0, reading(t1, 9 * GIB + GIB / 2, &[]), t1);
+    assert!(granted(&effects).is_empty());
+    let effects = ledger.observe(0, reading(t1, 0, &[]), t1);
+    assert_eq!(granted(&effects), vec![late]);
+}
+
+fn overuse_policy(action: Action) -> Policy {
+    let mut policy = policy();
+    policy.overuse = [action; 4];
+    policy.tolerance = GIB / 4;
+    policy
+}
+
+#[test]
+fn overuse_is_asked_back_then_revoked_and_withdrawn_once_answered() {
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(books(&[80 * GIB]), overuse_policy(Action::Reclaim));
+    let (a, _) = ledger.ask(visible("a", 10 * GIB, Priority::Normal, 7), t0).unwrap();
+    let effects = ledger.observe(0, reading(t0, 0, &[(7, 12 * GIB)]), t0);
+    let reclaim = effects.iter().find_map(|e| match e {
+        Effect::ReclaimRequested { lease } => lease.reclaim.clone(),
+        _ => None,
+    });
+    assert_eq!(reclaim.map(|r| (r.bytes, r.for_ticket)), Some((2 * GIB, None)));
+    // Answered: the use is back within the lease.
+    let effects = ledger.observe(0, reading(t0, 0, &[(7, 9 * GIB)]), t0);
+    assert!(effects.iter().any(|e| matches!(e, Effect::ReclaimWithdrawn { lease } if lease.ticket == a)));
+    // Overused again and not answered: revoked at the deadline, its memory still out.
+    let effects = ledger.observe(0, reading(t0, 0, &[(7, 12 * GIB)]), t0);
+    assert!(effects.iter().any(|e| matches!(e, Effect::ReclaimRequested { .. })));
+    let effects = ledger.tick(t0 + Duration::from_secs(6));
+    assert!(effects.iter().any(|e| matches!(e,
+        Effect::Revoked { lease, returning, kill: false, .. } if lease.ticket == a && *returning == 10 * GIB)));
+    assert_eq!(ledger.books()[0].available(), 80 * GIB - 12 * GIB);
+}
+
+#[test]
+fn overuse_revokes_or_kills_where_configured() {
+    for (action, kill) in [(Action::Revoke, false), (Action::Kill, true)] {
+        let t0 = Instant::now();
+        let mut ledger = Ledger::new(books(&[80 * GIB]), overuse_policy(action));
+        ledger.ask(visible("a", 10 * GIB, Priority::Normal, 7), t0).unwrap();
+        // Within the tolerance: nothing.
+        let effects = ledger.observe(0, reading(t0, 0, &[(7, 10 * GIB + GIB / 8)]), t0);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Overuse { .. })));
+        let effects = ledger.observe(0, reading(t0, 0, &[(7, 11 * GIB)]), t0);
+        assert!(effects.iter().any(|e| matches!(e, Effect::Revoked { kill: k, .. } if *k == kill)), "{action:?}");
+        assert_eq!(ledger.books()[0].granted, 0);
+        assert_eq!(ledger.books()[0].available(), 69 * GIB);
+    }
+}
+
+#[test]
+fn an_unanswered_reclaim_for_a_waiter_grants_only_what_the_card_shows_free() {
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
+    let mut silent = visible("silent", 8 * GIB, Priority::Batch, 7);
+    silent.preemptible = true;
+    ledger.ask(silent, t0).unwrap();
+    ledger.observe(0, reading(t0, 0, &[(7, 8 * GIB)]), t0);
+    let (urgent, _) = ledger.ask(visible("urgent", 8 * GIB, Priority::Critical, 8), t0).unwrap();
+    let t1 = t0 + Duration::from_secs(6);
+    let effects = ledger.tick(t1);
+    assert!(effects.iter().any(|e| matches!(e, Effect::Revoked { .. })));
+    assert!(granted(&effects).is_empty(), "revoked, but its memory is still in use");
+    let effects = ledger.observe(0, reading(t1, 0, &[(7, 8 * GIB)]), t1);
+    assert!(granted(&effects).is_empty());
+    let effects = ledger.observe(0, reading(t1, 0, &[]), t1);
+    assert_eq!(granted(&effects), vec![urgent]);
+}
+
+#[test]
+fn one_process_with_two_leases_returns_one_when_its_use_fits_the_other() {
+    // The tts service: a resident lease and a preemptible lip-sync lease, one pid.
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
+    let (_resident, _) = ledger.ask(visible("tts", 2 * GIB, Priority::Interactive, 7), t0).unwrap();
+    let (lipsync, _) = ledger.ask(visible("tts/lipsync", GIB, Priority::Batch, 7), t0).unwrap();
+    ledger.observe(0, reading(t0, 0, &[(7, 3 * GIB)]), t0);
+    let t1 = t0 + Duration::from_millis(10);
+    ledger.end(lipsync, ReleaseReason::Released, t1);
+    let effects = ledger.observe(0, reading(t1, 0, &[(7, 3 * GIB)]), t1);
+    assert!(returned(&effects).is_empty());
+    let effects = ledger.observe(0, reading(t1, 0, &[(7, 2 * GIB)]), t1);
+    assert_eq!(returned(&effects).len(), 1);
+    assert_eq!(ledger.books()[0].available(), 8 * GIB);
+}
+
 // === property tests ===
 
 #[derive(Clone, Debug)]
@@ -467,6 +731,262 @@ proptest! {
             check_books(&ledger, &before);
             prop_assert!(ledger.waiters.len() < waiting || ledger.leases.is_empty() && ledger.waiters.is_empty(),
                 "no progress with every lease released: {} waiters", ledger.waiters.len());
+        }
+    }
+}
+
+// === property tests with what the holders really use ===
+
+const PIDS: [u32; 4] = [101, 102, 103, 104];
+
+#[derive(Clone, Debug)]
+enum UseOp {
+    /// A request; `pid` None: a holder the ledger cannot see.
+    Ask {
+        pid: Option<usize>,
+        bytes: u64,
+        gpu: Option<u32>,
+        priority: u8,
+        preemptible: bool,
+        unary: bool,
+    },
+    /// Release or death: the holder may go on using its memory (it lies) or not.
+    End { pick: usize },
+    /// Shrink (the answer to a reclaim, or a lie): use does not follow by itself.
+    Shrink { pick: usize, permille: u16 },
+    /// A process's real use changes. Growth above what it holds is read at once: grants
+    /// are decided on fresh readings.
+    Use { pid: usize, gpu: u32, bytes: u64 },
+    Foreign { gpu: u32, bytes: u64 },
+    /// A periodic reading of a GPU.
+    Read { gpu: u32 },
+    Wait { millis: u64 },
+}
+
+fn use_op() -> impl Strategy<Value = UseOp> {
+    prop_oneof![
+        4 => (proptest::option::of(0..PIDS.len()), 1..=12u64, proptest::option::of(0..2u32), 1..=4u8, any::<bool>(), any::<bool>())
+            .prop_map(|(pid, g, gpu, priority, preemptible, unary)| UseOp::Ask { pid, bytes: g * GIB / 2, gpu, priority, preemptible, unary }),
+        2 => any::<usize>().prop_map(|pick| UseOp::End { pick }),
+        2 => (any::<usize>(), 1..1000u16).prop_map(|(pick, permille)| UseOp::Shrink { pick, permille }),
+        4 => (0..PIDS.len(), 0..2u32, 0..=16u64).prop_map(|(pid, gpu, g)| UseOp::Use { pid, gpu, bytes: g * GIB / 2 }),
+        1 => (0..2u32, 0..6u64).prop_map(|(gpu, g)| UseOp::Foreign { gpu, bytes: g * GIB }),
+        3 => (0..2u32).prop_map(|gpu| UseOp::Read { gpu }),
+        2 => prop_oneof![0..200u64, 0..20_000u64].prop_map(|millis| UseOp::Wait { millis }),
+    ]
+}
+
+fn action(n: u8) -> Action {
+    [Action::Log, Action::Reclaim, Action::Revoke, Action::Kill][n as usize % 4]
+}
+
+/// The card as it really is: what each process uses, and foreign use.
+struct Card {
+    used: HashMap<(u32, u32), u64>,
+    foreign: [u64; 2],
+}
+
+impl Card {
+    /// What a real card lets `pid` (None: foreign processes) have at most on `gpu`: an
+    /// allocation beyond the memory there fails.
+    fn room(&self, gpu: u32, pid: Option<u32>, capacity: u64) -> u64 {
+        let others: u64 = self
+            .used
+            .iter()
+            .filter(|((g, p), _)| *g == gpu && Some(*p) != pid)
+            .map(|(_, b)| *b)
+            .sum();
+        let foreign = if pid.is_some() { self.foreign[gpu as usize] } else { 0 };
+        capacity.saturating_sub(others + foreign)
+    }
+
+    /// A reading of `gpu` as the broker attributes it: tracked pids by name, the rest foreign.
+    fn read(&self, ledger: &Ledger, gpu: u32, at: Instant) -> Reading {
+        let tracked = ledger.tracked(gpu);
+        let mut reading = Reading {
+            taken_at: Some(at),
+            unleased: self.foreign[gpu as usize],
+            used_by: HashMap::new(),
+        };
+        for pid in PIDS {
+            let used = self.used.get(&(gpu, pid)).copied().unwrap_or(0);
+            if tracked.contains(&pid) {
+                reading.used_by.insert(pid, used);
+            } else {
+                reading.unleased += used;
+            }
+        }
+        reading
+    }
+
+    /// What the card must hold if every holder uses what it may: for each process the
+    /// larger of its leases and its real use, plus leases of unseen holders, plus foreign.
+    fn committed(&self, ledger: &Ledger, gpu: u32) -> u64 {
+        let mut leased: HashMap<u32, u64> = HashMap::new();
+        let mut unseen = 0;
+        for lease in ledger.leases().filter(|l| l.gpu == gpu) {
+            match visible_pid(lease) {
+                Some(pid) => *leased.entry(pid).or_default() += lease.bytes,
+                None => unseen += lease.bytes,
+            }
+        }
+        let processes: u64 = PIDS
+            .iter()
+            .map(|pid| {
+                let used = self.used.get(&(gpu, *pid)).copied().unwrap_or(0);
+                used.max(leased.get(pid).copied().unwrap_or(0))
+            })
+            .sum();
+        processes + unseen + self.foreign[gpu as usize]
+    }
+}
+
+/// Sums the effects the way a watcher of the event feed would: granted bytes per GPU, and
+/// bytes on their way back.
+#[derive(Default)]
+struct Feed {
+    granted: [i128; 2],
+    returning: [i128; 2],
+}
+
+impl Feed {
+    fn add(&mut self, effects: &[Effect]) {
+        for effect in effects {
+            match effect {
+                Effect::Granted { lease, .. } => self.granted[lease.gpu as usize] += lease.bytes as i128,
+                Effect::Released { lease, bytes, returning, .. } => {
+                    self.granted[lease.gpu as usize] -= *bytes as i128;
+                    self.returning[lease.gpu as usize] += *returning as i128;
+                }
+                Effect::Revoked { lease, returning, .. } => {
+                    self.granted[lease.gpu as usize] -= lease.bytes as i128;
+                    self.returning[lease.gpu as usize] += *returning as i128;
+                }
+                Effect::Returned { ret, .. } => self.returning[ret.gpu as usize] -= ret.bytes as i128,
+                _ => {}
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Holders that use more than they hold, shrink or release while still using, answer
+    /// reclaims late or never: at every grant the card can hold what every holder may use
+    /// (for each process the larger of its leases and its use, plus foreign use), and the
+    /// effects, summed like the event feed, agree with the books.
+    #[test]
+    fn no_byte_is_promised_twice(ops in proptest::collection::vec(use_op(), 1..100), actions in (0..4u8, 0..4u8)) {
+        let start = Instant::now();
+        let mut now = start;
+        let mut policy = policy();
+        policy.fresh_within = Some(Duration::from_millis(100));
+        policy.overuse = [action(actions.0), action(actions.1), action(actions.0), action(actions.1)];
+        let mut ledger = Ledger::new(books(&[8 * GIB, 4 * GIB]), policy);
+        let mut card = Card { used: HashMap::new(), foreign: [0, 0] };
+        let mut feed = Feed::default();
+        for g in 0..2 {
+            let reading = card.read(&ledger, g, now);
+            feed.add(&ledger.observe(g, reading, now));
+        }
+        for op in ops {
+            let mut effects = Vec::new();
+            match op {
+                UseOp::Ask { pid, bytes, gpu, priority: p, preemptible, unary } => {
+                    let request = Ask {
+                        holder: "h".into(),
+                        gpu: gpu.map_or(GpuChoice::Any, GpuChoice::Index),
+                        bytes,
+                        priority: priority(p),
+                        preemptible,
+                        max_wait: Some(Duration::from_secs(30)),
+                        form: if unary { Form::Unary { ttl: Duration::from_secs(30) } } else { Form::Stream },
+                        peer: pid.map(|i| Peer { pid: PIDS[i], uid: 0 }),
+                    };
+                    if let Ok((_, e)) = ledger.ask(request, now) { effects = e; }
+                }
+                UseOp::End { pick } => {
+                    let all = live(&ledger);
+                    if !all.is_empty() {
+                        effects = ledger.end(all[pick % all.len()], ReleaseReason::HolderDied, now);
+                    }
+                }
+                UseOp::Shrink { pick, permille } => {
+                    let leases: Vec<(Ticket, u64)> = ledger.leases().map(|l| (l.ticket, l.bytes)).collect();
+                    if !leases.is_empty() {
+                        let (t, held) = leases[pick % leases.len()];
+                        if let Ok((_, e)) = ledger.shrink(t, held * permille as u64 / 1000, now) { effects = e; }
+                    }
+                }
+                UseOp::Use { pid, gpu, bytes } => {
+                    let pid = PIDS[pid];
+                    let bytes = bytes.min(card.room(gpu, Some(pid), ledger.books()[gpu as usize].budget.capacity));
+                    let before = card.used.insert((gpu, pid), bytes).unwrap_or(0);
+                    let holds: u64 = ledger.leases().filter(|l| l.gpu == gpu && visible_pid(l) == Some(pid)).map(|l| l.bytes).sum();
+                    if bytes > before && bytes > holds {
+                        let reading = card.read(&ledger, gpu, now);
+                        effects = ledger.observe(gpu, reading, now);
+                    }
+                }
+                UseOp::Foreign { gpu, bytes } => {
+                    let bytes = bytes.min(card.room(gpu, None, ledger.books()[gpu as usize].budget.capacity));
+                    let before = std::mem::replace(&mut card.foreign[gpu as usize], bytes);
+                    if bytes > before {
+                        let reading = card.read(&ledger, gpu, now);
+                        effects = ledger.observe(gpu, reading, now);
+                    }
+                }
+                UseOp::Read { gpu } => {
+                    let reading = card.read(&ledger, gpu, now);
+                    effects = ledger.observe(gpu, reading, now);
+                }
+                UseOp::Wait { millis } => {
+                    now += Duration::from_millis(millis);
+                    effects = ledger.tick(now);
+                }
+            }
+            feed.add(&effects);
+            let grants: Vec<u32> = effects.iter().filter_map(|e| match e {
+                Effect::Granted { lease, .. } => Some(lease.gpu),
+                _ => None,
+            }).collect();
+            {
+                for g in grants {
+                    let committed = card.committed(&ledger, g);
+                    let limit = ledger.books()[g as usize].budget.limit();
+                    prop_assert!(committed <= limit,
+                        "GPU {g}: a grant promised bytes the card holds: {} committed on {}", ByteSize(committed), ByteSize(limit));
+                }
+            }
+            for (g, book) in ledger.books().iter().enumerate() {
+                let sum: u64 = ledger.leases().filter(|l| l.gpu as usize == g).map(|l| l.bytes).sum();
+                prop_assert_eq!(sum, book.granted);
+                prop_assert_eq!(feed.granted[g], book.granted as i128, "GPU {}: the feed's granted bytes", g);
+                prop_assert_eq!(feed.returning[g], book.returning as i128, "GPU {}: the feed's returning bytes", g);
+            }
+        }
+
+        // Liveness: every process stops using memory, holders release, readings come: the
+        // queue drains and every return is seen.
+        card.used.clear();
+        card.foreign = [0, 0];
+        let mut rounds = 0;
+        while !ledger.waiters.is_empty() || !ledger.returns().is_empty() {
+            rounds += 1;
+            prop_assert!(rounds < 200, "did not drain: {} waiters, {} returns", ledger.waiters.len(), ledger.returns().len());
+            for t in ledger.leases.keys().copied().collect::<Vec<_>>() {
+                feed.add(&ledger.end(t, ReleaseReason::Released, now));
+            }
+            now += Duration::from_millis(10);
+            for g in 0..2 {
+                let reading = card.read(&ledger, g, now);
+                feed.add(&ledger.observe(g, reading, now));
+            }
+            feed.add(&ledger.tick(now));
+        }
+        for g in 0..2 {
+            prop_assert_eq!(feed.returning[g], 0);
         }
     }
 }
