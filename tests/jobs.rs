@@ -840,6 +840,12 @@ async fn a_killed_worker_fails_its_job_with_the_log_tail() {
     for needle in ["signal 9", "Last lines", "test-pipeline: step 1 of 600"] {
         assert!(job.error.contains(needle), "{needle:?} in: {}", job.error);
     }
+    // A crash is a warning in the supervisor's log, for log-based alerting.
+    let log = supervisor.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN") && l.contains("killed by signal 9")),
+        "{log}"
+    );
     gone(worker, "the killed worker").await;
     gone(child, "the killed worker's child").await;
     nothing_leased(&client).await;

@@ -570,6 +570,11 @@ impl Broker {
                             kill,
                         });
                     }
+                    if returning > 0 {
+                        // Read the card soon: the bytes come back at the first reading that
+                        // shows them free.
+                        self.wake.notify_one();
+                    }
                     if self.closing.load(Ordering::Acquire) {
                         tracing::info!(lease = %lease.id, holder = %lease.holder, %reason, "revoked");
                     } else {
@@ -589,6 +594,9 @@ impl Broker {
                 } => {
                     if reason != ReleaseReason::Shrunk {
                         inner.routes.remove(&lease.ticket);
+                    }
+                    if returning > 0 {
+                        self.wake.notify_one();
                     }
                     tracing::debug!(lease = %lease.id, holder = %lease.holder, reason = reason.as_str(), bytes, returning, "released");
                     self.feed.publish(EventKind::Released {
