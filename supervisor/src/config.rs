@@ -537,6 +537,28 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_parses_with_the_default_accounting() {
+        let text = include_str!("../../deploy/config/supervisor.toml");
+        let config = Config::parse(text).unwrap();
+        config.validate().unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.gpu.fresh_reading, defaults.gpu.fresh_reading);
+        assert_eq!(config.gpu.return_poll, defaults.gpu.return_poll);
+        assert_eq!(config.gpu.return_timeout, defaults.gpu.return_timeout);
+        assert_eq!(config.overuse.by_class(), defaults.overuse.by_class());
+        let strict = Config::parse("[overuse]\nbatch = \"kill\"\nnormal = \"reclaim\"\n").unwrap();
+        assert_eq!(
+            strict.overuse.by_class(),
+            [Action::Kill, Action::Reclaim, Action::Log, Action::Log]
+        );
+        let err = Config::parse("[overuse]\nbatch = \"shout\"\n").unwrap_err();
+        assert!(err.contains("shout"), "{err}");
+        let mut config = Config::default();
+        config.gpu.return_poll = Duration::ZERO;
+        assert!(config.validate().unwrap_err().to_string().contains("return_poll"));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let err = Config::parse("[gpu]\nreserv = \"1GiB\"\n").unwrap_err();
         assert!(err.contains("reserv"), "{err}");

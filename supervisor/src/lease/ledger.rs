@@ -14,8 +14,9 @@
 //!   and its measured use: use above a lease shrinks what can be granted exactly as a
 //!   foreign process does. Leases of holders it cannot see (TCP callers) count by bytes.
 //! - Bytes a visible holder gives back (Release, Shrink, a revocation, a TTL) stay charged
-//!   as a [`Return`] until a reading taken after the give-back shows its use within what it
-//!   still holds; the waiter is granted then, not at the give-back.
+//!   as a [`Return`] until a reading taken after the give-back shows them free: the part of
+//!   its use above what it still holds stays charged, the rest is grantable (the waiter is
+//!   granted then, not at the give-back).
 //! - A grant is decided on a reading of the card at most `fresh_within` old; an older one
 //!   asks for a new reading ([`Effect::NeedReading`]) and the grant waits for it.
 //! - The charges on a GPU never exceed its budget at the moment of a grant. (A foreign
@@ -475,17 +476,32 @@ impl Ledger {
         for (&(_, pid), process) in self.processes.range_mut((gpu, 0)..=(gpu, u32::MAX)) {
             process.used = reading.used_by.get(&pid).copied().unwrap_or(0);
             let holds = leased.get(&pid).copied().unwrap_or(0);
-            if process.used <= holds.saturating_add(tolerance) {
-                // Returns given before this reading began are proven: the use is down.
-                let (proven, open): (Vec<Return>, Vec<Return>) = std::mem::take(&mut process.returns)
-                    .into_iter()
-                    .partition(|r| r.since <= taken_at);
-                process.returns = open;
-                for ret in proven {
+            // Returns given before this reading began are settled by it: what the process
+            // uses above what it still holds stays charged (the oldest returns keep it, so
+            // memory that never comes back is reported first); the rest is free. Within the
+            // tolerance, all of it is.
+            let above = process.used.saturating_sub(holds);
+            let mut keep = if above <= tolerance { 0 } else { above };
+            let mut open = Vec::new();
+            for mut ret in std::mem::take(&mut process.returns) {
+                if ret.since > taken_at {
+                    open.push(ret);
+                    continue;
+                }
+                let kept = ret.bytes.min(keep);
+                keep -= kept;
+                if kept < ret.bytes {
                     let took = taken_at.saturating_duration_since(ret.since);
-                    effects.push(Effect::Returned { ret, took });
+                    let mut freed = ret.clone();
+                    freed.bytes = ret.bytes - kept;
+                    effects.push(Effect::Returned { ret: freed, took });
+                }
+                if kept > 0 {
+                    ret.bytes = kept;
+                    open.push(ret);
                 }
             }
+            process.returns = open;
             let shielded = process.returns.iter().any(|r| !r.overdue);
             let over = holds > 0 && !shielded && process.used > holds.saturating_add(tolerance);
             if over && !process.overusing {

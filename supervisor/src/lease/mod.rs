@@ -119,8 +119,9 @@ impl Action {
 }
 
 /// Bytes a holder gave back that the card does not yet show free. They stay out of the
-/// budget until a reading taken after `since` shows the holder's use within what it still
-/// holds; past the return timeout they are reported overdue, and still stay out.
+/// budget until a reading taken after `since` shows them free: such a reading frees what the
+/// holder no longer uses above what it still holds, and keeps the rest. Past the return
+/// timeout what is left is reported overdue, and still stays out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Return {
     pub lease_id: String,

@@ -448,6 +448,23 @@ fn a_release_by_a_live_process_waits_for_its_memory_and_is_reported_overdue() {
 }
 
 #[test]
+fn a_reading_frees_what_a_holder_no_longer_uses_and_keeps_the_rest() {
+    // A process keeps its CUDA context (say) after giving its only lease back.
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
+    let (a, _) = ledger.ask(visible("a", 8 * GIB, Priority::Normal, 7), t0).unwrap();
+    ledger.observe(0, reading(t0, 0, &[(7, 8 * GIB)]), t0);
+    let (b, _) = ledger.ask(visible("b", 8 * GIB, Priority::Normal, 8), t0).unwrap();
+    ledger.end(a, ReleaseReason::Released, t0);
+    let t1 = t0 + Duration::from_millis(5);
+    let effects = ledger.observe(0, reading(t1, 0, &[(7, GIB)]), t1);
+    assert_eq!(returned(&effects).iter().map(|r| r.1).sum::<u64>(), 7 * GIB);
+    assert_eq!(granted(&effects), vec![b], "9 GiB free beside the 1 GiB still used");
+    assert_eq!(ledger.books()[0].returning, GIB);
+    assert_eq!(ledger.returns()[0].bytes, GIB);
+}
+
+#[test]
 fn a_holder_counted_by_bytes_is_taken_at_its_word() {
     let now = Instant::now();
     let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
