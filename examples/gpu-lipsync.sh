@@ -20,8 +20,33 @@ export ESPEAK_DATA_PATH="$PWD/$ship"
 tts_pid=""
 hold_pid=""
 events_pid=""
+feed_pid=""
 stop_all() {
-    for pid in $hold_pid $tts_pid $events_pid; do kill "$pid" 2>/dev/null || true; done
+    for pid in $hold_pid $tts_pid $events_pid $feed_pid; do kill "$pid" 2>/dev/null || true; done
+    # The reclaim end to end, step by step, from the event feed and the service's log.
+    python3 - "$out/events.txt" "$out/tts.log" >"$out/reclaim-steps.txt" 2>&1 <<'PY' || true
+import re, sys, datetime
+events, tts = open(sys.argv[1]).read().splitlines(), open(sys.argv[2]).read()
+def at(line):
+    return datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+def first(pattern):
+    return next((l for l in events if re.search(pattern, l)), None)
+steps = [("reclaim asked", r" reclaim  "), ("lip-sync lease released", r" released .*arbiter-tts/lipsync"),
+         ("NVML shows it free (Returned)", r" returned .*arbiter-tts/lipsync"),
+         ("waiter granted", r" granted .* to a big video job")]
+found = [(name, first(p)) for name, p in steps]
+t0 = at(found[0][1]) if found[0][1] else None
+print(f"{'step':<32} {'ms after the reclaim':>22}")
+for name, line in found:
+    print(f"{name:<32} {'-' if line is None or t0 is None else f'{(at(line) - t0) * 1e3:.2f}':>22}")
+m = re.search(r"took_ms=(\d+).*?offload_ms=([\d.]+)", tts)
+if m:
+    print(f"service: model off the GPU in {float(m.group(2)):.2f} ms, reclaim answered (Release returned) in {m.group(1)} ms")
+for name, line in found:
+    if line: print("  ", line)
+for line in events:
+    if " unverified " in line or " returned " in line: print("  ", line)
+PY
     gpu_finish
 }
 trap stop_all EXIT
@@ -52,6 +77,8 @@ SUPERVISOR_ARGS="--reserve ${BUDGET_RESERVE:-75GiB} --sample-interval 100ms ${SU
 gpu_supervisor
 "$S" events --address "$sock" --record "$out/samples.csv" >/dev/null 2>&1 &
 events_pid=$!
+"$S" events --address "$sock" >"$out/events.txt" 2>&1 &
+feed_pid=$!
 tts_sock="$work/lipsync-tts.sock"
 rm -f "$tts_sock"
 "$ship/arbiter-tts" serve --socket "$tts_sock" --supervisor "$sock" --lipsync-dir "$model" \

@@ -269,7 +269,7 @@ pub fn describe(event: &pb::Event) -> String {
     let at = event
         .at
         .and_then(|t| SystemTime::try_from(t).ok())
-        .map(|t| humantime::format_rfc3339_millis(t).to_string())
+        .map(|t| humantime::format_rfc3339_micros(t).to_string())
         .unwrap_or_default();
     let what = match &event.kind {
         Some(Kind::Granted(l)) => format!(

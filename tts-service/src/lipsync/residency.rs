@@ -431,6 +431,7 @@ impl Inner {
         let was_on_gpu = tokio::task::spawn_blocking(move || model.offload())
             .await
             .unwrap_or(false);
+        let offloaded = asked.elapsed();
         let returned = match client
             .release(spb::ReleaseRequest {
                 lease_id: reclaim.lease_id.clone(),
@@ -459,6 +460,7 @@ impl Inner {
             asked = reclaim.bytes,
             returned,
             took_ms = took.as_millis() as u64,
+            offload_ms = offloaded.as_secs_f64() * 1e3,
             late,
             was_on_gpu,
             reason = %reclaim.reason,
