@@ -4,6 +4,8 @@
 //! - [`pb`]: the generated gRPC protocol (from `proto/`), the one definition of the wire;
 //! - [`bytesize`]: byte counts as operators write them (`80GiB`, `512MiB`);
 //! - [`endpoint`]: where the supervisor listens by default and how a client connects to it;
+//! - [`job`]: a video job's request in the one shape the supervisor stores, the worker runs
+//!   and the metadata records;
 //! - [`listen`]: the listeners every Arbiter server shares (a Unix socket with a mode and a
 //!   group, optional TCP) and the reflection and health services that make grpcurl work;
 //! - [`pipeline`]: a video pipeline's manifest: input rules and the memory a job needs;
@@ -14,6 +16,7 @@
 
 pub mod bytesize;
 pub mod endpoint;
+pub mod job;
 pub mod listen;
 pub mod pipeline;
 pub mod simulated;

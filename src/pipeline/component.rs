@@ -159,46 +159,73 @@ pub struct Component {
     pub sha256: Option<String>,
 }
 
-/// What a stage does; each kind runs components of one role.
+/// The stages of a video job, in the order they run. Their names are what the supervisor
+/// shows as a job's progress and what a manifest's `stage` says, so they are part of the
+/// contract. Every stage but `mux` runs a component of one role and is listed in a
+/// manifest; `mux` is the worker's own last stage (frames and audio into the MP4), so a
+/// manifest cannot name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum StageKind {
+pub enum Stage {
+    /// The prompt becomes an embedding.
     Text,
+    /// The soundtrack becomes conditioning tokens.
     Audio,
+    /// The reference image becomes a first-frame latent.
     Image,
+    /// The sampler turns noise into latents, one report per step.
     Denoise,
+    /// Latents are doubled in resolution.
     Upsample,
+    /// The sampler refines the upsampled latents, one report per step.
     Refine,
+    /// Latents become RGB frames.
     Decode,
+    /// Frames (and the request's audio) become the MP4.
+    #[serde(skip)]
+    Mux,
 }
 
-impl StageKind {
+impl Stage {
+    pub const ALL: [Stage; 8] = [
+        Stage::Text,
+        Stage::Audio,
+        Stage::Image,
+        Stage::Denoise,
+        Stage::Upsample,
+        Stage::Refine,
+        Stage::Decode,
+        Stage::Mux,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
-            StageKind::Text => "text",
-            StageKind::Audio => "audio",
-            StageKind::Image => "image",
-            StageKind::Denoise => "denoise",
-            StageKind::Upsample => "upsample",
-            StageKind::Refine => "refine",
-            StageKind::Decode => "decode",
+            Stage::Text => "text",
+            Stage::Audio => "audio",
+            Stage::Image => "image",
+            Stage::Denoise => "denoise",
+            Stage::Upsample => "upsample",
+            Stage::Refine => "refine",
+            Stage::Decode => "decode",
+            Stage::Mux => "mux",
         }
     }
 
-    /// The role of the component a stage of this kind runs.
-    pub fn role(self) -> Role {
+    /// The role of the component the stage runs; `None` for `mux`, which runs none.
+    pub fn role(self) -> Option<Role> {
         match self {
-            StageKind::Text => Role::TextEncoder,
-            StageKind::Audio => Role::AudioEncoder,
-            StageKind::Image => Role::ImageEncoder,
-            StageKind::Denoise | StageKind::Refine => Role::Transformer,
-            StageKind::Upsample => Role::Upsampler,
-            StageKind::Decode => Role::VaeDecoder,
+            Stage::Text => Some(Role::TextEncoder),
+            Stage::Audio => Some(Role::AudioEncoder),
+            Stage::Image => Some(Role::ImageEncoder),
+            Stage::Denoise | Stage::Refine => Some(Role::Transformer),
+            Stage::Upsample => Some(Role::Upsampler),
+            Stage::Decode => Some(Role::VaeDecoder),
+            Stage::Mux => None,
         }
     }
 }
 
-impl fmt::Display for StageKind {
+impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -208,7 +235,7 @@ impl fmt::Display for StageKind {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
-    pub stage: StageKind,
+    pub stage: Stage,
     /// The component it runs (a key of `[components]`).
     pub component: String,
     /// Sampler steps; for `denoise` the request's `steps` (or the default) wins.

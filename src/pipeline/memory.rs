@@ -13,13 +13,13 @@
 
 use serde::Serialize;
 
-use super::component::{Placement, Placements, Role, StageKind};
+use super::component::{Placement, Placements, Role, Stage};
 use super::{Manifest, Shape};
 
 /// What one stage holds on the GPU at most.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StageEstimate {
-    pub stage: StageKind,
+    pub stage: Stage,
     pub component: String,
     pub placement: Placement,
     /// Weights of every component held during the stage.
@@ -74,16 +74,18 @@ impl Manifest {
         let low_res = self.model.as_ref().map_or(1, |m| m.low_res_factor).max(1) as f64;
         let scaled = match spec.stage {
             // Prompts and images do not grow with the video.
-            StageKind::Text | StageKind::Image => base,
+            Stage::Text | Stage::Image => base,
             // Tiles bound the decoder's own work; the blended output is the whole video.
-            StageKind::Decode => base + 4.0 * 3.0 * size(shape.width, shape.height, shape.frames),
-            StageKind::Audio | StageKind::Upsample | StageKind::Refine => base * growth,
-            StageKind::Denoise => base * growth / (low_res * low_res),
+            Stage::Decode => base + 4.0 * 3.0 * size(shape.width, shape.height, shape.frames),
+            Stage::Audio | Stage::Upsample | Stage::Refine => base * growth,
+            Stage::Denoise => base * growth / (low_res * low_res),
+            // Not a manifest stage: it runs no component.
+            Stage::Mux => 0.0,
         };
         // Guidance batches two passes: the text stage encodes both prompts when any stage
         // guides, a sampling stage runs both when it does.
         let guided = match spec.stage {
-            StageKind::Text => self.stages.iter().any(|s| s.guidance.unwrap_or(1.0) > 1.0),
+            Stage::Text => self.stages.iter().any(|s| s.guidance.unwrap_or(1.0) > 1.0),
             _ => spec.guidance.unwrap_or(1.0) > 1.0,
         };
         (scaled * if guided { 2.0 } else { 1.0 }) as u64

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ByteSize;
 pub use component::{
-    Component, Dtype, Model, Placement, PlacementError, Placements, Role, StageKind, StageSpec,
+    Component, Dtype, Model, Placement, PlacementError, Placements, Role, Stage, StageSpec,
     TilingSpec, parse_placements, placement_pairs,
 };
 pub use memory::StageEstimate;
@@ -107,7 +107,7 @@ fn default_context() -> ByteSize {
 }
 
 /// A request's sizes with defaults filled in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Shape {
     pub width: u32,
     pub height: u32,
@@ -304,7 +304,7 @@ impl Manifest {
                 ));
             }
         }
-        let mut seen: Vec<StageKind> = Vec::new();
+        let mut seen: Vec<Stage> = Vec::new();
         for (i, spec) in self.stages.iter().enumerate() {
             let at = format!("stages[{i}] ({})", spec.stage);
             let component = self.components.get(&spec.component).ok_or_else(|| {
@@ -313,35 +313,36 @@ impl Manifest {
                     spec.component
                 )
             })?;
-            if component.role != spec.stage.role() {
+            let Some(role) = spec.stage.role() else {
+                return Err(format!(
+                    "{at}: the worker runs this stage itself, not a manifest"
+                ));
+            };
+            if component.role != role {
                 return Err(format!(
                     "{at}: runs `{}`, a {}, but a {} stage needs a {}",
-                    spec.component,
-                    component.role,
-                    spec.stage,
-                    spec.stage.role()
+                    spec.component, component.role, spec.stage, role
                 ));
             }
             if seen.contains(&spec.stage) {
                 return Err(format!("{at}: a pipeline has one {} stage", spec.stage));
             }
-            let needs: &[StageKind] = match spec.stage {
-                StageKind::Text | StageKind::Audio | StageKind::Image => &[],
+            let needs: &[Stage] = match spec.stage {
+                // (`mux` was refused above.)
+                Stage::Text | Stage::Audio | Stage::Image | Stage::Mux => &[],
                 // Audio-to-video: a request without audio is conditioned on silence.
-                StageKind::Denoise => &[StageKind::Text, StageKind::Audio],
-                StageKind::Upsample => &[StageKind::Denoise],
-                StageKind::Refine => &[StageKind::Upsample],
-                StageKind::Decode => &[StageKind::Denoise],
+                Stage::Denoise => &[Stage::Text, Stage::Audio],
+                Stage::Upsample => &[Stage::Denoise],
+                Stage::Refine => &[Stage::Upsample],
+                Stage::Decode => &[Stage::Denoise],
             };
             if let Some(missing) = needs.iter().find(|k| !seen.contains(k)) {
                 return Err(format!("{at}: must come after the {missing} stage"));
             }
-            if matches!(spec.stage, StageKind::Audio | StageKind::Image)
-                && seen.contains(&StageKind::Denoise)
-            {
+            if matches!(spec.stage, Stage::Audio | Stage::Image) && seen.contains(&Stage::Denoise) {
                 return Err(format!("{at}: conditioning must come before denoise"));
             }
-            if seen.contains(&StageKind::Decode) {
+            if seen.contains(&Stage::Decode) {
                 return Err(format!("{at}: nothing may follow decode"));
             }
             if spec
@@ -367,16 +368,16 @@ impl Manifest {
             }
             seen.push(spec.stage);
         }
-        if !seen.contains(&StageKind::Decode) {
+        if !seen.contains(&Stage::Decode) {
             return Err("stages: the last stage must be decode".into());
         }
-        if model.low_res_factor > 1 && !seen.contains(&StageKind::Refine) {
+        if model.low_res_factor > 1 && !seen.contains(&Stage::Refine) {
             return Err(format!(
                 "stages: low_res_factor {} needs upsample and refine stages",
                 model.low_res_factor
             ));
         }
-        if model.low_res_factor == 1 && seen.contains(&StageKind::Upsample) {
+        if model.low_res_factor == 1 && seen.contains(&Stage::Upsample) {
             return Err("stages: upsample needs model.low_res_factor 2".into());
         }
         if let Some(name) = self
@@ -763,6 +764,24 @@ component = "vae"
         assert!(
             missing.contains("components.dit: weights file") && missing.contains("missing"),
             "{missing}"
+        );
+    }
+
+    #[test]
+    fn mux_is_the_workers_own_stage_and_no_manifest_runs_it() {
+        let named = staged_dir(&STAGED.replace("stage = \"decode\"", "stage = \"mux\""));
+        let error = Manifest::load(named.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("unknown variant `mux`, expected one of `text`, `audio`, `image`, `denoise`, `upsample`, `refine`, `decode`"),
+            "{error}"
+        );
+        let good = staged_dir(STAGED);
+        let mut built = Manifest::load(good.path()).unwrap();
+        built.stages[1].stage = Stage::Mux;
+        let error = built.check_stages().unwrap_err();
+        assert!(
+            error.contains("the worker runs this stage itself"),
+            "{error}"
         );
     }
 

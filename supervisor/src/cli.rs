@@ -107,7 +107,7 @@ pub enum Command {
         job_id: String,
     },
     /// Draw GPU memory over time from NVML samples as an SVG, one stacked area per process.
-    Plot(crate::client::plot::PlotArgs),
+    Plot(PlotArgs),
 }
 
 #[derive(Debug, Args)]
@@ -225,4 +225,27 @@ impl Overrides {
             config.log.format = format;
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// A CSV of per-process GPU memory samples: nvidia-smi's
+    /// `--query-compute-apps=timestamp,pid,process_name,used_memory
+    /// --format=csv,noheader,nounits -lms 100` output, or `t_seconds,label,bytes` rows under
+    /// that header. Repeat to merge several samplers into the same plot.
+    #[arg(long = "samples", value_name = "FILE", required = true)]
+    pub samples: Vec<PathBuf>,
+    /// Where to write the SVG.
+    #[arg(long, value_name = "OUT.svg")]
+    pub out: PathBuf,
+    /// The plot's title.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// A lease or limit drawn as a dashed line, `LABEL=BYTES` or `BYTES`, such as
+    /// tts=40GiB; repeat for several.
+    #[arg(long = "lease", value_name = "LABEL=BYTES")]
+    pub leases: Vec<String>,
+    /// The card's memory, drawn as a dashed line, such as 80GiB.
+    #[arg(long, value_name = "BYTES")]
+    pub total: Option<ByteSize>,
 }

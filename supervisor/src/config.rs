@@ -363,14 +363,19 @@ impl Config {
         if self.jobs.default_timeout > self.jobs.max_timeout {
             return invalid("jobs.default_timeout must be at most jobs.max_timeout".into());
         }
-        if self.gpu.return_poll < Duration::from_millis(1) || self.gpu.return_poll > self.gpu.sample_interval {
+        if self.gpu.return_poll < Duration::from_millis(1)
+            || self.gpu.return_poll > self.gpu.sample_interval
+        {
             return invalid(format!(
                 "gpu.return_poll is {}: it must be between 1ms and gpu.sample_interval; use 5ms",
                 humantime::format_duration(self.gpu.return_poll)
             ));
         }
         if self.gpu.return_timeout.is_zero() {
-            return invalid("gpu.return_timeout is 0: given-back memory needs time to show free; use 10s".into());
+            return invalid(
+                "gpu.return_timeout is 0: given-back memory needs time to show free; use 10s"
+                    .into(),
+            );
         }
         if self.lease.reclaim_grace.is_zero() {
             return invalid(
@@ -555,7 +560,13 @@ mod tests {
         assert!(err.contains("shout"), "{err}");
         let mut config = Config::default();
         config.gpu.return_poll = Duration::ZERO;
-        assert!(config.validate().unwrap_err().to_string().contains("return_poll"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("return_poll")
+        );
     }
 
     #[test]

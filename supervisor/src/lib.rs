@@ -4,11 +4,10 @@
 //! - [`budget`]: what may be lent on one GPU (capacity − reserve − foreign use);
 //! - [`lease`]: the ledger of grants and waits (pure) and the broker that serves it;
 //! - [`gpu`]: the inventory the budgets come from, NVML or a simulation;
-//! - [`sampler`]: folds periodic GPU readings into the broker;
+//! - [`sampler`]: folds GPU readings into the broker (periodic, and on demand);
 //! - [`job`]: video jobs, one leased worker process each: persisted, spawned, verified;
-//! - [`events`]: the operators' feed;
-//! - [`rpc`]: the gRPC service, the only module that sees prost types;
-//! - [`status`]: domain errors to gRPC status codes, in one place;
+//! - [`rpc`]: the gRPC services, the only module that sees prost types, and the mapping of
+//!   domain errors to gRPC status codes;
 //! - [`server`]: wiring, listeners, shutdown; [`systemd`], [`logging`]: the process's
 //!   surroundings; [`config`], [`cli`]: settings; [`client`]: the operator's commands.
 //!
@@ -19,7 +18,6 @@ pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod events;
 pub mod gpu;
 pub mod job;
 pub mod lease;
@@ -27,5 +25,4 @@ pub mod logging;
 pub mod rpc;
 pub mod sampler;
 pub mod server;
-pub mod status;
 pub mod systemd;

@@ -2,9 +2,11 @@
 //! with foreign use and each holder charged for what it uses.
 //!
 //! Three reasons to read a card: the periodic sample (`every`); a grant waiting for a
-//! reading newer than the ledger's freshness bound (the broker wakes this loop at once);
-//! and given-back bytes waiting to be seen free, for which the card is read every
-//! `return_poll`, so that the waiter they are for is granted the moment they are back.
+//! reading newer than the ledger's freshness bound (the broker wakes this loop, and the card
+//! is read at once); and a waiter that would fit once given-back bytes are seen free, for
+//! which the card is read every `return_poll` while it waits, so that it is granted within a
+//! poll of the memory showing free. Nobody waiting, given-back bytes are seen at the next
+//! reading of either other kind.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,37 +48,44 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let gpus: Vec<u32> = inventory.gpus().iter().map(|g| g.index).collect();
+    // When each GPU was last read by this loop, and last read for the periodic sample.
+    let mut last: HashMap<u32, Instant> = HashMap::new();
     let mut last_periodic: HashMap<u32, Instant> = HashMap::new();
+    let since = |map: &HashMap<u32, Instant>, gpu: u32, now: Instant| {
+        map.get(&gpu)
+            .map_or(Duration::MAX, |at| now.saturating_duration_since(*at))
+    };
     loop {
         let now = Instant::now();
         let wanted = broker.readings_wanted();
+        let returning = broker.returns_awaited();
         for &gpu in &gpus {
-            let due = last_periodic
-                .get(&gpu)
-                .is_none_or(|at| now.saturating_duration_since(*at) >= every);
-            if due {
-                last_periodic.insert(gpu, now);
-            }
-            if due || wanted.contains(&gpu) {
+            let periodic = since(&last_periodic, gpu, now) >= every;
+            let poll = returning.contains(&gpu) && since(&last, gpu, now) >= return_poll;
+            if periodic || poll || wanted.contains(&gpu) {
+                if periodic {
+                    last_periodic.insert(gpu, now);
+                }
+                last.insert(gpu, now);
                 sample(&inventory, &broker, gpu).await;
             }
         }
-        // Sleep until the next periodic sample, or a short poll while bytes are on their
-        // way back; a grant that wants a reading wakes us early.
-        let next_periodic = gpus
+        // Sleep until the next periodic sample, or the next poll while bytes are on their
+        // way back; a grant that wants a reading (or a new give-back) wakes us early.
+        let now = Instant::now();
+        let returning = broker.returns_awaited();
+        let pause = gpus
             .iter()
-            .map(|g| {
-                last_periodic
-                    .get(g)
-                    .map_or(Duration::ZERO, |at| every.saturating_sub(at.elapsed()))
+            .map(|&gpu| {
+                let periodic = every.saturating_sub(since(&last_periodic, gpu, now));
+                if returning.contains(&gpu) {
+                    periodic.min(return_poll.saturating_sub(since(&last, gpu, now)))
+                } else {
+                    periodic
+                }
             })
             .min()
             .unwrap_or(every);
-        let pause = if broker.readings_wanted().is_empty() {
-            next_periodic
-        } else {
-            next_periodic.min(return_poll)
-        };
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}

@@ -15,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::config::Config;
-use crate::events::EventFeed;
 use crate::gpu::Inventory;
 use crate::job::jobs::Jobs;
 use crate::lease::broker::{Broker, Limits};
+use crate::lease::events::EventFeed;
 use crate::lease::ledger::Policy;
-use crate::rpc::service::SupervisorService;
-use crate::rpc::video::{VideoService, WorkerService};
+use crate::rpc::supervisor::SupervisorService;
+use crate::rpc::video::VideoService;
+use crate::rpc::worker::WorkerService;
 use crate::{sampler, systemd};
 
 pub use arbiter::listen::signals;
@@ -42,7 +43,7 @@ pub enum ServeError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
-    Jobs(#[from] crate::job::jobs::JobError),
+    Jobs(#[from] crate::job::JobError),
 }
 
 /// Serves until `shutdown` completes.
@@ -140,7 +141,7 @@ pub async fn run(
     if let Some(prewarm) = jobs.prewarm() {
         tokio::spawn(prewarm.run(stop.clone()));
     }
-    crate::rpc::video::start_in_order(&jobs, jobs.queued()).await;
+    crate::job::run::start_in_order(&jobs, jobs.queued()).await;
     let sampler = tokio::spawn(sampler::run(
         Arc::clone(&inventory),
         Arc::clone(&broker),

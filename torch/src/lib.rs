@@ -13,7 +13,9 @@
 //!   - `safetensors`: the file format, read (every header checked against the file) and
 //!     written (atomically, with a 64-byte-aligned data section);
 //!   - `load`: a file onto the CPU or a GPU as views of one buffer, read by parallel
-//!     `pread`s; `staging`: the pinned host ring through which GPU loads go;
+//!     `pread`s; `staging`: the pinned host ring through which GPU loads go; `readers`:
+//!     what their reader threads (and `prewarm`'s) share, below both, so that `load`
+//!     drives `staging` and nothing points back;
 //!   - `prewarm`: pulling files into the page cache ahead of their load;
 //!   - `stream`: CUDA copy streams and events, to overlap copies (e.g. transformer blocks
 //!     streamed from pinned host memory) with compute.
@@ -25,6 +27,7 @@ pub mod jit;
 pub mod load;
 pub mod pinned;
 pub mod prewarm;
+mod readers;
 pub mod safetensors;
 pub mod staging;
 pub mod stream;

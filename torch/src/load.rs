@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 use tch::{Device, Kind, Tensor};
 
+use crate::readers::{ReadTime, reader_died};
 use crate::safetensors::{Header, io, read_header_of};
-use crate::staging::{Staging, fill_staged};
+use crate::staging::{Staging, check_ring, fill_staged};
 use crate::weights_error::WeightsError;
 
 /// How a load reads and copies.
@@ -64,18 +65,7 @@ impl LoadOptions {
         if self.threads == 0 {
             return Err(WeightsError::Options("threads must be at least 1".into()));
         }
-        if self.chunk_bytes == 0 || i64::try_from(self.chunk_bytes).is_err() {
-            return Err(WeightsError::Options(format!(
-                "chunk_bytes must be between 1 and 2^63, not {}",
-                self.chunk_bytes
-            )));
-        }
-        if self.staging_slots == 0 {
-            return Err(WeightsError::Options(
-                "staging_slots must be at least 1".into(),
-            ));
-        }
-        Ok(())
+        check_ring(self.chunk_bytes, self.staging_slots)
     }
 }
 
@@ -201,13 +191,6 @@ fn load_cpu(path: &Path, options: &LoadOptions) -> Result<Loaded, WeightsError> 
     advise_huge_pages(&buffer, header.data_len());
     let read = fill_cpu(path, &file, &header, &buffer, options)?;
     finish(path, &header, &buffer, start, read, false)
-}
-
-/// How the readers did: time inside `pread` summed over threads, and how many there were.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct ReadTime {
-    pub spent: Duration,
-    pub threads: usize,
 }
 
 fn open(path: &Path) -> Result<(File, Header), WeightsError> {
@@ -341,19 +324,6 @@ fn fill_cpu(
         total.spent += result.map_err(|panic| reader_died(path, &panic))??;
     }
     Ok(total)
-}
-
-/// The error for a reader thread that panicked.
-pub(crate) fn reader_died(path: &Path, panic: &(dyn std::any::Any + Send)) -> WeightsError {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panicked".into());
-    WeightsError::Reader {
-        path: path.to_path_buf(),
-        message,
-    }
 }
 
 /// Cuts the filled buffer into the file's tensors.

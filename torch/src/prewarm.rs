@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crate::load::{advise, rate, reader_died};
+use crate::load::{advise, rate};
+use crate::readers::reader_died;
 use crate::safetensors::io;
 use crate::weights_error::WeightsError;
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tch::{Device, Tensor};
 
-use crate::load::{LoadOptions, ReadTime, reader_died};
+use crate::readers::{ReadTime, reader_died};
 use crate::safetensors::{Header, io};
 use crate::stream::{CopyStream, Event, StreamError, empty_pinned};
 use crate::weights_error::WeightsError;
@@ -46,12 +46,7 @@ impl Staging {
     pub fn new(device: Device, chunk_bytes: usize, slots: usize) -> Result<Self, WeightsError> {
         let stream_error = |source| WeightsError::StagingStream { device, source };
         let stream = CopyStream::new(device, false).map_err(stream_error)?;
-        LoadOptions {
-            threads: 1,
-            chunk_bytes,
-            staging_slots: slots,
-        }
-        .check()?;
+        check_ring(chunk_bytes, slots)?;
         let mut staging = Self {
             device,
             chunk_bytes,
@@ -83,6 +78,23 @@ impl Staging {
     pub fn pinned_bytes(&self) -> u64 {
         (self.slots.len() * self.chunk_bytes) as u64
     }
+}
+
+/// Checks a ring's shape: chunks libtorch can index (it sizes tensors in `i64`) and at least
+/// one slot. `LoadOptions::check` applies the same rule to every load, whose chunks are the
+/// unit of reading too.
+pub(crate) fn check_ring(chunk_bytes: usize, slots: usize) -> Result<(), WeightsError> {
+    if chunk_bytes == 0 || i64::try_from(chunk_bytes).is_err() {
+        return Err(WeightsError::Options(format!(
+            "chunk_bytes must be between 1 and 2^63, not {chunk_bytes}"
+        )));
+    }
+    if slots == 0 {
+        return Err(WeightsError::Options(
+            "staging_slots must be at least 1".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Fills the device `buffer` with the data section of `file` through `staging`.

@@ -19,7 +19,7 @@
 //! `espeakEVENT_SENTENCE` events and last until the next sentence (or the end).
 
 use std::cell::RefCell;
-use std::ffi::{CStr, CString, c_char, c_int, c_short, c_uint, c_void};
+use std::ffi::{CStr, CString, c_char, c_int, c_short};
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, Sender};
 use std::thread;
@@ -36,7 +36,7 @@ pub const DEFAULT_VOICE: &str = "en-us";
 /// The FFI surface: exactly the parts of `speak_lib.h` (API revision 12, libespeak-ng 1.51)
 /// this module uses.
 mod ffi {
-    use super::{c_char, c_int, c_short, c_uint, c_void};
+    use std::ffi::{c_char, c_int, c_short, c_uint, c_void};
 
     // espeak_AUDIO_OUTPUT
     pub const AUDIO_OUTPUT_SYNCHRONOUS: c_int = 2;
@@ -139,9 +139,10 @@ const _: () = {
     assert!(std::mem::size_of::<ffi::Voice>() == 40);
 };
 
-/// What can go wrong asking eSpeak NG for speech.
+/// What can go wrong asking eSpeak NG for speech. `Clone` because the engine's start-up
+/// failure is kept and handed to every later caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
+pub enum EspeakError {
     #[error("text is empty: give at least one non-whitespace character")]
     EmptyText,
     #[error("text contains a NUL character")]
@@ -156,7 +157,7 @@ pub enum Error {
     Synthesis(String),
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = EspeakError> = std::result::Result<T, E>;
 
 /// One phoneme of the output, in eSpeak's ASCII mnemonics (`h`, `@`, `l`, `oU`, `_:` ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,7 +227,7 @@ enum Request {
     },
 }
 
-static ENGINE: OnceLock<Result<Espeak, Error>> = OnceLock::new();
+static ENGINE: OnceLock<Result<Espeak, EspeakError>> = OnceLock::new();
 
 impl Espeak {
     /// The engine, started on first use (initialising libespeak-ng on its own thread). A
@@ -246,15 +247,16 @@ impl Espeak {
     /// minute. Blocks while other requests are served before it.
     pub fn synthesize(&self, text: &str, voice: &str, rate_wpm: u32) -> Result<Speech> {
         if text.trim().is_empty() {
-            return Err(Error::EmptyText);
+            return Err(EspeakError::EmptyText);
         }
         if !(RATE_WPM_MIN..=RATE_WPM_MAX).contains(&rate_wpm) {
-            return Err(Error::RateOutOfRange(rate_wpm));
+            return Err(EspeakError::RateOutOfRange(rate_wpm));
         }
-        let text = CString::new(text).map_err(|_| Error::NulInText)?;
-        let voice_c = CString::new(voice).map_err(|_| Error::UnknownVoice(voice.to_owned()))?;
+        let text = CString::new(text).map_err(|_| EspeakError::NulInText)?;
+        let voice_c =
+            CString::new(voice).map_err(|_| EspeakError::UnknownVoice(voice.to_owned()))?;
         if voice.trim().is_empty() {
-            return Err(Error::UnknownVoice(voice.to_owned()));
+            return Err(EspeakError::UnknownVoice(voice.to_owned()));
         }
         let (reply, answer) = mpsc::channel();
         self.send(Request::Synthesize {
@@ -279,8 +281,8 @@ impl Espeak {
     }
 }
 
-fn engine_gone() -> Error {
-    Error::Synthesis("the eSpeak NG thread has stopped".into())
+fn engine_gone() -> EspeakError {
+    EspeakError::Synthesis("the eSpeak NG thread has stopped".into())
 }
 
 /// Starts the engine's thread and waits for libespeak-ng to initialise on it.
@@ -300,7 +302,7 @@ fn start() -> Result<Espeak> {
                 )
             };
             if rate <= 0 {
-                let _ = ready.send(Err(Error::Init(format!(
+                let _ = ready.send(Err(EspeakError::Init(format!(
                     "espeak_Initialize returned {rate} (is espeak-ng-data installed?)"
                 ))));
                 return;
@@ -332,10 +334,10 @@ fn start() -> Result<Espeak> {
                 }
             }
         })
-        .map_err(|e| Error::Init(format!("cannot start its thread: {e}")))?;
+        .map_err(|e| EspeakError::Init(format!("cannot start its thread: {e}")))?;
     let sample_rate = started
         .recv()
-        .map_err(|_| Error::Init("its thread stopped while starting".into()))??;
+        .map_err(|_| EspeakError::Init("its thread stopped while starting".into()))??;
     Ok(Espeak {
         requests,
         sample_rate,
@@ -411,11 +413,11 @@ fn synthesize_here(
 ) -> Result<Speech> {
     // SAFETY (all calls below): on the engine's thread, with valid NUL-terminated strings.
     if unsafe { ffi::espeak_SetVoiceByName(voice.as_ptr()) } != ffi::EE_OK {
-        return Err(Error::UnknownVoice(voice_name.to_owned()));
+        return Err(EspeakError::UnknownVoice(voice_name.to_owned()));
     }
     let status = unsafe { ffi::espeak_SetParameter(ffi::ESPEAK_RATE, rate_wpm as c_int, 0) };
     if status != ffi::EE_OK {
-        return Err(Error::Synthesis(format!(
+        return Err(EspeakError::Synthesis(format!(
             "espeak_SetParameter(rate) returned {status}"
         )));
     }
@@ -435,10 +437,12 @@ fn synthesize_here(
     };
     let collected = COLLECTOR.with_borrow_mut(Option::take).unwrap_or_default();
     if status != ffi::EE_OK {
-        return Err(Error::Synthesis(format!("espeak_Synth returned {status}")));
+        return Err(EspeakError::Synthesis(format!(
+            "espeak_Synth returned {status}"
+        )));
     }
     if collected.samples.is_empty() {
-        return Err(Error::Synthesis("no audio came back".into()));
+        return Err(EspeakError::Synthesis("no audio came back".into()));
     }
     Ok(assemble(collected, sample_rate))
 }
@@ -615,7 +619,7 @@ mod tests {
         let err = engine
             .synthesize("Hello.", "no-such-voice-xyz", RATE_WPM_DEFAULT)
             .unwrap_err();
-        assert_eq!(err, Error::UnknownVoice("no-such-voice-xyz".into()));
+        assert_eq!(err, EspeakError::UnknownVoice("no-such-voice-xyz".into()));
         assert!(err.to_string().contains("no-such-voice-xyz"));
         assert!(
             engine
@@ -629,21 +633,21 @@ mod tests {
         let engine = Espeak::get().unwrap();
         assert_eq!(
             engine.synthesize("", DEFAULT_VOICE, 175),
-            Err(Error::EmptyText)
+            Err(EspeakError::EmptyText)
         );
         assert_eq!(
             engine.synthesize("  \n\t", DEFAULT_VOICE, 175),
-            Err(Error::EmptyText)
+            Err(EspeakError::EmptyText)
         );
         assert_eq!(
             engine.synthesize("a\0b", DEFAULT_VOICE, 175),
-            Err(Error::NulInText)
+            Err(EspeakError::NulInText)
         );
         assert_eq!(
             engine.synthesize("Hi.", DEFAULT_VOICE, 10),
-            Err(Error::RateOutOfRange(10))
+            Err(EspeakError::RateOutOfRange(10))
         );
-        assert!(Error::EmptyText.to_string().contains("empty"));
+        assert!(EspeakError::EmptyText.to_string().contains("empty"));
     }
 
     #[test]

@@ -11,20 +11,25 @@
 //! - [`wav`]: PCM s16le to WAV bytes, and WAV bytes back ([`wav::decode`]).
 //! - [`audio`]: audio a client sends to be lip-synced (WAV or raw PCM), checked and mixed to
 //!   mono; [`audio_viseme`]: a viseme timeline from audio alone (its loudness).
-//! - [`lipsync`]: the optional TorchScript lip-sync model (face and audio in, mouth frames
+//! - [`lip_sync`]: the optional TorchScript lip-sync model (face and audio in, mouth frames
 //!   out) and its own preemptible lease, given back when the supervisor reclaims it.
 //! - [`service`]: `arbiter.tts.v1.Tts`, streaming a sentence at a time; [`server`]: the
 //!   listeners, reflection and health around it; [`status`]: errors to gRPC codes;
 //!   [`lease`]: holding the GPU memory from the supervisor, re-acquired after a loss;
 //!   [`client`]: small clients for scripts and the main job (speech to a WAV file, mouth
 //!   frames to PNG files).
+//!
+//! Dependencies point one way, from the edge down: `server` → `service` → `status` → the
+//! domain modules (`espeak`, `torchscript`, `lip_sync`, `audio`, ...). The domain modules
+//! know nothing of gRPC, and every error `status` maps is defined among them, so the one
+//! place that picks codes never has to reach up into the service that uses it.
 
 pub mod audio;
 pub mod audio_viseme;
 pub mod client;
 pub mod espeak;
 pub mod lease;
-pub mod lipsync;
+pub mod lip_sync;
 pub mod sentences;
 pub mod server;
 pub mod service;
@@ -32,3 +37,8 @@ pub mod status;
 pub mod torchscript;
 pub mod viseme;
 pub mod wav;
+
+/// The module's old spelling, kept only because `tests/lipsync_model.rs` still imports
+/// `arbiter_tts::lipsync::…`; drop it once those tests import [`lip_sync`].
+#[doc(hidden)]
+pub use lip_sync as lipsync;

@@ -3,16 +3,17 @@
 //!
 //! `serve` runs the gRPC service (eSpeak NG voices on the CPU, TorchScript voices from
 //! `--voice-dir` and a lip-sync model from `--lipsync-dir` on the GPU when there is one);
-//! `info` shows what
-//! libtorch sees in this process (the device its TorchScript voices will load on). The
-//! logic lives in the library (`arbiter_tts`); this file only parses flags and starts it.
+//! `say` and `lip-sync` are its clients, for scripts; `info` shows what libtorch sees in this
+//! process (the device its TorchScript voices will load on). The logic lives in the library
+//! (`arbiter_tts`), so that tests and benchmarks reach it without the binary; this file only
+//! parses flags and starts it.
 
 use std::process::ExitCode;
 
 use std::path::PathBuf;
 
 use arbiter::pb::supervisor::v1 as spb;
-use arbiter_tts::client::lip_sync::{self, Speech};
+use arbiter_tts::client::lip_sync_command::{self, Speech};
 use arbiter_tts::server::{self, LipSyncSettings, Settings};
 use arbiter_tts::service::Limits;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -86,6 +87,8 @@ enum Command {
         /// hold on the GPU.
         #[arg(long)]
         lease_bytes: Option<arbiter::ByteSize>,
+        // The `lipsync_*` fields are spelled as their flags (`--lipsync-dir`, ...), which
+        // scripts and docs use; the library spells the concept `lip_sync`.
         /// A TorchScript lip-sync model directory (lipsync.ts.pt and lipsync.json, as
         /// scripts/make-test-lipsync.py writes; see docs/lipsync.md). Renders mouth frames
         /// for LipSyncStream: on CUDA device 0 under its own preemptible lease, else on the
@@ -180,7 +183,7 @@ fn main() -> ExitCode {
                         return Err("give the audio (--audio FILE.wav) or a text (--text)".into());
                     }
                 };
-                let report = lip_sync::lip_sync(&socket, &face, speech, &out).await?;
+                let report = lip_sync_command::lip_sync(&socket, &face, speech, &out).await?;
                 if let Some(path) = &json {
                     let text = serde_json::to_string_pretty(&report)
                         .map_err(|e| format!("cannot write the report: {e}"))?;
@@ -238,7 +241,7 @@ fn main() -> ExitCode {
                         )
                     }),
                 lease_bytes: lease_bytes.map(|b| b.0),
-                lipsync: lipsync_dir.map(|dir| LipSyncSettings {
+                lip_sync: lipsync_dir.map(|dir| LipSyncSettings {
                     dir,
                     lease_bytes: lipsync_lease_bytes.map(|b| b.0),
                     priority: lipsync_priority.into(),

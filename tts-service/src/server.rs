@@ -15,15 +15,15 @@ use arbiter::pb::tts::v1::tts_server::TtsServer;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use crate::espeak::Espeak;
-use crate::lipsync::{LipSync, LipSyncModel, Residency, ResidencySettings};
+use crate::espeak::{Espeak, EspeakError};
+use crate::lip_sync::{LipSync, LipSyncModel, LipSyncModelError, Residency, ResidencySettings};
 use crate::service::{Limits, TtsService};
-use crate::torchscript::{self, TorchVoice};
+use crate::torchscript::{self, TorchVoice, TorchVoiceError};
 
 /// GPU memory a lip-sync model needs beyond its parameters when no size is configured:
 /// the activations of a one-second window (the test model's need a few MiB; a real model's
 /// at 96 px and 25 fps some tens of MiB), with room to spare.
-pub const LIPSYNC_WORKSPACE_BYTES: u64 = 256 << 20;
+pub const LIP_SYNC_WORKSPACE_BYTES: u64 = 256 << 20;
 
 /// The CUDA context and libtorch's kernels, per process (about 0.7 GiB on an H100).
 const CUDA_CONTEXT_BYTES: u64 = 768 << 20;
@@ -43,7 +43,7 @@ pub struct Settings {
     /// the GPU (no lease when nothing is on a GPU).
     pub lease_bytes: Option<u64>,
     /// The lip-sync model (`--lipsync-dir`), if any.
-    pub lipsync: Option<LipSyncSettings>,
+    pub lip_sync: Option<LipSyncSettings>,
 }
 
 /// The lip-sync model and its lease.
@@ -53,7 +53,7 @@ pub struct LipSyncSettings {
     pub dir: PathBuf,
     /// The model's preemptible lease: given explicitly (which also holds one on a machine
     /// without CUDA, for the accounting), or None to size it from the model's parameters
-    /// plus [`LIPSYNC_WORKSPACE_BYTES`] when libtorch sees CUDA (no lease without CUDA).
+    /// plus [`LIP_SYNC_WORKSPACE_BYTES`] when libtorch sees CUDA (no lease without CUDA).
     pub lease_bytes: Option<u64>,
     /// The lease's priority class: batch by default, so any higher waiter may reclaim it.
     pub priority: spb::Priority,
@@ -66,6 +66,8 @@ pub fn default_socket() -> PathBuf {
     arbiter::endpoint::runtime_dir().join("tts.sock")
 }
 
+/// Why the service did not start (or stopped): the operator's to fix, so `main` prints it
+/// and exits 2 instead of serving without what was configured.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
@@ -73,17 +75,19 @@ pub enum ServeError {
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
-    Voice(#[from] crate::espeak::Error),
+    Espeak(#[from] EspeakError),
     #[error(transparent)]
-    TorchVoice(#[from] crate::torchscript::Error),
+    TorchVoice(#[from] TorchVoiceError),
     #[error("two TorchScript voices are named `{0}`: set `name` in one voice.json")]
     DuplicateVoice(String),
     #[error(transparent)]
-    LipSync(#[from] crate::lipsync::model::Error),
+    LipSyncModel(#[from] LipSyncModelError),
 }
 
-/// Loads the lip-sync model (on the CPU) and sets up its lease, not yet asked for.
-fn lipsync(
+/// Loads the lip-sync model on the CPU and sets up its lease without asking for it yet, so
+/// that start-up does not wait for the supervisor: the model renders on the CPU until the
+/// lease comes.
+fn load_lip_sync(
     settings: &LipSyncSettings,
     supervisor: &arbiter::endpoint::Address,
     stop: &CancellationToken,
@@ -91,7 +95,7 @@ fn lipsync(
     let model = Arc::new(LipSyncModel::load(&settings.dir)?);
     let cuda = tch::Cuda::is_available();
     let bytes = settings.lease_bytes.or_else(|| {
-        cuda.then(|| (model.parameter_bytes() + LIPSYNC_WORKSPACE_BYTES).next_multiple_of(1 << 20))
+        cuda.then(|| (model.parameter_bytes() + LIP_SYNC_WORKSPACE_BYTES).next_multiple_of(1 << 20))
     });
     tracing::info!(
         model = model.name(),
@@ -133,9 +137,9 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         voices.push(Arc::new(voice));
     }
     let stop_lease = CancellationToken::new();
-    let lipsync = match &settings.lipsync {
-        Some(lipsync_settings) => Some(Arc::new(lipsync(
-            lipsync_settings,
+    let lip_sync = match &settings.lip_sync {
+        Some(lip_sync_settings) => Some(Arc::new(load_lip_sync(
+            lip_sync_settings,
             &settings.supervisor,
             &stop_lease,
         )?)),
@@ -148,7 +152,7 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     // is counted here also when only the lip-sync model will use the GPU (its own lease
     // covers its weights and work, which it can give back).
     let on_gpu = voices.iter().any(|v| v.on_gpu())
-        || (lipsync.is_some() && torchscript::default_device().is_cuda());
+        || (lip_sync.is_some() && torchscript::default_device().is_cuda());
     let lease_bytes = settings.lease_bytes.or_else(|| {
         on_gpu.then(|| {
             arbiter_torch::allocator::stats(0).map_or(0, |s| s.reserved) + CUDA_CONTEXT_BYTES
@@ -165,12 +169,12 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
             stop_lease.clone(),
         ))
     });
-    if let Some(residency) = lipsync.as_ref().and_then(|l| l.residency()) {
+    if let Some(residency) = lip_sync.as_ref().and_then(|l| l.residency()) {
         residency.start();
     }
     let mut service = TtsService::new(espeak, settings.limits)?.with_torch_voices(voices);
-    if let Some(lipsync) = lipsync {
-        service = service.with_lipsync(lipsync);
+    if let Some(lip_sync) = lip_sync {
+        service = service.with_lip_sync(lip_sync);
     }
     let (reflection_v1, reflection_v1alpha) = reflection();
     let router = Server::builder()

@@ -34,9 +34,11 @@ pub const MODEL_FILE: &str = "voice.ts.pt";
 /// The config file in a voice directory.
 pub const CONFIG_FILE: &str = "voice.json";
 
-/// What can go wrong loading or running a TorchScript voice.
+/// What can go wrong loading or running a TorchScript voice: the operator's or the model's
+/// to fix, never the client's, so it stops start-up in [`crate::server`] and is INTERNAL on
+/// the wire.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum TorchVoiceError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -63,7 +65,7 @@ pub enum Error {
     Output { voice: String, what: String },
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = TorchVoiceError> = std::result::Result<T, E>;
 
 /// `voice.json`, Piper's layout; fields beyond these are ignored.
 #[derive(Debug, Clone, Deserialize)]
@@ -146,15 +148,16 @@ impl TorchVoice {
     /// Reads `dir/voice.json` and loads `dir/voice.ts.pt` onto `device`.
     pub fn load(dir: &Path, device: Device) -> Result<TorchVoice> {
         let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+        let text = std::fs::read_to_string(&path).map_err(|source| TorchVoiceError::Read {
             path: path.clone(),
             source,
         })?;
-        let config: Config = serde_json::from_str(&text).map_err(|source| Error::Config {
-            path: path.clone(),
-            source,
-        })?;
-        let invalid = |rule: String| Error::Invalid {
+        let config: Config =
+            serde_json::from_str(&text).map_err(|source| TorchVoiceError::Config {
+                path: path.clone(),
+                source,
+            })?;
+        let invalid = |rule: String| TorchVoiceError::Invalid {
             path: path.clone(),
             rule,
         };
@@ -196,10 +199,11 @@ impl TorchVoice {
                 })?,
         };
         let model = dir.join(MODEL_FILE);
-        let mut module = CModule::load_on_device(&model, device).map_err(|source| Error::Load {
-            path: model.clone(),
-            source,
-        })?;
+        let mut module =
+            CModule::load_on_device(&model, device).map_err(|source| TorchVoiceError::Load {
+                path: model.clone(),
+                source,
+            })?;
         module.set_eval();
         Ok(TorchVoice {
             name,
@@ -274,8 +278,8 @@ impl TorchVoice {
         ]
     }
 
-    fn run_error(&self, source: tch::TchError) -> Error {
-        Error::Run {
+    fn run_error(&self, source: tch::TchError) -> TorchVoiceError {
+        TorchVoiceError::Run {
             voice: self.name.clone(),
             source,
         }
@@ -300,7 +304,7 @@ impl TorchVoice {
         drop(module);
         let samples = Vec::<f32>::try_from(&audio).map_err(|e| self.run_error(e))?;
         if samples.iter().any(|s| !s.is_finite()) {
-            return Err(Error::Output {
+            return Err(TorchVoiceError::Output {
                 voice: self.name.clone(),
                 what: "non-finite samples".into(),
             });
@@ -324,7 +328,7 @@ impl TorchVoice {
         match out {
             IValue::Tensor(t) => Vec::<i64>::try_from(&t.to_device(Device::Cpu).flatten(0, -1))
                 .map_err(|e| self.run_error(e)),
-            other => Err(Error::Output {
+            other => Err(TorchVoiceError::Output {
                 voice: self.name.clone(),
                 what: format!("{other:?} from durations, not a tensor"),
             }),

@@ -1,22 +1,26 @@
 //! `arbiter-video generate`: one job run in this process, without a supervisor, for trying
 //! a pipeline and for benchmarks on a machine of one's own.
 //!
-//! It takes the same request as a job, runs the same code (`job::render`), and writes the
-//! same files: `video.mp4` (when ffmpeg is on PATH) and `metadata.json`. Without ffmpeg
-//! it writes the frames as PNG files in `frames/` instead (documented frames-only output),
-//! so a GPU host without ffmpeg can still run and measure a pipeline. Nothing here holds a
+//! It takes the same request as a job, runs the same steps (`job::prepare`, `job::render`,
+//! `job::output`), and writes the same files: `video.mp4` (when ffmpeg is on PATH) and
+//! `metadata.json`. Without ffmpeg it writes the frames as PNG files in `frames/` instead
+//! (documented frames-only output), so a GPU host without ffmpeg can still run and measure
+//! a pipeline. Nothing here holds a
 //! lease: on a shared GPU, submit the job to the supervisor instead.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use arbiter::pipeline::{Manifest, Placements, Shape};
+use arbiter::pipeline::{Manifest, Placements, Shape, Stage};
 
-use crate::job::{self, Inputs, JobError, METADATA_FILE};
-use crate::metadata::{Metadata, StageRecord};
+use crate::job::error::JobError;
+use crate::job::output::{write_metadata, write_output};
+use crate::job::prepare::prepare;
+use crate::job::render::render;
+use crate::metadata::{StageRecord, millis, ms_between};
+use crate::pipeline;
 use crate::pipeline::staged::Session;
-use crate::pipeline::{self, Resolved};
-use crate::progress::{Progress, Stage, Stop};
+use crate::progress::{Progress, Stop};
 use crate::worker::Job;
 
 /// What `generate` was asked for, as a worker job.
@@ -49,22 +53,26 @@ impl Local {
             job: Job {
                 id: "local".into(),
                 attempt: 1,
-                prompt: String::new(),
-                negative_prompt: String::new(),
-                audio: None,
-                reference_image: None,
-                width: 0,
-                height: 0,
-                frames: 0,
-                fps: 0,
-                steps: 0,
-                seed: 0,
-                pipeline: name,
+                request: arbiter::job::Request {
+                    prompt: String::new(),
+                    negative_prompt: String::new(),
+                    audio: None,
+                    reference_image: None,
+                    shape: arbiter::pipeline::Shape {
+                        width: 0,
+                        height: 0,
+                        frames: 0,
+                        fps: 0,
+                        steps: 0,
+                    },
+                    seed: 0,
+                    pipeline: name,
+                    placement: Placements::new(),
+                },
                 pipeline_dir: dir,
                 output_dir,
                 lease_bytes: 0,
                 gpu_uuid: String::new(),
-                placements: Placements::new(),
                 embedding_cache: None,
                 frames_without_ffmpeg: true,
             },
@@ -82,50 +90,16 @@ impl Local {
             None
         };
         let job = &self.job;
-        let Resolved { manifest, shape } = pipeline::resolve(job)?;
-        manifest
-            .check_placements(&job.placements)
-            .map_err(|violation| pipeline::PipelineError::Request {
-                pipeline: manifest.name.clone(),
-                violation,
-            })?;
-        let ffmpeg = job::find_ffmpeg(job)?;
-        std::fs::create_dir_all(&job.output_dir).map_err(|source| JobError::OutputDir {
-            path: job.output_dir.clone(),
-            source,
-        })?;
-        let inputs = Inputs::prepare(job, &manifest, &shape)?;
-        let device = arbiter_torch::device::preferred();
-        let startup = job::start_device(device, started);
+        let prepared = prepare(job, started, spawned)?;
         let mut console = Console::new(started);
-        let (frames, pipeline_stages) = job::render(
-            &mut self.session,
-            job,
-            &manifest,
-            &shape,
-            &inputs,
-            device,
-            &mut console,
-        )?;
+        let (frames, pipeline_stages) = render(&mut self.session, job, &prepared, &mut console)?;
         console.begin(Stage::Mux, 1)?;
-        let (video, video_file, video_bytes) = job::write_output(
-            ffmpeg.as_deref(),
-            job,
-            &frames,
-            shape.fps,
-            inputs.soundtrack.as_deref(),
-        )?;
+        let video = write_output(job, &prepared, &frames)?;
         let stages = console.finish();
-        let metadata = job.output_dir.join(METADATA_FILE);
         let seconds = started.elapsed().as_secs_f64();
-        Metadata::of(job, &manifest, &shape, job::device_name(device))
-            .with_startup(startup)
-            .with_spawn(spawned)
-            .with_run(stages, pipeline_stages, inputs.record())
-            .finish(job::millis(started), &video_file, video_bytes)
-            .write(&metadata)?;
+        let metadata = write_metadata(job, &prepared, stages, pipeline_stages, &video)?;
         Ok(Written {
-            video,
+            video: video.path,
             metadata,
             seconds,
         })
@@ -156,11 +130,11 @@ impl Console {
 
     fn close(&mut self) {
         if let Some((stage, since, _)) = self.current.take() {
-            let ms = job::millis(since);
+            let ms = millis(since);
             tracing::info!(%stage, ms, "stage done");
             self.stages.push(StageRecord {
                 name: stage.name().into(),
-                started_ms: job::ms_between(self.started, since),
+                started_ms: ms_between(self.started, since),
                 ms,
                 estimated_bytes: 0,
                 recorded_bytes: 0,

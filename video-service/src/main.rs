@@ -203,7 +203,7 @@ fn cuda_start() -> ExitCode {
     let started = std::time::Instant::now();
     let spawned = arbiter::spawn::since_spawn();
     let device = arbiter_torch::device::preferred();
-    let Some(startup) = job::start_device(device, started) else {
+    let Some(startup) = job::device::start_device(device, started) else {
         eprintln!(
             "arbiter-video cuda-start: libtorch sees no CUDA device (see `arbiter-video info`)"
         );
@@ -211,7 +211,7 @@ fn cuda_start() -> ExitCode {
     };
     let spawn_ms = spawned.map(arbiter_video::metadata::ms);
     let report = serde_json::json!({
-        "device": job::device_name(device),
+        "device": job::device::device_name(device),
         "spawn_ms": spawn_ms,
         "ready_ms": startup.ready_ms,
         "cuda_context_ms": startup.context_ms,
@@ -240,14 +240,14 @@ fn generate(args: GenerateArgs) -> ExitCode {
         Err(message) => return fail(message),
     };
     let job = &mut local.job;
-    job.prompt = args.prompt;
-    job.negative_prompt = args.negative_prompt;
-    job.audio = args.audio;
-    job.reference_image = args.image;
-    (job.width, job.height, job.frames, job.fps, job.steps) =
+    job.request.prompt = args.prompt;
+    job.request.negative_prompt = args.negative_prompt;
+    job.request.audio = args.audio;
+    job.request.reference_image = args.image;
+    (job.request.shape.width, job.request.shape.height, job.request.shape.frames, job.request.shape.fps, job.request.shape.steps) =
         (args.width, args.height, args.frames, args.fps, args.steps);
-    job.seed = args.seed;
-    job.placements = placements;
+    job.request.seed = args.seed;
+    job.request.placement = placements;
     job.lease_bytes = args.lease.0;
     job.embedding_cache = args.cache_dir.map(|dir| (dir, args.cache_size.0));
     for round in 1..=args.repeat.max(1) {

@@ -4,12 +4,16 @@
 //! pipeline) and explains its cost (time and recorded GPU memory per stage), without the
 //! supervisor's database. The file is written to a temporary name and renamed, so a reader
 //! never sees half of it.
+//!
+//! The records it is made of ([`StageRecord`], [`StageMetrics`], [`Startup`]) and its
+//! milliseconds ([`ms`]) live here, below the job and the pipelines that fill them in, so
+//! that this module depends on neither.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
+use arbiter::pipeline::Stage;
 use serde::{Deserialize, Serialize};
-
-use crate::progress::Stage;
 
 /// The file's contents.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -17,7 +21,9 @@ pub struct Metadata {
     pub job_id: String,
     pub attempt: u32,
     pub pipeline: String,
-    pub request: RequestRecord,
+    /// The request as the worker ran it (its one shape, `arbiter::job::Request`), with the
+    /// sizes the pipeline resolved.
+    pub request: arbiter::job::Request,
     /// The libtorch device the model ran on (`cpu`, `cuda:0`).
     pub device: String,
     /// The leased GPU (empty when the supervisor named none).
@@ -27,7 +33,7 @@ pub struct Metadata {
     /// What each stage of a staged pipeline loaded, where, how fast, and what the caching
     /// allocator peaked at.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pipeline_stages: Vec<crate::pipeline::staged::StageMetrics>,
+    pub pipeline_stages: Vec<StageMetrics>,
     /// The request's placement overrides.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub placements: std::collections::BTreeMap<String, String>,
@@ -64,20 +70,6 @@ pub struct Metadata {
     pub first_step_overhead_ms: Option<f64>,
 }
 
-/// The request as the worker ran it: defaults filled in.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RequestRecord {
-    pub prompt: String,
-    pub negative_prompt: String,
-    pub width: u32,
-    pub height: u32,
-    pub frames: u32,
-    pub fps: u32,
-    pub steps: u32,
-    pub seed: u64,
-    /// The soundtrack's path, if the video has one.
-    pub audio: Option<String>,
-}
 
 /// One stage: how long it took and what it held on the GPU.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,9 +86,66 @@ pub struct StageRecord {
     pub recorded_bytes: u64,
 }
 
+/// What it took this process to be ready for model work on a GPU.
+#[derive(Clone, Copy, Debug)]
+pub struct Startup {
+    /// From `started` to a ready CUDA context.
+    pub ready_ms: f64,
+    /// Creating the context (the first tensor on the device, synchronized).
+    pub context_ms: f64,
+}
+
+/// One stage as it ran.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageMetrics {
+    pub stage: String,
+    pub component: String,
+    /// Where the component ran (`auto` resolved); `skipped` when the stage did not need it.
+    pub placement: String,
+    /// 0 when the component was already loaded or not needed.
+    pub load_ms: f64,
+    pub load_bytes: u64,
+    pub load_gb_per_s: f64,
+    pub compute_ms: f64,
+    /// The component's first call in this process, when this stage made it (synchronized,
+    /// part of `compute_ms`): kernel loading and library set-up that a fresh process pays
+    /// and a resident component does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_call_ms: Option<f64>,
+    /// Weights of every loaded component on the device during the stage.
+    pub device_weight_bytes: u64,
+    /// The caching allocator's peaks during the stage (0 without a GPU).
+    pub peak_allocated_bytes: u64,
+    pub peak_reserved_bytes: u64,
+    /// Reserved after the stage freed what it could.
+    pub reserved_after_bytes: u64,
+    /// This process's GPU memory by NVML at the end of the stage, before it freed its
+    /// components (absent without NVML).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvml_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_hit: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<usize>,
+    /// Components still loaded when the stage ended (what later stages need, and
+    /// `resident` ones).
+    #[serde(default)]
+    pub held_after: Vec<String>,
+}
+
 /// A duration as the file records it: milliseconds to two decimals.
-pub fn ms(duration: std::time::Duration) -> f64 {
+pub fn ms(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e5).round() / 100.0
+}
+
+/// Milliseconds from `since` to now, as the file records them.
+pub fn millis(since: Instant) -> f64 {
+    ms_between(since, Instant::now())
+}
+
+/// Milliseconds from `from` to `to`, to two decimals, as the metadata records them.
+pub fn ms_between(from: Instant, to: Instant) -> f64 {
+    ms(to.saturating_duration_since(from))
 }
 
 /// Why the metadata could not be written.
@@ -120,16 +169,9 @@ impl Metadata {
             job_id: job.id.clone(),
             attempt: job.attempt,
             pipeline: manifest.name.clone(),
-            request: RequestRecord {
-                prompt: job.prompt.clone(),
-                negative_prompt: job.negative_prompt.clone(),
-                width: shape.width,
-                height: shape.height,
-                frames: shape.frames,
-                fps: shape.fps,
-                steps: shape.steps,
-                seed: job.seed,
-                audio: job.audio.as_ref().map(|a| a.display().to_string()),
+            request: arbiter::job::Request {
+                shape: *shape,
+                ..job.request.clone()
             },
             device,
             gpu_uuid: job.gpu_uuid.clone(),
@@ -137,7 +179,8 @@ impl Metadata {
             stages: Vec::new(),
             pipeline_stages: Vec::new(),
             placements: job
-                .placements
+                .request
+                .placement
                 .iter()
                 .map(|(c, p)| (c.clone(), p.name().to_string()))
                 .collect(),
@@ -158,7 +201,7 @@ impl Metadata {
     pub fn with_run(
         mut self,
         stages: Vec<StageRecord>,
-        pipeline_stages: Vec<crate::pipeline::staged::StageMetrics>,
+        pipeline_stages: Vec<StageMetrics>,
         inputs: serde_json::Value,
     ) -> Metadata {
         self.stages = stages;
@@ -167,8 +210,8 @@ impl Metadata {
         self
     }
 
-    /// The worker's startup figures (see [`Startup`](crate::job::Startup)).
-    pub fn with_startup(mut self, startup: Option<crate::job::Startup>) -> Metadata {
+    /// The worker's startup figures (see [`Startup`]).
+    pub fn with_startup(mut self, startup: Option<Startup>) -> Metadata {
         if let Some(s) = startup {
             self.startup_ms = Some(s.ready_ms);
             self.cuda_context_ms = Some(s.context_ms);
@@ -177,7 +220,7 @@ impl Metadata {
     }
 
     /// How long before the job's start the process was spawned (see `arbiter::spawn`).
-    pub fn with_spawn(mut self, before_start: Option<std::time::Duration>) -> Metadata {
+    pub fn with_spawn(mut self, before_start: Option<Duration>) -> Metadata {
         self.spawn_ms = before_start.map(ms);
         self
     }
@@ -226,23 +269,27 @@ impl Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::staged::StageMetrics;
 
     fn sample() -> Metadata {
         Metadata {
             job_id: "j1".into(),
             attempt: 2,
             pipeline: "tiny".into(),
-            request: RequestRecord {
+            request: arbiter::job::Request {
                 prompt: "a cat".into(),
                 negative_prompt: String::new(),
-                width: 128,
-                height: 128,
-                frames: 17,
-                fps: 8,
-                steps: 4,
-                seed: u64::MAX,
                 audio: None,
+                reference_image: None,
+                shape: arbiter::pipeline::Shape {
+                    width: 128,
+                    height: 128,
+                    frames: 17,
+                    fps: 8,
+                    steps: 4,
+                },
+                seed: u64::MAX,
+                pipeline: "tiny".into(),
+                placement: Default::default(),
             },
             device: "cpu".into(),
             gpu_uuid: String::new(),

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
-use crate::pipeline::Frames;
+use crate::frames::Frames;
 
 /// Why the video could not be written.
 #[derive(Debug, thiserror::Error)]

@@ -15,10 +15,7 @@
 
 use std::collections::HashMap;
 
-use arbiter::pipeline::{Manifest, Placements, Shape};
-
-use crate::pipeline::staged::progress_stage;
-use crate::progress::Stage;
+use arbiter::pipeline::{Manifest, Placements, Shape, Stage};
 
 /// What a CUDA context costs on its own (measured on an H100: about 0.6 GiB).
 pub const CUDA_CONTEXT_BYTES: u64 = 600 << 20;
@@ -60,7 +57,7 @@ impl Estimates {
             by_stage.insert(Stage::Decode, cap(CUDA_CONTEXT_BYTES + working / 4));
         } else {
             for estimate in manifest.estimate(shape, placements) {
-                by_stage.insert(progress_stage(estimate.stage), cap(estimate.total));
+                by_stage.insert(estimate.stage, cap(estimate.total));
             }
         }
         Estimates { by_stage, context }

@@ -132,32 +132,20 @@ fn timed<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// The job as the worker runs it: the assignment with the request flattened and paths as
-/// paths. Sizes are as the supervisor filled them in; the pipeline checks them again.
+/// The job as the worker runs it: the request in its one shape (the root crate's
+/// `arbiter::job::Request`, as the supervisor stored it) and what the assignment says about
+/// where to run it. Sizes are as the supervisor filled them in; the pipeline checks them
+/// again.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Job {
     pub id: String,
     pub attempt: u32,
-    pub prompt: String,
-    pub negative_prompt: String,
-    /// The soundtrack, a WAV file on this host.
-    pub audio: Option<PathBuf>,
-    /// A reference image, a file on this host (the built-in pipeline does not use one).
-    pub reference_image: Option<PathBuf>,
-    pub width: u32,
-    pub height: u32,
-    pub frames: u32,
-    pub fps: u32,
-    pub steps: u32,
-    pub seed: u64,
-    pub pipeline: String,
+    pub request: arbiter::job::Request,
     /// The pipeline's directory; `None` for a built-in pipeline.
     pub pipeline_dir: Option<PathBuf>,
     pub output_dir: PathBuf,
     pub lease_bytes: u64,
     pub gpu_uuid: String,
-    /// Per-component placement overrides.
-    pub placements: arbiter::pipeline::Placements,
     /// The shared text-embedding cache and its cap, when the supervisor keeps one.
     pub embedding_cache: Option<(PathBuf, u64)>,
     /// Without ffmpeg, write PNG frames instead of failing.
@@ -207,23 +195,27 @@ impl TryFrom<pb::Assignment> for Job {
         Ok(Job {
             id: assignment.job_id,
             attempt: assignment.attempt,
-            prompt: request.prompt,
-            negative_prompt: request.negative_prompt,
-            audio: media(request.audio, "audio")?,
-            reference_image: media(request.reference_image, "reference image")?,
-            width: request.width,
-            height: request.height,
-            frames: request.frames,
-            fps: request.fps,
-            steps: request.steps,
-            seed: assignment.seed,
-            pipeline: assignment.pipeline,
+            request: arbiter::job::Request {
+                prompt: request.prompt,
+                negative_prompt: request.negative_prompt,
+                audio: media(request.audio, "audio")?,
+                reference_image: media(request.reference_image, "reference image")?,
+                shape: arbiter::pipeline::Shape {
+                    width: request.width,
+                    height: request.height,
+                    frames: request.frames,
+                    fps: request.fps,
+                    steps: request.steps,
+                },
+                seed: assignment.seed,
+                pipeline: assignment.pipeline,
+                placement: placements,
+            },
             pipeline_dir: (!assignment.pipeline_dir.is_empty())
                 .then(|| PathBuf::from(assignment.pipeline_dir)),
             output_dir: PathBuf::from(assignment.output_dir),
             lease_bytes: assignment.lease_bytes,
             gpu_uuid: assignment.gpu_uuid,
-            placements,
             embedding_cache,
             frames_without_ffmpeg: assignment.frames_without_ffmpeg,
         })
@@ -262,10 +254,10 @@ mod tests {
     #[test]
     fn an_assignment_becomes_a_job() {
         let job = Job::try_from(assignment()).unwrap();
-        assert_eq!(job.audio.as_deref(), Some(Path::new("/in/a.wav")));
-        assert_eq!((job.width, job.height, job.seed), (128, 64, 7));
+        assert_eq!(job.request.audio.as_deref(), Some(Path::new("/in/a.wav")));
+        assert_eq!((job.request.shape.width, job.request.shape.height, job.request.seed), (128, 64, 7));
         assert_eq!(job.pipeline_dir, None);
-        assert_eq!(job.reference_image, None);
+        assert_eq!(job.request.reference_image, None);
     }
 
     #[test]

@@ -85,7 +85,10 @@ pub async fn status(args: &ClientArgs, config: &Config) -> Result<(), ClientErro
                 "{} given back, not yet seen free{}",
                 ByteSize(gpu.returning_bytes),
                 if gpu.unverified_bytes > 0 {
-                    format!(" ({} unverified past the timeout)", ByteSize(gpu.unverified_bytes))
+                    format!(
+                        " ({} unverified past the timeout)",
+                        ByteSize(gpu.unverified_bytes)
+                    )
                 } else {
                     String::new()
                 }

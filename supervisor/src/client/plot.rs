@@ -15,10 +15,10 @@
 //! kinds line up only when their clocks agree.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use crate::cli::PlotArgs;
 use arbiter::ByteSize;
-use clap::Args;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -51,29 +51,6 @@ const LINE_PALETTE: &[RGBColor] = &[
     RGBColor(118, 42, 131),
     RGBColor(140, 81, 10),
 ];
-
-#[derive(Debug, Args)]
-pub struct PlotArgs {
-    /// A CSV of per-process GPU memory samples: nvidia-smi's
-    /// `--query-compute-apps=timestamp,pid,process_name,used_memory
-    /// --format=csv,noheader,nounits -lms 100` output, or `t_seconds,label,bytes` rows under
-    /// that header. Repeat to merge several samplers into the same plot.
-    #[arg(long = "samples", value_name = "FILE", required = true)]
-    pub samples: Vec<PathBuf>,
-    /// Where to write the SVG.
-    #[arg(long, value_name = "OUT.svg")]
-    pub out: PathBuf,
-    /// The plot's title.
-    #[arg(long)]
-    pub title: Option<String>,
-    /// A lease or limit drawn as a dashed line, `LABEL=BYTES` or `BYTES`, such as
-    /// tts=40GiB; repeat for several.
-    #[arg(long = "lease", value_name = "LABEL=BYTES")]
-    pub leases: Vec<String>,
-    /// The card's memory, drawn as a dashed line, such as 80GiB.
-    #[arg(long, value_name = "BYTES")]
-    pub total: Option<ByteSize>,
-}
 
 /// Why a plot could not be drawn.
 #[derive(Debug, thiserror::Error)]

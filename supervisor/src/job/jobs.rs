@@ -9,42 +9,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use arbiter::pb::video::v1 as pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
 use super::spec;
 use super::store::{Store, StoreError};
-use super::{JobRecord, JobState, Progress};
+use super::{JobError, JobRecord, JobRequest, JobState, Progress};
 use crate::config::{Config, JobsConfig};
 use crate::gpu::Inventory;
 use crate::lease::broker::Broker;
-
-/// Why a job request or a worker's call was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("{field} {rule}")]
-    Invalid { field: &'static str, rule: String },
-    #[error("the job queue is full ({limit} jobs waiting or running): retry later")]
-    QueueFull { limit: usize },
-    #[error("no job `{0}`: it never existed or was deleted after the retention time")]
-    NotFound(String),
-    #[error("job `{id}` has already ended ({state:?})")]
-    Ended { id: String, state: JobState },
-    #[error("{0}")]
-    WontFit(String),
-    #[error("unknown or used worker token")]
-    BadToken,
-    #[error("this connection is not the worker process the supervisor started for the job")]
-    WrongPeer,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot prepare the job's files: {0}")]
-    Files(std::io::Error),
-    #[error("the supervisor is shutting down: retry against the new instance")]
-    ShuttingDown,
-}
 
 /// A worker's standing with its job, from spawn to exit.
 #[derive(Debug)]
@@ -200,7 +174,7 @@ impl Jobs {
     }
 
     /// Validates, persists and returns the new job (not yet started).
-    pub fn submit(&self, request: pb::VideoRequest) -> Result<JobRecord, JobError> {
+    pub fn submit(&self, request: JobRequest) -> Result<JobRecord, JobError> {
         if self.stop.is_cancelled() {
             return Err(JobError::ShuttingDown);
         }
@@ -211,7 +185,7 @@ impl Jobs {
         if spec.lease_bytes > largest {
             return Err(JobError::WontFit(format!(
                 "pipeline {} needs a {} lease for this size, but the largest GPU here can lend {}: ask for a smaller video",
-                spec.pipeline,
+                spec.request.pipeline,
                 arbiter::ByteSize(spec.lease_bytes),
                 arbiter::ByteSize(largest)
             )));
@@ -234,13 +208,13 @@ impl Jobs {
             let path = dir.join(inline.file_name);
             std::fs::write(&path, &inline.data).map_err(JobError::Files)?;
             match inline.field {
-                "audio" => spec.audio = Some(path),
-                _ => spec.reference_image = Some(path),
+                "audio" => spec.request.audio = Some(path),
+                _ => spec.request.reference_image = Some(path),
             }
         }
         let record = JobRecord::new(id, spec, dir);
         self.store.put(&record)?;
-        tracing::info!(job = %record.id, pipeline = %record.spec.pipeline, lease = %arbiter::ByteSize(record.spec.lease_bytes), "job accepted");
+        tracing::info!(job = %record.id, pipeline = %record.spec.request.pipeline, lease = %arbiter::ByteSize(record.spec.lease_bytes), "job accepted");
         self.insert(record.clone());
         Ok(record)
     }

@@ -9,8 +9,10 @@
 //! Only this module spawns processes.
 
 pub mod catalog;
+mod error;
 pub mod jobs;
 pub mod prewarm;
+pub mod request;
 pub mod run;
 pub mod spawn;
 pub mod spec;
@@ -45,31 +47,20 @@ impl JobState {
     }
 }
 
-/// Media the worker reads: always a file by the time the job is accepted (inline payloads
-/// are saved into the job's directory).
-pub type MediaPath = Option<PathBuf>;
+pub use error::JobError;
+pub use request::{JobRequest, Media};
 
-/// A validated request, as persisted.
+/// A validated request, as persisted: the request in its one shape (media always files by
+/// now: inline payloads are saved into the job's directory) and what the supervisor decided
+/// for it. Stored flat, as records always were.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct JobSpec {
-    pub prompt: String,
-    pub negative_prompt: String,
-    pub audio: MediaPath,
-    pub reference_image: MediaPath,
-    pub width: u32,
-    pub height: u32,
-    pub frames: u32,
-    pub fps: u32,
-    pub steps: u32,
-    pub seed: u64,
-    pub pipeline: String,
+    #[serde(flatten)]
+    pub request: arbiter::job::Request,
     pub priority: Priority,
     pub timeout: Duration,
     /// Memory the lease asks for: the manifest's peak for this shape plus its margin.
     pub lease_bytes: u64,
-    /// Per-component placement overrides (staged pipelines).
-    #[serde(default)]
-    pub placement: arbiter::pipeline::Placements,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -144,5 +135,37 @@ impl JobRecord {
 
     pub fn output_dir(&self) -> PathBuf {
         self.dir.join("output")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_written_before_the_request_had_one_shape_still_loads() {
+        // Written by the supervisor of 2026-12-06 (JobSpec with its fields spelled out).
+        let old = include_str!("testdata/record-2026-12.json");
+        let record: JobRecord = serde_json::from_str(old).expect("the old record loads");
+        let request = &record.spec.request;
+        assert_eq!(request.prompt, "a lighthouse at dusk");
+        assert_eq!(
+            (
+                request.shape.width,
+                request.shape.height,
+                request.shape.frames,
+                request.shape.fps,
+                request.shape.steps
+            ),
+            (256, 192, 17, 24, 8)
+        );
+        assert_eq!(request.seed, 42);
+        assert_eq!(request.placement.len(), 1);
+        assert_eq!(record.spec.priority, Priority::Interactive);
+        assert_eq!(record.state, JobState::Succeeded);
+        // And what is written now reads back the same, in the same flat form.
+        let again = serde_json::to_value(&record).unwrap();
+        let before: serde_json::Value = serde_json::from_str(old).unwrap();
+        assert_eq!(again, before, "the stored form is unchanged");
     }
 }

@@ -17,18 +17,39 @@ use super::jobs::{Jobs, WorkerOutcome, WorkerSeat};
 use super::spawn::{Launch, Worker, log_tail};
 use super::{JobRecord, JobResult, JobState, verify};
 use crate::config::OveruseAction;
-use crate::lease::broker::Note;
-use crate::lease::{Ask, Form, GpuChoice, Peer};
+use crate::lease::broker::{Holding, Note};
+use crate::lease::{Ask, Form, GpuChoice, Lease, Peer};
 
 /// How a worker's run ended, before the memory check.
 enum Ending {
     Exited(std::process::ExitStatus),
     Cancelled,
     TimedOut(Duration),
-    Overuse { used: u64, leased: u64 },
+    Overuse {
+        used: u64,
+        leased: u64,
+    },
     /// The broker revoked the lease (its overuse action); `kill`: at once, no grace.
-    Revoked { reason: String, kill: bool },
+    Revoked {
+        reason: String,
+        kill: bool,
+    },
     Shutdown,
+}
+
+/// Starts the task that drives a job.
+pub fn start(jobs: &Arc<Jobs>, id: String) {
+    tokio::spawn(run(Arc::clone(jobs), id, None));
+}
+
+/// Starts jobs in the given order, each entering the lease queue before the next starts,
+/// so jobs re-queued after a restart keep their turn.
+pub async fn start_in_order(jobs: &Arc<Jobs>, ids: Vec<String>) {
+    for id in ids {
+        let (entered, queued) = tokio::sync::oneshot::channel();
+        tokio::spawn(run(Arc::clone(jobs), id, Some(entered)));
+        let _ = queued.await;
+    }
 }
 
 /// Drives job `id` to a final state (or back to Queued at shutdown). `queued` fires once
@@ -44,7 +65,8 @@ pub async fn run(jobs: Arc<Jobs>, id: String, queued: Option<tokio::sync::onesho
     }
 }
 
-/// One attempt. Some(true): run again (a retried crash).
+/// One attempt, in the five steps of the module doc. Some(true): run again (a retried
+/// crash).
 async fn attempt(
     jobs: &Arc<Jobs>,
     id: &str,
@@ -56,8 +78,43 @@ async fn attempt(
     }
     let cancel = jobs.cancel_token(id);
     let queued_at = Instant::now();
+    let (mut holding, lease) = lease(jobs, &record, &cancel, queued).await?;
+    let gpu = lease.gpu;
+    let used_before = verify::used(&jobs.inventory, gpu).await;
+    let mut spawned = spawn_worker(jobs, &record, &lease, &holding)?;
+    let (ending, used_peak) = watch(
+        jobs,
+        &record,
+        &lease,
+        &mut spawned,
+        &mut holding,
+        &cancel,
+        used_before,
+    )
+    .await;
+    let worker_time = spawned.started.elapsed();
+    let returned = give_back(jobs, id, gpu, spawned.worker.pid(), used_before, holding).await;
+    let seat = jobs.unseat(id);
+    let run = Run {
+        queued: spawned.started.duration_since(queued_at),
+        worker: worker_time,
+        used_before,
+        used_peak,
+        returned,
+    };
+    outcome(jobs, &record, ending, seat.and_then(|s| s.outcome), run)
+}
 
-    // 1. The lease.
+/// 1. Waits for a lease sized from the manifest, at the job's priority: a streaming lease
+/// held by this task, so it cannot outlive the supervisor. None: the job ended meanwhile
+/// (refused, cancelled, or the supervisor is stopping).
+async fn lease(
+    jobs: &Arc<Jobs>,
+    record: &JobRecord,
+    cancel: &tokio_util::sync::CancellationToken,
+    queued: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Option<(Holding, Lease)> {
+    let id = &record.id;
     let ask = Ask {
         holder: format!("video job {id}"),
         gpu: GpuChoice::Any,
@@ -82,10 +139,10 @@ async fn attempt(
             return None;
         }
     };
-    let lease = loop {
+    loop {
         tokio::select! {
             note = holding.notes.recv() => match note {
-                Some(Note::Granted(lease)) => break lease,
+                Some(Note::Granted(lease)) => return Some((holding, lease)),
                 Some(Note::Queued { .. }) | Some(Note::Reclaim(_)) => continue,
                 Some(Note::WaitEnded { .. }) | Some(Note::Revoked { .. }) | None => return None,
             },
@@ -95,71 +152,28 @@ async fn attempt(
             }
             () = jobs.stop.cancelled() => return None,
         }
-    };
+    }
+}
+
+/// A worker started under its lease.
+struct Spawned {
+    worker: Worker,
+    started: Instant,
+}
+
+/// 2. Spawns the worker with a one-time token and binds its pid to the lease, so NVML's
+/// view of its memory counts against the lease, not as foreign use.
+fn spawn_worker(
+    jobs: &Arc<Jobs>,
+    record: &JobRecord,
+    lease: &Lease,
+    holding: &Holding,
+) -> Option<Spawned> {
+    let id = &record.id;
     let gpu = lease.gpu;
     let gpu_uuid = jobs.broker.gpus()[gpu as usize].uuid.clone();
-    let used_before = verify::used(&jobs.inventory, gpu).await;
-
-    // 2. The worker.
     let token = uuid::Uuid::new_v4().simple().to_string();
-    let pipeline = jobs.catalog.get(&record.spec.pipeline).cloned();
-    let external = pipeline.as_ref().and_then(|p| p.manifest.command.clone());
-    let mut env = vec![
-        (
-            "ARBITER_SUPERVISOR_SOCKET".to_string(),
-            jobs.settings.socket.display().to_string(),
-        ),
-        ("ARBITER_JOB_TOKEN".to_string(), token.clone()),
-        ("ARBITER_JOB_ID".to_string(), id.to_string()),
-        ("ARBITER_LEASE_BYTES".to_string(), lease.bytes.to_string()),
-        (
-            "ARBITER_OUTPUT_DIR".to_string(),
-            record.output_dir().display().to_string(),
-        ),
-        ("CUDA_VISIBLE_DEVICES".to_string(), gpu_uuid.clone()),
-        (
-            crate::config::KERNEL_CACHE_ENV.to_string(),
-            jobs.settings.kernel_cache.display().to_string(),
-        ),
-    ];
-    if let Some(dir) = &jobs.settings.simulated_dir {
-        env.push((
-            arbiter::simulated::DIR_ENV.to_string(),
-            dir.display().to_string(),
-        ));
-        env.push((arbiter::simulated::INDEX_ENV.to_string(), gpu.to_string()));
-    }
-    let (program, args, stdin) = match &external {
-        Some(command) => (
-            command[0].clone().into(),
-            command[1..].to_vec(),
-            Some(external_request(&record, &gpu_uuid, lease.bytes)),
-        ),
-        None => (jobs.settings.worker.clone(), vec!["run".to_string()], None),
-    };
-    if let Some(dir) = pipeline.as_ref().and_then(|p| p.dir.clone()) {
-        env.push((
-            "ARBITER_PIPELINE_DIR".to_string(),
-            dir.display().to_string(),
-        ));
-    }
-    // External commands run from their pipeline's directory, so the manifest can name a
-    // script beside it; the built-in worker runs in one directory for every job, where
-    // CUDA's cache finds the attention kernels an earlier worker compiled (see
-    // Config::worker_dir). Each writes its files to its job's output directory.
-    let dir = match (&external, pipeline.as_ref().and_then(|p| p.dir.clone())) {
-        (Some(_), Some(pipeline_dir)) => pipeline_dir,
-        _ => jobs.settings.worker_dir.clone(),
-    };
-    let launch = Launch {
-        program,
-        args,
-        env,
-        log: record.log_path(),
-        dir,
-        stdin,
-        capture_stdout: external.is_some(),
-    };
+    let launch = launch(jobs, record, lease, &gpu_uuid, &token);
     let mut worker = match Worker::spawn(launch) {
         Ok(worker) => worker,
         Err(error) => {
@@ -200,8 +214,96 @@ async fn attempt(
             record.log_path(),
         ));
     }
+    Some(Spawned { worker, started })
+}
 
-    // 3. Watch it.
+/// What to start for `record`: the built-in worker, or the pipeline's external command,
+/// with the environment that tells it its job, lease and GPU.
+fn launch(
+    jobs: &Arc<Jobs>,
+    record: &JobRecord,
+    lease: &Lease,
+    gpu_uuid: &str,
+    token: &str,
+) -> Launch {
+    let pipeline = jobs.catalog.get(&record.spec.request.pipeline).cloned();
+    let external = pipeline.as_ref().and_then(|p| p.manifest.command.clone());
+    let mut env = vec![
+        (
+            "ARBITER_SUPERVISOR_SOCKET".to_string(),
+            jobs.settings.socket.display().to_string(),
+        ),
+        ("ARBITER_JOB_TOKEN".to_string(), token.to_string()),
+        ("ARBITER_JOB_ID".to_string(), record.id.clone()),
+        ("ARBITER_LEASE_BYTES".to_string(), lease.bytes.to_string()),
+        (
+            "ARBITER_OUTPUT_DIR".to_string(),
+            record.output_dir().display().to_string(),
+        ),
+        ("CUDA_VISIBLE_DEVICES".to_string(), gpu_uuid.to_string()),
+        (
+            crate::config::KERNEL_CACHE_ENV.to_string(),
+            jobs.settings.kernel_cache.display().to_string(),
+        ),
+    ];
+    if let Some(dir) = &jobs.settings.simulated_dir {
+        env.push((
+            arbiter::simulated::DIR_ENV.to_string(),
+            dir.display().to_string(),
+        ));
+        env.push((
+            arbiter::simulated::INDEX_ENV.to_string(),
+            lease.gpu.to_string(),
+        ));
+    }
+    let (program, args, stdin) = match &external {
+        Some(command) => (
+            command[0].clone().into(),
+            command[1..].to_vec(),
+            Some(external_request(record, gpu_uuid, lease.bytes)),
+        ),
+        None => (jobs.settings.worker.clone(), vec!["run".to_string()], None),
+    };
+    if let Some(dir) = pipeline.as_ref().and_then(|p| p.dir.clone()) {
+        env.push((
+            "ARBITER_PIPELINE_DIR".to_string(),
+            dir.display().to_string(),
+        ));
+    }
+    // External commands run from their pipeline's directory, so the manifest can name a
+    // script beside it; the built-in worker runs in one directory for every job, where
+    // CUDA's cache finds the attention kernels an earlier worker compiled (see
+    // Config::worker_dir). Each writes its files to its job's output directory.
+    let dir = match (&external, pipeline.as_ref().and_then(|p| p.dir.clone())) {
+        (Some(_), Some(pipeline_dir)) => pipeline_dir,
+        _ => jobs.settings.worker_dir.clone(),
+    };
+    Launch {
+        program,
+        args,
+        env,
+        log: record.log_path(),
+        dir,
+        stdin,
+        capture_stdout: external.is_some(),
+    }
+}
+
+/// 3. Watches the worker until it exits or must stop: cancel, timeout, overuse, a revoked
+/// lease (the broker's overuse action), shutdown. A worker that must stop is stopped here.
+/// Returns how it ended and the GPU's peak use meanwhile.
+async fn watch(
+    jobs: &Arc<Jobs>,
+    record: &JobRecord,
+    lease: &Lease,
+    spawned: &mut Spawned,
+    holding: &mut Holding,
+    cancel: &tokio_util::sync::CancellationToken,
+    used_before: u64,
+) -> (Ending, u64) {
+    let id = &record.id;
+    let gpu = lease.gpu;
+    let worker = &mut spawned.worker;
     let timeout = record.spec.timeout;
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
@@ -245,9 +347,18 @@ async fn attempt(
     if !matches!(ending, Ending::Exited(_)) {
         let _ = worker.stop(grace).await;
     }
-    let worker_time = started.elapsed();
+    (ending, used_peak)
+}
 
-    // 4. Memory back, then the lease.
+/// 4. Checks that the reaped worker's memory came back, and only then returns the lease.
+async fn give_back(
+    jobs: &Arc<Jobs>,
+    id: &str,
+    gpu: u32,
+    pid: u32,
+    used_before: u64,
+    holding: Holding,
+) -> verify::Returned {
     jobs.update(id, |r| r.state = JobState::Releasing);
     let returned = verify::memory_back(
         &jobs.inventory,
@@ -274,23 +385,51 @@ async fn attempt(
     } else {
         drop(holding);
     }
-    let seat = jobs.unseat(id);
-    let result = |r: &JobRecord, video: &std::path::Path, metadata: &std::path::Path| JobResult {
-        video_path: video.to_path_buf(),
-        video_bytes: output_bytes(video),
-        metadata_path: metadata.to_path_buf(),
-        metadata_bytes: output_bytes(metadata),
-        queued: started.duration_since(queued_at),
-        worker: worker_time,
-        memory_return: returned.took,
-        used_before,
-        used_peak: used_peak.max(r.progress.peak_vram_bytes),
-        used_after: returned.used_after,
-    };
+    returned
+}
 
-    // 5. The outcome.
+/// What one run of a worker cost, for the job's result.
+struct Run {
+    queued: Duration,
+    worker: Duration,
+    used_before: u64,
+    used_peak: u64,
+    returned: verify::Returned,
+}
+
+impl Run {
+    fn result(
+        &self,
+        record: &JobRecord,
+        video: &std::path::Path,
+        metadata: &std::path::Path,
+    ) -> JobResult {
+        JobResult {
+            video_path: video.to_path_buf(),
+            video_bytes: output_bytes(video),
+            metadata_path: metadata.to_path_buf(),
+            metadata_bytes: output_bytes(metadata),
+            queued: self.queued,
+            worker: self.worker,
+            memory_return: self.returned.took,
+            used_before: self.used_before,
+            used_peak: self.used_peak.max(record.progress.peak_vram_bytes),
+            used_after: self.returned.used_after,
+        }
+    }
+}
+
+/// 5. Records the outcome; a crash is retried if configured, with the log's tail otherwise.
+/// Some(true): run again.
+fn outcome(
+    jobs: &Arc<Jobs>,
+    record: &JobRecord,
+    ending: Ending,
+    reported: Option<WorkerOutcome>,
+    run: Run,
+) -> Option<bool> {
+    let id = &record.id;
     let log = record.log_path();
-    let outcome = seat.and_then(|s| s.outcome);
     match ending {
         Ending::Shutdown => {
             jobs.update(id, |r| {
@@ -302,7 +441,7 @@ async fn attempt(
         }
         Ending::Cancelled => {
             let record = jobs.get(id).ok()?;
-            let partial = result(
+            let partial = run.result(
                 &record,
                 &record.output_dir().join("video.mp4"),
                 &record.output_dir().join("metadata.json"),
@@ -320,7 +459,8 @@ async fn attempt(
             None
         }
         Ending::Revoked { reason, .. } => {
-            let message = format!("the worker's lease was revoked and the worker stopped: {reason}");
+            let message =
+                format!("the worker's lease was revoked and the worker stopped: {reason}");
             tracing::warn!(job = %id, %reason, "worker stopped: its lease was revoked");
             finish(jobs, id, JobState::Failed, message, None);
             None
@@ -334,60 +474,70 @@ async fn attempt(
             finish(jobs, id, JobState::Failed, message, None);
             None
         }
-        Ending::Exited(status) => match outcome {
-            Some(WorkerOutcome::Completed { video, metadata }) if status.success() => {
-                let record = jobs.get(id).ok()?;
-                let done = result(&record, &video, &metadata);
-                finish(jobs, id, JobState::Succeeded, String::new(), Some(done));
-                None
+        Ending::Exited(status) => exited(jobs, id, status, reported, &run),
+    }
+}
+
+/// The worker exited by itself: done, failed as it reported, or crashed.
+fn exited(
+    jobs: &Arc<Jobs>,
+    id: &str,
+    status: std::process::ExitStatus,
+    reported: Option<WorkerOutcome>,
+    run: &Run,
+) -> Option<bool> {
+    let record = jobs.get(id).ok()?;
+    let log = record.log_path();
+    match reported {
+        Some(WorkerOutcome::Completed { video, metadata }) if status.success() => {
+            let done = run.result(&record, &video, &metadata);
+            finish(jobs, id, JobState::Succeeded, String::new(), Some(done));
+            None
+        }
+        Some(WorkerOutcome::Failed(error)) => {
+            if !status.success() {
+                tracing::warn!(job = %id, %status, "the worker failed");
             }
-            Some(WorkerOutcome::Failed(error)) => {
-                if !status.success() {
-                    tracing::warn!(job = %id, %status, "the worker failed");
-                }
-                finish(
-                    jobs,
-                    id,
-                    JobState::Failed,
-                    format!(
-                        "{error}\nLast lines of the worker's log:\n{}",
-                        log_tail(&log, 20)
-                    ),
-                    None,
-                );
-                None
+            finish(
+                jobs,
+                id,
+                JobState::Failed,
+                format!(
+                    "{error}\nLast lines of the worker's log:\n{}",
+                    log_tail(&log, 20)
+                ),
+                None,
+            );
+            None
+        }
+        _ => {
+            let what = match std::os::unix::process::ExitStatusExt::signal(&status) {
+                Some(signal) => format!("the worker was killed by signal {signal}"),
+                None => format!("the worker exited with {status} without reporting a result"),
+            };
+            if jobs.settings.jobs.retry_on_crash && record.attempt < jobs.settings.jobs.max_attempts
+            {
+                tracing::warn!(job = %id, attempt = record.attempt, "{what}; retrying");
+                jobs.update(id, |r| {
+                    r.attempt += 1;
+                    r.state = JobState::Queued;
+                    r.worker_pid = None;
+                    r.lease_id.clear();
+                    r.progress = Default::default();
+                    r.error = what.clone();
+                });
+                return Some(true);
             }
-            _ => {
-                let what = match std::os::unix::process::ExitStatusExt::signal(&status) {
-                    Some(signal) => format!("the worker was killed by signal {signal}"),
-                    None => format!("the worker exited with {status} without reporting a result"),
-                };
-                let record = jobs.get(id).ok()?;
-                if jobs.settings.jobs.retry_on_crash
-                    && record.attempt < jobs.settings.jobs.max_attempts
-                {
-                    tracing::warn!(job = %id, attempt = record.attempt, "{what}; retrying");
-                    jobs.update(id, |r| {
-                        r.attempt += 1;
-                        r.state = JobState::Queued;
-                        r.worker_pid = None;
-                        r.lease_id.clear();
-                        r.progress = Default::default();
-                        r.error = what.clone();
-                    });
-                    return Some(true);
-                }
-                tracing::warn!(job = %id, attempt = record.attempt, "{what}");
-                finish(
-                    jobs,
-                    id,
-                    JobState::Failed,
-                    format!("{what}. Last lines of its log:\n{}", log_tail(&log, 20)),
-                    None,
-                );
-                None
-            }
-        },
+            tracing::warn!(job = %id, attempt = record.attempt, "{what}");
+            finish(
+                jobs,
+                id,
+                JobState::Failed,
+                format!("{what}. Last lines of its log:\n{}", log_tail(&log, 20)),
+                None,
+            );
+            None
+        }
     }
 }
 
@@ -406,21 +556,21 @@ fn finish(jobs: &Jobs, id: &str, state: JobState, error: String, result: Option<
 
 /// The request as an external pipeline reads it on stdin (docs/external-pipelines.md).
 fn external_request(record: &JobRecord, gpu_uuid: &str, lease_bytes: u64) -> Vec<u8> {
-    let spec = &record.spec;
+    let r = &record.spec.request;
     let request = serde_json::json!({
         "job_id": record.id,
         "attempt": record.attempt,
-        "prompt": spec.prompt,
-        "negative_prompt": spec.negative_prompt,
-        "audio": spec.audio,
-        "reference_image": spec.reference_image,
-        "width": spec.width,
-        "height": spec.height,
-        "frames": spec.frames,
-        "fps": spec.fps,
-        "steps": spec.steps,
-        "seed": spec.seed,
-        "pipeline": spec.pipeline,
+        "prompt": r.prompt,
+        "negative_prompt": r.negative_prompt,
+        "audio": r.audio,
+        "reference_image": r.reference_image,
+        "width": r.shape.width,
+        "height": r.shape.height,
+        "frames": r.shape.frames,
+        "fps": r.shape.fps,
+        "steps": r.shape.steps,
+        "seed": r.seed,
+        "pipeline": r.pipeline,
         "output_dir": record.output_dir(),
         "gpu_uuid": gpu_uuid,
         "lease_bytes": lease_bytes,

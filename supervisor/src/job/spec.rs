@@ -1,4 +1,4 @@
-//! Turns a wire request into a validated [`JobSpec`], before anything is accepted.
+//! Turns a [`JobRequest`] into a validated [`JobSpec`], before anything is accepted.
 //!
 //! Every field is checked here: text lengths, inline payload sizes and formats, input paths
 //! (which must lie inside an allowed directory), the pipeline's own rules, the timeout. A
@@ -8,13 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use arbiter::pb::video::v1 as pb;
-use pb::media::Source;
-
-use super::JobSpec;
 use super::catalog::Catalog;
+use super::{JobError, JobRequest, JobSpec, Media};
 use crate::config::JobsConfig;
-use crate::job::jobs::JobError;
 
 const MAX_PROMPT_CHARS: usize = 4096;
 
@@ -39,7 +35,7 @@ fn invalid(field: &'static str, rule: impl Into<String>) -> JobError {
 }
 
 pub fn check(
-    request: pb::VideoRequest,
+    request: JobRequest,
     catalog: &Catalog,
     config: &JobsConfig,
 ) -> Result<Checked, JobError> {
@@ -69,29 +65,25 @@ pub fn check(
         )
     })?;
     let manifest = &pipeline.manifest;
+    let asked = request.shape;
     let shape = manifest
         .shape(
-            request.width,
-            request.height,
-            request.frames,
-            request.fps,
-            request.steps,
+            asked.width,
+            asked.height,
+            asked.frames,
+            asked.fps,
+            asked.steps,
         )
         .map_err(|v| invalid(v.field, v.rule))?;
-    let placement = arbiter::pipeline::parse_placements(&request.placement)
-        .map_err(|e| invalid("placement", e.to_string()))?;
+    let placement =
+        arbiter::pipeline::parse_placements(request.placement.iter().map(|(c, p)| (c, p)))
+            .map_err(|e| invalid("placement", e.to_string()))?;
     manifest
         .check_placements(&placement)
         .map_err(|v| invalid(v.field, v.rule))?;
     let timeout = match request.timeout {
         None => config.default_timeout,
         Some(t) => {
-            let t = Duration::try_from(t).map_err(|_| {
-                invalid(
-                    "timeout",
-                    "is negative or malformed: give a duration such as \"10m\"",
-                )
-            })?;
             if t < Duration::from_secs(1) || t > config.max_timeout {
                 return Err(invalid(
                     "timeout",
@@ -118,7 +110,7 @@ pub fn check(
         && !manifest
             .stages
             .iter()
-            .any(|s| s.stage == arbiter::pipeline::StageKind::Image)
+            .any(|s| s.stage == arbiter::pipeline::Stage::Image)
     {
         return Err(invalid(
             "reference_image",
@@ -138,23 +130,21 @@ pub fn check(
     )?;
     Ok(Checked {
         spec: JobSpec {
-            prompt,
-            negative_prompt: request.negative_prompt,
-            audio,
-            reference_image,
-            width: shape.width,
-            height: shape.height,
-            frames: shape.frames,
-            fps: shape.fps,
-            steps: shape.steps,
-            seed: request
-                .seed
-                .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0),
-            pipeline: manifest.name.clone(),
-            priority: crate::rpc::convert::priority(request.priority),
-            timeout,
             lease_bytes: manifest.lease_bytes_with(&shape, &placement),
-            placement,
+            request: arbiter::job::Request {
+                prompt,
+                negative_prompt: request.negative_prompt,
+                audio,
+                reference_image,
+                shape,
+                seed: request
+                    .seed
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0),
+                pipeline: manifest.name.clone(),
+                placement,
+            },
+            priority: request.priority,
+            timeout,
         },
         inline,
     })
@@ -198,14 +188,14 @@ impl Format {
 fn media(
     field: &'static str,
     file_name: &'static str,
-    media: Option<pb::Media>,
+    media: Option<Media>,
     config: &JobsConfig,
     format: Format,
     inline: &mut Vec<Inline>,
 ) -> Result<Option<PathBuf>, JobError> {
-    match media.and_then(|m| m.source) {
+    match media {
         None => Ok(None),
-        Some(Source::Data(data)) => {
+        Some(Media::Inline(data)) => {
             if data.len() as u64 > config.max_inline_bytes.0 {
                 return Err(invalid(
                     field,
@@ -229,7 +219,7 @@ fn media(
             });
             Ok(None)
         }
-        Some(Source::Path(path)) => Ok(Some(confined(field, Path::new(&path), config, format)?)),
+        Some(Media::Path(path)) => Ok(Some(confined(field, &path, config, format)?)),
     }
 }
 

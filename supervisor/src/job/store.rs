@@ -122,21 +122,25 @@ mod tests {
 
     fn record(id: &str) -> JobRecord {
         let spec = JobSpec {
-            prompt: "a cat".into(),
-            negative_prompt: String::new(),
-            audio: None,
-            reference_image: None,
-            width: 128,
-            height: 128,
-            frames: 17,
-            fps: 8,
-            steps: 4,
-            seed: 7,
-            pipeline: "tiny".into(),
+            request: arbiter::job::Request {
+                prompt: "a cat".into(),
+                negative_prompt: String::new(),
+                audio: None,
+                reference_image: None,
+                shape: arbiter::pipeline::Shape {
+                    width: 128,
+                    height: 128,
+                    frames: 17,
+                    fps: 8,
+                    steps: 4,
+                },
+                seed: 7,
+                pipeline: "tiny".into(),
+                placement: Default::default(),
+            },
             priority: Priority::Normal,
             timeout: Duration::from_secs(60),
             lease_bytes: 1 << 30,
-            placement: Default::default(),
         };
         JobRecord::new(id.into(), spec, PathBuf::from("/tmp/x"))
     }

@@ -1,5 +1,5 @@
 //! Why a lease request or operation was refused. Each message says what to change; the
-//! mapping to gRPC status codes lives in one place, `crate::status`.
+//! mapping to gRPC status codes lives in one place, `crate::rpc::status`.
 
 use arbiter::ByteSize;
 

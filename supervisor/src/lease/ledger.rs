@@ -447,11 +447,19 @@ impl Ledger {
     }
 
     /// True while some given-back bytes on `gpu` wait for a reading that shows them free
-    /// (not yet overdue): the card is worth reading often then.
+    /// (not yet overdue).
     pub fn returns_pending(&self, gpu: u32) -> bool {
+        self.open_returns(gpu) > 0
+    }
+
+    /// Given-back bytes on `gpu` still within the return timeout.
+    fn open_returns(&self, gpu: u32) -> u64 {
         self.processes
             .range((gpu, 0)..=(gpu, u32::MAX))
-            .any(|(_, p)| p.returns.iter().any(|r| !r.overdue))
+            .flat_map(|(_, p)| p.returns.iter())
+            .filter(|r| !r.overdue)
+            .map(|r| r.bytes)
+            .sum()
     }
 
     /// Folds a reading of `gpu` in: foreign use shrinks the budget, each tracked process is
@@ -885,6 +893,7 @@ impl Ledger {
         let order = self.ordered(now);
         let mut blocked = vec![false; self.books.len()];
         let mut wanted = vec![false; self.books.len()];
+        let mut awaited = vec![false; self.books.len()];
         let mut granted = Vec::new();
         for &i in &order {
             let ask = &self.waiters[i].ask;
@@ -903,7 +912,11 @@ impl Ledger {
                 .collect();
             // Fits on an old reading: read the card again first (a foreign process may have
             // taken memory since), and keep everyone below from slipping in meanwhile.
-            let stale: Vec<usize> = fits.iter().copied().filter(|&g| !self.fresh(g, now)).collect();
+            let stale: Vec<usize> = fits
+                .iter()
+                .copied()
+                .filter(|&g| !self.fresh(g, now))
+                .collect();
             if !stale.is_empty() {
                 for g in stale {
                     blocked[g] = true;
@@ -911,9 +924,7 @@ impl Ledger {
                 }
                 continue;
             }
-            let best_fit = fits
-                .into_iter()
-                .min_by_key(|&g| self.books[g].available());
+            let best_fit = fits.into_iter().min_by_key(|&g| self.books[g].available());
             match best_fit {
                 Some(g) => {
                     self.books[g].granted += ask.bytes;
@@ -927,6 +938,9 @@ impl Ledger {
                         .max_by_key(|&g| (self.books[g].budget.total(), self.books[g].available()))
                         .unwrap_or(eligible[0]);
                     blocked[target] = true;
+                    if self.books[target].available() + self.open_returns(target as u32) >= ask.bytes {
+                        awaited[target] = true;
+                    }
                     self.request_reclaim(i, target, now, effects);
                 }
             }
@@ -970,6 +984,9 @@ impl Ledger {
             self.recount(g as u32);
             if wanted[g] {
                 effects.push(Effect::NeedReading { gpu: g as u32 });
+            }
+            if awaited[g] {
+                effects.push(Effect::AwaitReturn { gpu: g as u32 });
             }
         }
         self.withdraw_orphaned_reclaims(effects);

@@ -3,7 +3,8 @@
 //! [`ledger`] is the accounting itself, a plain state machine with no I/O and no clock of
 //! its own (callers pass `now`), so property tests can drive it through any sequence of
 //! events. [`broker`] wraps it for the server: a lock, the holders' notification channels,
-//! timers and the event feed. [`error`] says why a request was refused.
+//! timers and the event feed ([`events`], the operators' view of what the broker did).
+//! [`error`] says why a request was refused.
 //!
 //! The books follow the card, not the holders' word: a process the supervisor can see counts
 //! as the larger of its leases and its measured use, and bytes it gives back (release,
@@ -12,6 +13,7 @@
 
 pub mod broker;
 pub mod error;
+pub mod events;
 pub mod ledger;
 mod queue;
 
@@ -268,6 +270,11 @@ pub enum Effect {
     },
     /// A grant waits for a reading of this GPU newer than the freshness bound.
     NeedReading {
+        gpu: u32,
+    },
+    /// A waiter would fit on this GPU once bytes on their way back are seen free: read it
+    /// often while it waits (with nobody waiting, the periodic reading is enough).
+    AwaitReturn {
         gpu: u32,
     },
 }

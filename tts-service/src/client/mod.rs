@@ -1,8 +1,10 @@
-//! Clients of a running service, for scripts and the main job: [`say`] writes what it says
-//! to a WAV file; [`lip_sync`] writes a face's mouth frames and says where they were
-//! rendered. Both speak over the service's Unix socket and report gRPC errors as text.
+//! Clients of a running service, for scripts and the main job, one module per command of
+//! the binary: [`say`] (`arbiter-tts say`) writes what it says to a WAV file;
+//! [`lip_sync_command`] (`arbiter-tts lip-sync`) writes a face's mouth frames and says where
+//! they were rendered. Both speak over the service's Unix socket and report gRPC errors as
+//! text, which `main` prints on stderr before it exits with code 2.
 
-pub mod lip_sync;
+pub mod lip_sync_command;
 pub mod say;
 
 use std::path::Path;

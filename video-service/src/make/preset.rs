@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 
 use arbiter::ByteSize;
 use arbiter::pipeline::{
-    Component, Defaults, Dtype, Manifest, Memory, Model, Placement, Role, Rules, StageKind,
-    StageSpec, TilingSpec,
+    Component, Defaults, Dtype, Manifest, Memory, Model, Placement, Role, Rules, Stage, StageSpec,
+    TilingSpec,
 };
 use serde_json::{Value, json};
 
@@ -59,205 +59,21 @@ pub struct Plan {
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
+/// The manifest and the parts `preset` generates, the pipeline named `name`.
 pub fn plan(preset: Preset, name: &str) -> Plan {
-    let (dtype, parts, model, rules, defaults, margin) = match preset {
-        Preset::Tiny => (
-            Dtype::F32,
-            parts(
-                Dims {
-                    channels: 8,
-                    text_dim: 64,
-                    text_heads: 4,
-                    text_ffn: 128,
-                    text_blocks: 2,
-                    text_out: 48,
-                    audio_hidden: 32,
-                    audio_dim: 32,
-                    image_hidden: 16,
-                    dit_dim: 64,
-                    dit_heads: 4,
-                    dit_ffn: 128,
-                    dit_blocks: 3,
-                    up_hidden: 16,
-                    up_layers: 1,
-                    vae_hidden: 16,
-                    vae_layers: 1,
-                },
-                [16 * MIB, 16 * MIB, 16 * MIB, 64 * MIB, 16 * MIB, 64 * MIB],
-            ),
-            Model {
-                latent_channels: 8,
-                spatial_factor: 32,
-                temporal_factor: 8,
-                low_res_factor: 2,
-                text_tokens: 32,
-                audio_sample_rate: 16_000,
-                audio_channels: 2,
-                tiling: TilingSpec {
-                    spatial: 4,
-                    spatial_overlap: 1,
-                    temporal: 2,
-                    temporal_overlap: 1,
-                },
-            },
-            Rules {
-                width_multiple: 64,
-                height_multiple: 64,
-                min_side: 64,
-                max_width: 512,
-                max_height: 512,
-                frames_step: 8,
-                frames_offset: 1,
-                max_frames: 49,
-                min_fps: 1,
-                max_fps: 60,
-                max_steps: 50,
-                max_duration_s: 10.0,
-            },
-            Defaults {
-                width: 128,
-                height: 128,
-                frames: 17,
-                fps: 8,
-                steps: 4,
-            },
-            64 * MIB,
-        ),
-        Preset::LtxHalf | Preset::LtxFull => {
-            let full = preset == Preset::LtxFull;
-            let dims = if full {
-                Dims {
-                    channels: 128,
-                    text_dim: 3840,
-                    text_heads: 30,
-                    text_ffn: 15360,
-                    text_blocks: 60,
-                    text_out: 3840,
-                    audio_hidden: 8192,
-                    audio_dim: 2048,
-                    image_hidden: 4096,
-                    dit_dim: 4096,
-                    dit_heads: 32,
-                    dit_ffn: 19200,
-                    dit_blocks: 48,
-                    up_hidden: 1024,
-                    up_layers: 4,
-                    vae_hidden: 1024,
-                    vae_layers: 8,
-                }
-            } else {
-                Dims {
-                    channels: 128,
-                    text_dim: 2688,
-                    text_heads: 21,
-                    text_ffn: 10752,
-                    text_blocks: 60,
-                    text_out: 2688,
-                    audio_hidden: 4096,
-                    audio_dim: 1536,
-                    image_hidden: 2048,
-                    dit_dim: 2944,
-                    dit_heads: 23,
-                    dit_ffn: 13568,
-                    dit_blocks: 48,
-                    up_hidden: 768,
-                    up_layers: 4,
-                    vae_hidden: 768,
-                    vae_layers: 8,
-                }
-            };
-            let scale = if full { 2 } else { 1 };
-            (
-                Dtype::Bf16,
-                parts(
-                    dims,
-                    [256 * MIB, 256 * MIB, 256 * MIB, scale * GIB, 512 * MIB, GIB],
-                ),
-                Model {
-                    latent_channels: 128,
-                    spatial_factor: 32,
-                    temporal_factor: 8,
-                    low_res_factor: 2,
-                    text_tokens: 256,
-                    audio_sample_rate: 16_000,
-                    audio_channels: 2,
-                    tiling: TilingSpec {
-                        spatial: 8,
-                        spatial_overlap: 2,
-                        temporal: 4,
-                        temporal_overlap: 1,
-                    },
-                },
-                Rules {
-                    width_multiple: 64,
-                    height_multiple: 64,
-                    min_side: 256,
-                    max_width: 1920,
-                    max_height: 1088,
-                    frames_step: 8,
-                    frames_offset: 1,
-                    max_frames: 257,
-                    min_fps: 1,
-                    max_fps: 60,
-                    max_steps: 60,
-                    max_duration_s: 20.0,
-                },
-                Defaults {
-                    width: 768,
-                    height: 512,
-                    frames: 121,
-                    fps: 24,
-                    steps: 8,
-                },
-                2 * GIB,
-            )
-        }
+    let Figures {
+        dtype,
+        parts,
+        model,
+        rules,
+        defaults,
+        margin,
+    } = match preset {
+        Preset::Tiny => tiny(),
+        Preset::LtxHalf | Preset::LtxFull => ltx(preset == Preset::LtxFull),
     };
-    let stage = |stage, component: &str| StageSpec {
-        stage,
-        component: component.into(),
-        steps: None,
-        guidance: None,
-        shift: None,
-        sigma_start: None,
-    };
-    let stages = vec![
-        stage(StageKind::Text, "text_encoder"),
-        stage(StageKind::Audio, "audio_encoder"),
-        stage(StageKind::Image, "image_encoder"),
-        StageSpec {
-            guidance: Some(3.0),
-            shift: Some(3.0),
-            ..stage(StageKind::Denoise, "transformer")
-        },
-        stage(StageKind::Upsample, "upsampler"),
-        StageSpec {
-            steps: Some(if preset == Preset::Tiny { 2 } else { 3 }),
-            sigma_start: Some(0.4),
-            ..stage(StageKind::Refine, "transformer")
-        },
-        stage(StageKind::Decode, "vae_decoder"),
-    ];
-    let components: BTreeMap<String, Component> = parts
-        .iter()
-        .map(|part| {
-            (
-                part.name.to_string(),
-                Component {
-                    role: part.role,
-                    code: format!("{}.pt", part.name).into(),
-                    weights: format!("{}.safetensors", part.name).into(),
-                    dtype,
-                    // Filled in from what the generator wrote.
-                    parameter_bytes: ByteSize(0),
-                    activations: part.activations,
-                    blocks: part.blocks,
-                    placement: Placement::Gpu,
-                    sha256: None,
-                },
-            )
-        })
-        .collect();
+    let stages = stages(preset);
+    let components = components(&parts, dtype);
     let manifest = Manifest {
         name: name.into(),
         description: format!(
@@ -282,6 +98,231 @@ pub fn plan(preset: Preset, name: &str) -> Plan {
         dtype,
         parts,
     }
+}
+
+/// What a preset fixes: the weights' precision, the parts, the model's constants, the
+/// request rules and defaults, and the lease's margin in bytes.
+struct Figures {
+    dtype: Dtype,
+    parts: Vec<Part>,
+    model: Model,
+    rules: Rules,
+    defaults: Defaults,
+    margin: u64,
+}
+
+/// `tiny`: a few MB in float32, small enough for a CPU.
+fn tiny() -> Figures {
+    Figures {
+        dtype: Dtype::F32,
+        parts: parts(
+            Dims {
+                channels: 8,
+                text_dim: 64,
+                text_heads: 4,
+                text_ffn: 128,
+                text_blocks: 2,
+                text_out: 48,
+                audio_hidden: 32,
+                audio_dim: 32,
+                image_hidden: 16,
+                dit_dim: 64,
+                dit_heads: 4,
+                dit_ffn: 128,
+                dit_blocks: 3,
+                up_hidden: 16,
+                up_layers: 1,
+                vae_hidden: 16,
+                vae_layers: 1,
+            },
+            [16 * MIB, 16 * MIB, 16 * MIB, 64 * MIB, 16 * MIB, 64 * MIB],
+        ),
+        model: Model {
+            latent_channels: 8,
+            spatial_factor: 32,
+            temporal_factor: 8,
+            low_res_factor: 2,
+            text_tokens: 32,
+            audio_sample_rate: 16_000,
+            audio_channels: 2,
+            tiling: TilingSpec {
+                spatial: 4,
+                spatial_overlap: 1,
+                temporal: 2,
+                temporal_overlap: 1,
+            },
+        },
+        rules: Rules {
+            width_multiple: 64,
+            height_multiple: 64,
+            min_side: 64,
+            max_width: 512,
+            max_height: 512,
+            frames_step: 8,
+            frames_offset: 1,
+            max_frames: 49,
+            min_fps: 1,
+            max_fps: 60,
+            max_steps: 50,
+            max_duration_s: 10.0,
+        },
+        defaults: Defaults {
+            width: 128,
+            height: 128,
+            frames: 17,
+            fps: 8,
+            steps: 4,
+        },
+        margin: 64 * MIB,
+    }
+}
+
+/// `ltx-full` (`full`) or `ltx-half`: LTX-2.3's layout in bf16, at its sizes or at half.
+fn ltx(full: bool) -> Figures {
+    let scale = if full { 2 } else { 1 };
+    Figures {
+        dtype: Dtype::Bf16,
+        parts: parts(
+            ltx_dims(full),
+            [256 * MIB, 256 * MIB, 256 * MIB, scale * GIB, 512 * MIB, GIB],
+        ),
+        model: Model {
+            latent_channels: 128,
+            spatial_factor: 32,
+            temporal_factor: 8,
+            low_res_factor: 2,
+            text_tokens: 256,
+            audio_sample_rate: 16_000,
+            audio_channels: 2,
+            tiling: TilingSpec {
+                spatial: 8,
+                spatial_overlap: 2,
+                temporal: 4,
+                temporal_overlap: 1,
+            },
+        },
+        rules: Rules {
+            width_multiple: 64,
+            height_multiple: 64,
+            min_side: 256,
+            max_width: 1920,
+            max_height: 1088,
+            frames_step: 8,
+            frames_offset: 1,
+            max_frames: 257,
+            min_fps: 1,
+            max_fps: 60,
+            max_steps: 60,
+            max_duration_s: 20.0,
+        },
+        defaults: Defaults {
+            width: 768,
+            height: 512,
+            frames: 121,
+            fps: 24,
+            steps: 8,
+        },
+        margin: 2 * GIB,
+    }
+}
+
+/// The components' dimensions: LTX-2.3's (`full`), or every block at half the bytes.
+fn ltx_dims(full: bool) -> Dims {
+    if full {
+        Dims {
+            channels: 128,
+            text_dim: 3840,
+            text_heads: 30,
+            text_ffn: 15360,
+            text_blocks: 60,
+            text_out: 3840,
+            audio_hidden: 8192,
+            audio_dim: 2048,
+            image_hidden: 4096,
+            dit_dim: 4096,
+            dit_heads: 32,
+            dit_ffn: 19200,
+            dit_blocks: 48,
+            up_hidden: 1024,
+            up_layers: 4,
+            vae_hidden: 1024,
+            vae_layers: 8,
+        }
+    } else {
+        Dims {
+            channels: 128,
+            text_dim: 2688,
+            text_heads: 21,
+            text_ffn: 10752,
+            text_blocks: 60,
+            text_out: 2688,
+            audio_hidden: 4096,
+            audio_dim: 1536,
+            image_hidden: 2048,
+            dit_dim: 2944,
+            dit_heads: 23,
+            dit_ffn: 13568,
+            dit_blocks: 48,
+            up_hidden: 768,
+            up_layers: 4,
+            vae_hidden: 768,
+            vae_layers: 8,
+        }
+    }
+}
+
+/// Every preset's stages: LTX-2's two-stage layout, guided denoising at low resolution,
+/// then upsampling and a short unguided refine.
+fn stages(preset: Preset) -> Vec<StageSpec> {
+    let stage = |stage, component: &str| StageSpec {
+        stage,
+        component: component.into(),
+        steps: None,
+        guidance: None,
+        shift: None,
+        sigma_start: None,
+    };
+    vec![
+        stage(Stage::Text, "text_encoder"),
+        stage(Stage::Audio, "audio_encoder"),
+        stage(Stage::Image, "image_encoder"),
+        StageSpec {
+            guidance: Some(3.0),
+            shift: Some(3.0),
+            ..stage(Stage::Denoise, "transformer")
+        },
+        stage(Stage::Upsample, "upsampler"),
+        StageSpec {
+            steps: Some(if preset == Preset::Tiny { 2 } else { 3 }),
+            sigma_start: Some(0.4),
+            ..stage(Stage::Refine, "transformer")
+        },
+        stage(Stage::Decode, "vae_decoder"),
+    ]
+}
+
+/// The manifest's entry for each part, its sizes left for the generator to fill in.
+fn components(parts: &[Part], dtype: Dtype) -> BTreeMap<String, Component> {
+    parts
+        .iter()
+        .map(|part| {
+            (
+                part.name.to_string(),
+                Component {
+                    role: part.role,
+                    code: format!("{}.pt", part.name).into(),
+                    weights: format!("{}.safetensors", part.name).into(),
+                    dtype,
+                    // Filled in from what the generator wrote.
+                    parameter_bytes: ByteSize(0),
+                    activations: part.activations,
+                    blocks: part.blocks,
+                    placement: Placement::Gpu,
+                    sha256: None,
+                },
+            )
+        })
+        .collect()
 }
 
 struct Dims {

@@ -1,5 +1,4 @@
-//! Which pipeline a job runs, checked again on the worker's side, and what a pipeline
-//! hands to the muxer.
+//! Which pipeline a job runs, checked again on the worker's side.
 //!
 //! The supervisor validated the request against the manifest before accepting it, but the
 //! worker reads the manifest itself (the built-in one, or `<pipeline_dir>/manifest.toml`)
@@ -12,7 +11,8 @@
 //! [`stream`]), the flow-matching [`sampler`], byte-level [`tokens`], the embedding
 //! [`cache`] and tiled decoding ([`tiles`]). A manifest without stages or command runs the
 //! built-in seeded model ([`tiny`]) under its own rules and memory figures. Pipelines with
-//! a `command` run as external programs under the supervisor, never in this worker.
+//! a `command` run as external programs under the supervisor, never in this worker. Either
+//! in-process pipeline hands its video on as [`Frames`](crate::frames::Frames).
 
 pub mod cache;
 pub mod component;
@@ -60,20 +60,20 @@ pub struct Resolved {
 
 /// Reads the job's manifest and checks its request against the rules.
 pub fn resolve(job: &Job) -> Result<Resolved, PipelineError> {
-    let manifest = if job.pipeline == TINY && job.pipeline_dir.is_none() {
+    let manifest = if job.request.pipeline == TINY && job.pipeline_dir.is_none() {
         Manifest::tiny()
     } else {
         let dir = job
             .pipeline_dir
             .as_deref()
-            .ok_or_else(|| PipelineError::NoDirectory(job.pipeline.clone()))?;
-        load(&job.pipeline, dir)?
+            .ok_or_else(|| PipelineError::NoDirectory(job.request.pipeline.clone()))?;
+        load(&job.request.pipeline, dir)?
     };
     if manifest.command.is_some() {
         return Err(PipelineError::External(manifest.name));
     }
     let shape = manifest
-        .shape(job.width, job.height, job.frames, job.fps, job.steps)
+        .shape(job.request.shape.width, job.request.shape.height, job.request.shape.frames, job.request.shape.fps, job.request.shape.steps)
         .map_err(|violation| PipelineError::Request {
             pipeline: manifest.name.clone(),
             violation,
@@ -92,23 +92,6 @@ fn load(name: &str, dir: &Path) -> Result<Manifest, PipelineError> {
     Ok(manifest)
 }
 
-/// Decoded video: `count` frames of `height` rows of `width` RGB pixels, one byte per
-/// channel, frame after frame (what ffmpeg reads as `rawvideo rgb24`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frames {
-    pub width: u32,
-    pub height: u32,
-    pub count: u32,
-    pub rgb: Vec<u8>,
-}
-
-impl Frames {
-    /// Bytes in one frame.
-    pub fn frame_len(&self) -> usize {
-        self.width as usize * self.height as usize * 3
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,22 +101,26 @@ mod tests {
         Job {
             id: "j".into(),
             attempt: 1,
-            prompt: "p".into(),
-            negative_prompt: String::new(),
-            audio: None,
-            reference_image: None,
-            width: 128,
-            height: 128,
-            frames: 17,
-            fps: 8,
-            steps: 4,
-            seed: 1,
-            pipeline: pipeline.into(),
+            request: arbiter::job::Request {
+                prompt: "p".into(),
+                negative_prompt: String::new(),
+                audio: None,
+                reference_image: None,
+                shape: arbiter::pipeline::Shape {
+                    width: 128,
+                    height: 128,
+                    frames: 17,
+                    fps: 8,
+                    steps: 4,
+                },
+                seed: 1,
+                pipeline: pipeline.into(),
+                placement: Default::default(),
+            },
             pipeline_dir: dir,
             output_dir: "/tmp".into(),
             lease_bytes: 0,
             gpu_uuid: String::new(),
-            placements: Default::default(),
             embedding_cache: None,
             frames_without_ffmpeg: false,
         }
@@ -144,7 +131,7 @@ mod tests {
         let resolved = resolve(&job(TINY, None)).unwrap();
         assert_eq!(resolved.shape.frames, 17);
         let mut bad = job(TINY, None);
-        bad.frames = 16;
+        bad.request.shape.frames = 16;
         let error = resolve(&bad).unwrap_err().to_string();
         assert!(
             error.contains("frames") && error.contains("8k+1"),

@@ -12,28 +12,30 @@
 //! freed component goes back to the driver, not just to libtorch's cache.
 //!
 //! Per stage the pipeline records where its component ran, the load time and rate, the
-//! compute time, and the allocator's peak allocated and reserved bytes.
+//! compute time, and the allocator's peak allocated and reserved bytes ([`StageMetrics`],
+//! defined with the metadata file that carries it). Each stage kind is one step function of
+//! `Run`, between the reporting and timing that every stage shares.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use arbiter::pipeline::{Manifest, Placement, Placements, Shape, StageKind};
+use arbiter::pipeline::{Manifest, Model, Placement, Placements, Shape, Stage};
 use arbiter_torch::allocator;
 use arbiter_torch::load::LoadOptions;
-use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::Frames;
 use super::cache::{CacheKey, EmbeddingCache};
 use super::component::{ComponentError, Live, device_index};
 use super::sampler;
 use super::tiles::{self, Factors, Tiling};
 use super::tokens;
+use crate::frames::Frames;
 use crate::gpu_memory::ProcessMemory;
 use crate::input::audio::Audio;
 use crate::input::image::Image;
-use crate::progress::{Progress, Stage, Stop};
+use crate::metadata::{StageMetrics, millis};
+use crate::progress::{Progress, Stop};
 
 /// Why the staged pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +45,10 @@ pub enum StagedError {
     #[error(transparent)]
     Component(#[from] ComponentError),
     #[error("libtorch failed in the {stage} stage: {source}")]
-    Torch { stage: StageKind, source: TchError },
+    Torch { stage: Stage, source: TchError },
     #[error("the {stage} stage: {source}")]
     Tiles {
-        stage: StageKind,
+        stage: Stage,
         source: tiles::TileError,
     },
     #[error("libtorch failed in the sampler: {0}")]
@@ -77,63 +79,12 @@ pub struct Settings {
     pub nvml: Option<ProcessMemory>,
 }
 
-/// One stage as it ran.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct StageMetrics {
-    pub stage: String,
-    pub component: String,
-    /// Where the component ran (`auto` resolved); `skipped` when the stage did not need it.
-    pub placement: String,
-    /// 0 when the component was already loaded or not needed.
-    pub load_ms: f64,
-    pub load_bytes: u64,
-    pub load_gb_per_s: f64,
-    pub compute_ms: f64,
-    /// The component's first call in this process, when this stage made it (synchronized,
-    /// part of `compute_ms`): kernel loading and library set-up that a fresh process pays
-    /// and a resident component does not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_call_ms: Option<f64>,
-    /// Weights of every loaded component on the device during the stage.
-    pub device_weight_bytes: u64,
-    /// The caching allocator's peaks during the stage (0 without a GPU).
-    pub peak_allocated_bytes: u64,
-    pub peak_reserved_bytes: u64,
-    /// Reserved after the stage freed what it could.
-    pub reserved_after_bytes: u64,
-    /// This process's GPU memory by NVML at the end of the stage, before it freed its
-    /// components (absent without NVML).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nvml_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_hit: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tiles: Option<usize>,
-    /// Components still loaded when the stage ended (what later stages need, and
-    /// `resident` ones).
-    #[serde(default)]
-    pub held_after: Vec<String>,
-}
-
 /// The pipeline's result.
 pub struct Output {
     pub frames: Frames,
     /// The latents the last sampling stage ended with, before decoding.
     pub latents: Tensor,
     pub stages: Vec<StageMetrics>,
-}
-
-/// The progress stage a manifest stage reports as.
-pub fn progress_stage(kind: StageKind) -> Stage {
-    match kind {
-        StageKind::Text => Stage::Text,
-        StageKind::Audio => Stage::Audio,
-        StageKind::Image => Stage::Image,
-        StageKind::Denoise => Stage::Denoise,
-        StageKind::Upsample => Stage::Upsample,
-        StageKind::Refine => Stage::Refine,
-        StageKind::Decode => Stage::Decode,
-    }
 }
 
 /// `auto`: the GPU when the component and its activations fit in what the lease has left,
@@ -158,6 +109,38 @@ struct Carry {
     /// The final latents, kept for the output when decode takes them.
     decoded: Option<Tensor>,
     video: Option<Tensor>,
+}
+
+/// The latent video's dimensions for the request, fixed by the model's factors.
+#[derive(Clone, Copy)]
+struct Latent {
+    /// The first denoising stage runs at 1/this resolution.
+    low_res: i64,
+    /// Pixels per latent pixel, each way.
+    spatial: i64,
+    frames: i64,
+    height: i64,
+    width: i64,
+    channels: i64,
+}
+
+impl Latent {
+    fn of(model: &Model, shape: &Shape) -> Latent {
+        let spatial = i64::from(model.spatial_factor);
+        Latent {
+            low_res: i64::from(model.low_res_factor),
+            spatial,
+            frames: i64::from((shape.frames - 1) / model.temporal_factor + 1),
+            height: i64::from(shape.height) / spatial,
+            width: i64::from(shape.width) / spatial,
+            channels: i64::from(model.latent_channels),
+        }
+    }
+}
+
+/// libtorch's error, as the failure of `stage`.
+fn in_stage(stage: Stage) -> impl Fn(TchError) -> StagedError + Copy {
+    move |source| StagedError::Torch { stage, source }
 }
 
 struct Run<'a> {
@@ -275,11 +258,11 @@ pub fn run_in(
         }
         empty_cache(settings.device);
         let video = carry.video.ok_or(StagedError::Torch {
-            stage: StageKind::Decode,
+            stage: Stage::Decode,
             source: TchError::Kind("no decode stage produced the video".into()),
         })?;
         let frames = to_frames(&video).map_err(|source| StagedError::Torch {
-            stage: StageKind::Decode,
+            stage: Stage::Decode,
             source,
         })?;
         let latents = carry
@@ -304,7 +287,7 @@ pub fn run_in(
 }
 
 impl Run<'_> {
-    fn model(&self) -> &arbiter::pipeline::Model {
+    fn model(&self) -> &Model {
         // run_in refuses a manifest without a model before any stage.
         self.manifest
             .model
@@ -320,6 +303,8 @@ impl Run<'_> {
             .fold(1.0, f64::max)
     }
 
+    /// Runs stage `index`: reports it, runs its step, then records what it cost and frees
+    /// what no later stage needs.
     fn stage(
         &mut self,
         index: usize,
@@ -328,197 +313,299 @@ impl Run<'_> {
     ) -> Result<StageMetrics, StagedError> {
         let spec = &self.manifest.stages[index];
         let kind = spec.stage;
-        let torch = |source| StagedError::Torch {
-            stage: kind,
-            source,
-        };
-        let shape = self.request.shape;
-        let total = match kind {
-            StageKind::Denoise => shape.steps,
-            StageKind::Refine => spec.steps.unwrap_or(1),
+        progress.begin(kind, self.total_steps(index))?;
+        let mut metrics = self.start_metrics(index);
+        let started = Instant::now();
+        let model = self.model().clone();
+        let latent = Latent::of(&model, &self.request.shape);
+        match kind {
+            Stage::Text => carry.text = Some(self.text(index, &model, &mut metrics)?),
+            Stage::Audio => carry.audio = Some(self.audio(index, &model, &mut metrics)?),
+            Stage::Image => {
+                if let Some(image) = self.image(index, &mut metrics)? {
+                    carry.image = Some(image);
+                }
+            }
+            Stage::Denoise | Stage::Refine => {
+                let latents = self.sample(index, &latent, carry, &mut metrics, progress)?;
+                carry.latents = Some(latents);
+            }
+            // Latents at twice the resolution.
+            Stage::Upsample => {
+                let x = take_latents(carry, kind)?;
+                carry.latents = Some(self.call_one(index, &mut metrics, &x)?);
+            }
+            Stage::Decode => self.decode(index, &model, &latent, carry, &mut metrics)?,
+            Stage::Mux => {
+                return Err(in_stage(kind)(TchError::Kind(
+                    "mux is the worker's own stage: a manifest cannot run it".into(),
+                )));
+            }
+        }
+        self.finish_metrics(index, started, &mut metrics);
+        Ok(metrics)
+    }
+
+    /// The steps stage `index` reports: the request's for `denoise`, the manifest's for
+    /// `refine`, one for the rest.
+    fn total_steps(&self, index: usize) -> u32 {
+        let spec = &self.manifest.stages[index];
+        match spec.stage {
+            Stage::Denoise => self.request.shape.steps,
+            Stage::Refine => spec.steps.unwrap_or(1),
             _ => 1,
-        };
-        progress.begin(progress_stage(kind), total)?;
+        }
+    }
+
+    /// The stage's metrics before it runs, with the allocator's peaks reset so that they
+    /// are the stage's own.
+    fn start_metrics(&self, index: usize) -> StageMetrics {
+        let spec = &self.manifest.stages[index];
         let device = self.settings.device;
         if device.is_cuda() {
             let _ = allocator::reset_peak(device_index(device) as i32);
         }
-        let mut metrics = StageMetrics {
-            stage: kind.name().into(),
+        StageMetrics {
+            stage: spec.stage.name().into(),
             component: spec.component.clone(),
             ..StageMetrics::default()
-        };
-        let started = Instant::now();
-        let model = self.model().clone();
-        let lr = i64::from(model.low_res_factor);
-        let sf = i64::from(model.spatial_factor);
-        let latent_frames = i64::from((shape.frames - 1) / model.temporal_factor + 1);
-        let (h, w) = (i64::from(shape.height) / sf, i64::from(shape.width) / sf);
-        let channels = i64::from(model.latent_channels);
-        match kind {
-            StageKind::Text => {
-                let mut prompts = vec![self.request.prompt];
-                if self.guidance() > 1.0 {
-                    prompts.push(self.request.negative_prompt);
-                }
-                let encoder = self.encoder_id(&spec.component);
-                let keys: Vec<_> = prompts
-                    .iter()
-                    .map(|p| EmbeddingCache::key(p, &format!("{encoder}/{}", model.text_tokens)))
-                    .collect();
-                let hits: Option<Vec<Tensor>> = self.settings.cache.as_ref().and_then(|cache| {
-                    keys.iter()
-                        .map(|k| match cache.get(k, device) {
-                            Ok(hit) => hit,
-                            Err(error) => {
-                                tracing::warn!(%error, "embedding cache unreadable; encoding");
-                                None
-                            }
-                        })
-                        .collect()
-                });
-                metrics.cache_hit = self.settings.cache.as_ref().map(|_| hits.is_some());
-                let text = match hits {
-                    Some(rows) => {
-                        metrics.placement = "skipped".into();
-                        Tensor::f_cat(&rows, 0).map_err(torch)?
-                    }
-                    None => {
-                        let ids = tokens::tokenize(&prompts, model.text_tokens, device);
-                        let component = self.acquire(index, &mut metrics)?;
-                        let text = component.call(&[&ids])?;
-                        if let Some(cache) = &self.settings.cache {
-                            let mut rows = Vec::with_capacity(keys.len());
-                            for (row, key) in keys.into_iter().enumerate() {
-                                let one = text
-                                    .f_narrow(0, row as i64, 1)
-                                    .and_then(|one| one.f_to_device(Device::Cpu))
-                                    .map_err(torch)?;
-                                rows.push((key, one));
-                            }
-                            self.writes.store(cache.clone(), rows);
-                        }
-                        text
-                    }
-                };
-                carry.text = Some(text);
-            }
-            StageKind::Audio => {
-                let wave = waveform(self.request.audio, &model, &shape, device).map_err(torch)?;
-                let component = self.acquire(index, &mut metrics)?;
-                carry.audio = Some(component.call(&[&wave])?);
-            }
-            StageKind::Image => match self.request.image {
-                Some(image) => {
-                    let pixels = image_tensor(image, device).map_err(torch)?;
-                    let component = self.acquire(index, &mut metrics)?;
-                    carry.image = Some(component.call(&[&pixels])?);
-                }
-                None => metrics.placement = "skipped".into(),
-            },
-            StageKind::Denoise | StageKind::Refine => {
-                let (text, audio) = match (&carry.text, &carry.audio) {
-                    (Some(t), Some(a)) => (t.shallow_clone(), a.shallow_clone()),
-                    _ => {
-                        return Err(torch(TchError::Kind(
-                            "text and audio conditioning must come first".into(),
-                        )));
-                    }
-                };
-                let image = match &carry.image {
-                    Some(i) => i.shallow_clone(),
-                    None => Tensor::f_zeros([1, channels, 1, h, w], (Kind::Float, device))
-                        .map_err(torch)?,
-                };
-                let shift = spec.shift.unwrap_or(1.0);
-                let guidance = spec.guidance.unwrap_or(1.0);
-                let text = if guidance > 1.0 {
-                    text
-                } else {
-                    text.f_narrow(0, 0, 1).map_err(torch)?
-                };
-                let (x, sigmas) = if kind == StageKind::Denoise {
-                    let noise = seeded_noise(
-                        [1, channels, latent_frames, h / lr, w / lr],
-                        self.request.seed,
-                        device,
-                    )
-                    .map_err(torch)?;
-                    (noise, sampler::sigmas(shape.steps, shift, 1.0))
-                } else {
-                    let start = spec.sigma_start.unwrap_or(0.4);
-                    let up = carry.latents.take().ok_or_else(|| {
-                        torch(TchError::Kind("refine needs upsampled latents".into()))
-                    })?;
-                    let noise = seeded_noise(
-                        [1, channels, latent_frames, h, w],
-                        self.request.seed.wrapping_add(1),
-                        device,
-                    )
-                    .map_err(torch)?;
-                    let x = sampler::renoise(&up, &noise, start).map_err(torch)?;
-                    (x, sampler::sigmas(total, shift, start))
-                };
-                let component = self.acquire(index, &mut metrics)?;
-                let latents = sampler::sample::<StagedError>(
-                    x,
-                    &sigmas,
-                    guidance,
-                    &mut |x, sigma| Ok(component.call(&[x, sigma, &text, &audio, &image])?),
-                    &mut |step| Ok(progress.step(step)?),
-                )?;
-                carry.latents = Some(latents);
-            }
-            StageKind::Upsample => {
-                let x = carry
-                    .latents
-                    .take()
-                    .ok_or_else(|| torch(TchError::Kind("upsample needs latents".into())))?;
-                let component = self.acquire(index, &mut metrics)?;
-                carry.latents = Some(component.call(&[&x])?);
-            }
-            StageKind::Decode => {
-                let x = carry
-                    .latents
-                    .take()
-                    .ok_or_else(|| torch(TchError::Kind("decode needs latents".into())))?;
-                let t = model.tiling;
-                let tiling = Tiling {
-                    spatial: t.spatial,
-                    spatial_overlap: t.spatial_overlap,
-                    temporal: t.temporal,
-                    temporal_overlap: t.temporal_overlap,
-                };
-                let factors = Factors {
-                    spatial: sf,
-                    temporal: i64::from(model.temporal_factor),
-                };
-                let component = self.acquire(index, &mut metrics)?;
-                let mut failure = None;
-                let decoded = tiles::decode_tiled(&x, tiling, factors, &mut |tile| {
-                    component.call(&[tile]).map_err(|error| {
-                        let message = error.to_string();
-                        failure = Some(error);
-                        TchError::Kind(message)
-                    })
-                });
-                let (video, stats) = match decoded {
-                    Ok(done) => done,
-                    Err(_) if failure.is_some() => {
-                        return Err(failure.take().expect("checked").into());
-                    }
-                    Err(source) => {
-                        return Err(StagedError::Tiles {
-                            stage: kind,
-                            source,
-                        });
-                    }
-                };
-                metrics.tiles = Some(stats.tiles);
-                carry.video = Some(video);
-                carry.decoded = Some(x);
-            }
         }
+    }
+
+    /// `text`: the prompt (and, with guidance, the negative prompt) to embeddings, from the
+    /// cache when it has them all, else from the encoder.
+    fn text(
+        &mut self,
+        index: usize,
+        model: &Model,
+        metrics: &mut StageMetrics,
+    ) -> Result<Tensor, StagedError> {
+        let spec = &self.manifest.stages[index];
+        let mut prompts = vec![self.request.prompt];
+        if self.guidance() > 1.0 {
+            prompts.push(self.request.negative_prompt);
+        }
+        let encoder = self.encoder_id(&spec.component);
+        let keys: Vec<_> = prompts
+            .iter()
+            .map(|p| EmbeddingCache::key(p, &format!("{encoder}/{}", model.text_tokens)))
+            .collect();
+        let hits = self.cached(&keys);
+        metrics.cache_hit = self.settings.cache.as_ref().map(|_| hits.is_some());
+        match hits {
+            Some(rows) => {
+                metrics.placement = "skipped".into();
+                Ok(Tensor::f_cat(&rows, 0).map_err(in_stage(spec.stage))?)
+            }
+            None => self.encode(index, &prompts, model, keys, metrics),
+        }
+    }
+
+    /// Every key's embedding from the cache, or `None` unless it holds them all (an
+    /// unreadable entry counts as missing: the encoder runs instead).
+    fn cached(&self, keys: &[CacheKey]) -> Option<Vec<Tensor>> {
+        self.settings.cache.as_ref().and_then(|cache| {
+            keys.iter()
+                .map(|k| match cache.get(k, self.settings.device) {
+                    Ok(hit) => hit,
+                    Err(error) => {
+                        tracing::warn!(%error, "embedding cache unreadable; encoding");
+                        None
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// Runs the text encoder on `prompts`, and stores each prompt's row in the cache under
+    /// its key, beside the run.
+    fn encode(
+        &mut self,
+        index: usize,
+        prompts: &[&str],
+        model: &Model,
+        keys: Vec<CacheKey>,
+        metrics: &mut StageMetrics,
+    ) -> Result<Tensor, StagedError> {
+        let torch = in_stage(self.manifest.stages[index].stage);
+        let ids = tokens::tokenize(prompts, model.text_tokens, self.settings.device);
+        let text = self.call_one(index, metrics, &ids)?;
+        if let Some(cache) = &self.settings.cache {
+            let mut rows = Vec::with_capacity(keys.len());
+            for (row, key) in keys.into_iter().enumerate() {
+                let one = text
+                    .f_narrow(0, row as i64, 1)
+                    .and_then(|one| one.f_to_device(Device::Cpu))
+                    .map_err(torch)?;
+                rows.push((key, one));
+            }
+            self.writes.store(cache.clone(), rows);
+        }
+        Ok(text)
+    }
+
+    /// `audio`: the soundtrack (or silence) to conditioning tokens.
+    fn audio(
+        &mut self,
+        index: usize,
+        model: &Model,
+        metrics: &mut StageMetrics,
+    ) -> Result<Tensor, StagedError> {
+        let device = self.settings.device;
+        let wave = waveform(self.request.audio, model, &self.request.shape, device)
+            .map_err(in_stage(Stage::Audio))?;
+        self.call_one(index, metrics, &wave)
+    }
+
+    /// `image`: the reference image to a first-frame latent; skipped without one.
+    fn image(
+        &mut self,
+        index: usize,
+        metrics: &mut StageMetrics,
+    ) -> Result<Option<Tensor>, StagedError> {
+        let Some(image) = self.request.image else {
+            metrics.placement = "skipped".into();
+            return Ok(None);
+        };
+        let pixels = image_tensor(image, self.settings.device).map_err(in_stage(Stage::Image))?;
+        Ok(Some(self.call_one(index, metrics, &pixels)?))
+    }
+
+    /// Runs stage `index`'s component (loaded now if need be) on one input.
+    fn call_one(
+        &mut self,
+        index: usize,
+        metrics: &mut StageMetrics,
+        input: &Tensor,
+    ) -> Result<Tensor, StagedError> {
+        let component = self.acquire(index, metrics)?;
+        Ok(component.call(&[input])?)
+    }
+
+    /// `denoise` or `refine`: the sampler's run from where the stage starts, conditioned on
+    /// the earlier stages' output, one report per step.
+    fn sample(
+        &mut self,
+        index: usize,
+        latent: &Latent,
+        carry: &mut Carry,
+        metrics: &mut StageMetrics,
+        progress: &mut dyn Progress,
+    ) -> Result<Tensor, StagedError> {
+        let spec = &self.manifest.stages[index];
+        let guidance = spec.guidance.unwrap_or(1.0);
+        let (text, audio, image) = conditioning(carry, guidance, latent, self.settings.device)
+            .map_err(in_stage(spec.stage))?;
+        let (x, sigmas) = self.sampler_start(index, latent, carry)?;
+        let component = self.acquire(index, metrics)?;
+        sampler::sample::<StagedError>(
+            x,
+            &sigmas,
+            guidance,
+            &mut |x, sigma| Ok(component.call(&[x, sigma, &text, &audio, &image])?),
+            &mut |step| Ok(progress.step(step)?),
+        )
+    }
+
+    /// Where a sampling stage starts, and its noise levels: `denoise` from the seed's noise
+    /// at low resolution over the request's steps; `refine` from the upsampled latents
+    /// re-noised part way (to `sigma_start`) at full resolution.
+    fn sampler_start(
+        &self,
+        index: usize,
+        latent: &Latent,
+        carry: &mut Carry,
+    ) -> Result<(Tensor, Vec<f64>), StagedError> {
+        let spec = &self.manifest.stages[index];
+        let torch = in_stage(spec.stage);
+        let device = self.settings.device;
+        let Latent {
+            low_res: lr,
+            frames: latent_frames,
+            height: h,
+            width: w,
+            channels,
+            ..
+        } = *latent;
+        let shift = spec.shift.unwrap_or(1.0);
+        if spec.stage == Stage::Denoise {
+            let noise = seeded_noise(
+                [1, channels, latent_frames, h / lr, w / lr],
+                self.request.seed,
+                device,
+            )
+            .map_err(torch)?;
+            return Ok((noise, sampler::sigmas(self.request.shape.steps, shift, 1.0)));
+        }
+        let start = spec.sigma_start.unwrap_or(0.4);
+        let up = carry
+            .latents
+            .take()
+            .ok_or_else(|| torch(TchError::Kind("refine needs upsampled latents".into())))?;
+        let noise = seeded_noise(
+            [1, channels, latent_frames, h, w],
+            self.request.seed.wrapping_add(1),
+            device,
+        )
+        .map_err(torch)?;
+        let x = sampler::renoise(&up, &noise, start).map_err(torch)?;
+        Ok((x, sampler::sigmas(self.total_steps(index), shift, start)))
+    }
+
+    /// `decode`: the latents to pixels in tiles; the latents are kept for the output.
+    fn decode(
+        &mut self,
+        index: usize,
+        model: &Model,
+        latent: &Latent,
+        carry: &mut Carry,
+        metrics: &mut StageMetrics,
+    ) -> Result<(), StagedError> {
+        let x = take_latents(carry, Stage::Decode)?;
+        let t = model.tiling;
+        let tiling = Tiling {
+            spatial: t.spatial,
+            spatial_overlap: t.spatial_overlap,
+            temporal: t.temporal,
+            temporal_overlap: t.temporal_overlap,
+        };
+        let factors = Factors {
+            spatial: latent.spatial,
+            temporal: i64::from(model.temporal_factor),
+        };
+        let component = self.acquire(index, metrics)?;
+        let mut failure = None;
+        let decoded = tiles::decode_tiled(&x, tiling, factors, &mut |tile| {
+            component.call(&[tile]).map_err(|error| {
+                let message = error.to_string();
+                failure = Some(error);
+                TchError::Kind(message)
+            })
+        });
+        let (video, stats) = match decoded {
+            Ok(done) => done,
+            Err(_) if failure.is_some() => {
+                return Err(failure.take().expect("checked").into());
+            }
+            Err(source) => {
+                return Err(StagedError::Tiles {
+                    stage: Stage::Decode,
+                    source,
+                });
+            }
+        };
+        metrics.tiles = Some(stats.tiles);
+        carry.video = Some(video);
+        carry.decoded = Some(x);
+        Ok(())
+    }
+
+    /// After the stage's step: its compute time (the load left out), what the device and
+    /// the driver held, the first call's time, then frees what no later stage needs,
+    /// records what stayed and the allocator's peaks, and logs the stage.
+    fn finish_metrics(&mut self, index: usize, started: Instant, metrics: &mut StageMetrics) {
+        let spec = &self.manifest.stages[index];
+        let device = self.settings.device;
         if device.is_cuda() {
             tch::Cuda::synchronize(device_index(device));
         }
@@ -541,7 +628,7 @@ impl Run<'_> {
             metrics.reserved_after_bytes = stats.reserved;
         }
         tracing::info!(
-            stage = %kind,
+            stage = %spec.stage,
             component = %metrics.component,
             placement = %metrics.placement,
             load_ms = metrics.load_ms,
@@ -550,7 +637,6 @@ impl Run<'_> {
             peak_reserved = metrics.peak_reserved_bytes,
             "stage done"
         );
-        Ok(metrics)
     }
 
     /// What identifies the text encoder for the cache: its weights' SHA-256 from the
@@ -635,6 +721,46 @@ impl Run<'_> {
     }
 }
 
+/// The latents an earlier stage left for `stage` (`upsample`, `decode`), taken.
+fn take_latents(carry: &mut Carry, stage: Stage) -> Result<Tensor, StagedError> {
+    carry
+        .latents
+        .take()
+        .ok_or_else(|| in_stage(stage)(TchError::Kind(format!("{stage} needs latents"))))
+}
+
+/// What a sampling stage is conditioned on: the text (the negative prompt's row kept only
+/// when the stage guides), the audio tokens, and the image latent (zeros without a reference
+/// image).
+fn conditioning(
+    carry: &Carry,
+    guidance: f64,
+    latent: &Latent,
+    device: Device,
+) -> Result<(Tensor, Tensor, Tensor), TchError> {
+    let (text, audio) = match (&carry.text, &carry.audio) {
+        (Some(t), Some(a)) => (t.shallow_clone(), a.shallow_clone()),
+        _ => {
+            return Err(TchError::Kind(
+                "text and audio conditioning must come first".into(),
+            ));
+        }
+    };
+    let image = match &carry.image {
+        Some(i) => i.shallow_clone(),
+        None => Tensor::f_zeros(
+            [1, latent.channels, 1, latent.height, latent.width],
+            (Kind::Float, device),
+        )?,
+    };
+    let text = if guidance > 1.0 {
+        text
+    } else {
+        text.f_narrow(0, 0, 1)?
+    };
+    Ok((text, audio, image))
+}
+
 /// A file's size and modification time, which change when it is rewritten.
 fn stamp(path: &Path) -> String {
     std::fs::metadata(path)
@@ -669,7 +795,7 @@ fn seeded_noise(shape: [i64; 5], seed: u64, device: Device) -> Result<Tensor, Tc
 /// The soundtrack as `[1, channels, samples]`, or silence of the video's length.
 fn waveform(
     audio: Option<&Audio>,
-    model: &arbiter::pipeline::Model,
+    model: &Model,
     shape: &Shape,
     device: Device,
 ) -> Result<Tensor, TchError> {
@@ -727,10 +853,6 @@ fn to_frames(video: &Tensor) -> Result<Frames, TchError> {
         count: count as u32,
         rgb,
     })
-}
-
-fn millis(since: Instant) -> f64 {
-    (since.elapsed().as_secs_f64() * 1e5).round() / 100.0
 }
 
 #[cfg(test)]

@@ -21,12 +21,12 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use arbiter::pipeline::Shape;
+use arbiter::pipeline::{Shape, Stage};
 use tch::nn::{self, Conv2D, ConvConfig, Linear};
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::Frames;
-use crate::progress::{Progress, Stage, Stop};
+use crate::frames::Frames;
+use crate::progress::{Progress, Stop};
 
 /// Width of the prompt embedding.
 pub const EMBED_DIM: i64 = 64;

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::lease::{Peer, Priority};
-use std::collections::HashMap;
 use proptest::prelude::*;
+use std::collections::HashMap;
 
 const GIB: u64 = 1 << 30;
 
@@ -314,7 +314,6 @@ fn shrink_refuses_growth_and_zero() {
     ));
 }
 
-
 // === accounting by what the card holds ===
 
 /// A holder the ledger sees: its pid's use on the card counts.
@@ -400,7 +399,11 @@ fn a_shrink_is_granted_to_the_waiter_only_when_the_card_shows_it() {
             if *bytes == 9 * GIB && *returning == 9 * GIB)));
     assert_eq!(ledger.books()[0].returning, 9 * GIB);
     // A reading begun before the shrink proves nothing, even one that shows the use down.
-    let effects = ledger.observe(0, reading(t0 + Duration::from_millis(50), 0, &[(7, GIB)]), t1);
+    let effects = ledger.observe(
+        0,
+        reading(t0 + Duration::from_millis(50), 0, &[(7, GIB)]),
+        t1,
+    );
     assert!(granted(&effects).is_empty() && returned(&effects).is_empty());
     // Still in use a second later: still waiting.
     let t2 = t1 + Duration::from_secs(1);
@@ -443,7 +446,11 @@ fn a_release_by_a_live_process_waits_for_its_memory_and_is_reported_overdue() {
     // The process exits: the reading no longer lists it, and b is granted.
     let effects = ledger.observe(0, reading(late, 0, &[]), late);
     assert_eq!(granted(&effects), vec![b]);
-    assert!(effects.iter().any(|e| matches!(e, Effect::Returned { ret, .. } if ret.overdue)));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Returned { ret, .. } if ret.overdue))
+    );
     assert!(ledger.tracked(0).contains(&8) && !ledger.tracked(0).contains(&7));
 }
 
@@ -452,14 +459,22 @@ fn a_reading_frees_what_a_holder_no_longer_uses_and_keeps_the_rest() {
     // A process keeps its CUDA context (say) after giving its only lease back.
     let t0 = Instant::now();
     let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
-    let (a, _) = ledger.ask(visible("a", 8 * GIB, Priority::Normal, 7), t0).unwrap();
+    let (a, _) = ledger
+        .ask(visible("a", 8 * GIB, Priority::Normal, 7), t0)
+        .unwrap();
     ledger.observe(0, reading(t0, 0, &[(7, 8 * GIB)]), t0);
-    let (b, _) = ledger.ask(visible("b", 8 * GIB, Priority::Normal, 8), t0).unwrap();
+    let (b, _) = ledger
+        .ask(visible("b", 8 * GIB, Priority::Normal, 8), t0)
+        .unwrap();
     ledger.end(a, ReleaseReason::Released, t0);
     let t1 = t0 + Duration::from_millis(5);
     let effects = ledger.observe(0, reading(t1, 0, &[(7, GIB)]), t1);
     assert_eq!(returned(&effects).iter().map(|r| r.1).sum::<u64>(), 7 * GIB);
-    assert_eq!(granted(&effects), vec![b], "9 GiB free beside the 1 GiB still used");
+    assert_eq!(
+        granted(&effects),
+        vec![b],
+        "9 GiB free beside the 1 GiB still used"
+    );
     assert_eq!(ledger.books()[0].returning, GIB);
     assert_eq!(ledger.returns()[0].bytes, GIB);
 }
@@ -468,8 +483,12 @@ fn a_reading_frees_what_a_holder_no_longer_uses_and_keeps_the_rest() {
 fn a_holder_counted_by_bytes_is_taken_at_its_word() {
     let now = Instant::now();
     let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
-    let (a, _) = ledger.ask(ask("tcp", 8 * GIB, Priority::Normal), now).unwrap();
-    let (b, _) = ledger.ask(ask("next", 8 * GIB, Priority::Normal), now).unwrap();
+    let (a, _) = ledger
+        .ask(ask("tcp", 8 * GIB, Priority::Normal), now)
+        .unwrap();
+    let (b, _) = ledger
+        .ask(ask("next", 8 * GIB, Priority::Normal), now)
+        .unwrap();
     let effects = ledger.end(a, ReleaseReason::Released, now);
     assert_eq!(granted(&effects), vec![b]);
     assert!(ledger.tracked(0).is_empty());
@@ -479,8 +498,12 @@ fn a_holder_counted_by_bytes_is_taken_at_its_word() {
 fn a_verified_end_is_grantable_at_once() {
     let now = Instant::now();
     let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
-    let (a, _) = ledger.ask(visible("job", 8 * GIB, Priority::Normal, 7), now).unwrap();
-    let (b, _) = ledger.ask(visible("next", 8 * GIB, Priority::Normal, 8), now).unwrap();
+    let (a, _) = ledger
+        .ask(visible("job", 8 * GIB, Priority::Normal, 7), now)
+        .unwrap();
+    let (b, _) = ledger
+        .ask(visible("next", 8 * GIB, Priority::Normal, 8), now)
+        .unwrap();
     let effects = ledger.end_verified(a, now);
     assert_eq!(granted(&effects), vec![b]);
 }
@@ -492,12 +515,21 @@ fn grants_wait_for_a_fresh_reading() {
     policy.fresh_within = Some(Duration::from_millis(100));
     let mut ledger = Ledger::new(books(&[10 * GIB]), policy);
     ledger.observe(0, reading(t0, 0, &[]), t0);
-    let (_, effects) = ledger.ask(ask("quick", GIB, Priority::Normal), t0 + Duration::from_millis(50)).unwrap();
+    let (_, effects) = ledger
+        .ask(
+            ask("quick", GIB, Priority::Normal),
+            t0 + Duration::from_millis(50),
+        )
+        .unwrap();
     assert_eq!(granted(&effects).len(), 1, "a 50 ms old reading is fresh");
     let t1 = t0 + Duration::from_secs(1);
     let (late, effects) = ledger.ask(ask("late", GIB, Priority::Normal), t1).unwrap();
     assert!(granted(&effects).is_empty());
-    assert!(effects.iter().any(|e| matches!(e, Effect::NeedReading { gpu: 0 })));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::NeedReading { gpu: 0 }))
+    );
     // The new reading shows a foreign process that took most of the card since: no grant.
     let effects = ledger.observe(0, reading(t1, 9 * GIB + GIB / 2, &[]), t1);
     assert!(granted(&effects).is_empty());
@@ -516,19 +548,32 @@ fn overuse_policy(action: Action) -> Policy {
 fn overuse_is_asked_back_then_revoked_and_withdrawn_once_answered() {
     let t0 = Instant::now();
     let mut ledger = Ledger::new(books(&[80 * GIB]), overuse_policy(Action::Reclaim));
-    let (a, _) = ledger.ask(visible("a", 10 * GIB, Priority::Normal, 7), t0).unwrap();
+    let (a, _) = ledger
+        .ask(visible("a", 10 * GIB, Priority::Normal, 7), t0)
+        .unwrap();
     let effects = ledger.observe(0, reading(t0, 0, &[(7, 12 * GIB)]), t0);
     let reclaim = effects.iter().find_map(|e| match e {
         Effect::ReclaimRequested { lease } => lease.reclaim.clone(),
         _ => None,
     });
-    assert_eq!(reclaim.map(|r| (r.bytes, r.for_ticket)), Some((2 * GIB, None)));
+    assert_eq!(
+        reclaim.map(|r| (r.bytes, r.for_ticket)),
+        Some((2 * GIB, None))
+    );
     // Answered: the use is back within the lease.
     let effects = ledger.observe(0, reading(t0, 0, &[(7, 9 * GIB)]), t0);
-    assert!(effects.iter().any(|e| matches!(e, Effect::ReclaimWithdrawn { lease } if lease.ticket == a)));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::ReclaimWithdrawn { lease } if lease.ticket == a))
+    );
     // Overused again and not answered: revoked at the deadline, its memory still out.
     let effects = ledger.observe(0, reading(t0, 0, &[(7, 12 * GIB)]), t0);
-    assert!(effects.iter().any(|e| matches!(e, Effect::ReclaimRequested { .. })));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::ReclaimRequested { .. }))
+    );
     let effects = ledger.tick(t0 + Duration::from_secs(6));
     assert!(effects.iter().any(|e| matches!(e,
         Effect::Revoked { lease, returning, kill: false, .. } if lease.ticket == a && *returning == 10 * GIB)));
@@ -540,12 +585,19 @@ fn overuse_revokes_or_kills_where_configured() {
     for (action, kill) in [(Action::Revoke, false), (Action::Kill, true)] {
         let t0 = Instant::now();
         let mut ledger = Ledger::new(books(&[80 * GIB]), overuse_policy(action));
-        ledger.ask(visible("a", 10 * GIB, Priority::Normal, 7), t0).unwrap();
+        ledger
+            .ask(visible("a", 10 * GIB, Priority::Normal, 7), t0)
+            .unwrap();
         // Within the tolerance: nothing.
         let effects = ledger.observe(0, reading(t0, 0, &[(7, 10 * GIB + GIB / 8)]), t0);
         assert!(!effects.iter().any(|e| matches!(e, Effect::Overuse { .. })));
         let effects = ledger.observe(0, reading(t0, 0, &[(7, 11 * GIB)]), t0);
-        assert!(effects.iter().any(|e| matches!(e, Effect::Revoked { kill: k, .. } if *k == kill)), "{action:?}");
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::Revoked { kill: k, .. } if *k == kill)),
+            "{action:?}"
+        );
         assert_eq!(ledger.books()[0].granted, 0);
         assert_eq!(ledger.books()[0].available(), 69 * GIB);
     }
@@ -559,11 +611,16 @@ fn an_unanswered_reclaim_for_a_waiter_grants_only_what_the_card_shows_free() {
     silent.preemptible = true;
     ledger.ask(silent, t0).unwrap();
     ledger.observe(0, reading(t0, 0, &[(7, 8 * GIB)]), t0);
-    let (urgent, _) = ledger.ask(visible("urgent", 8 * GIB, Priority::Critical, 8), t0).unwrap();
+    let (urgent, _) = ledger
+        .ask(visible("urgent", 8 * GIB, Priority::Critical, 8), t0)
+        .unwrap();
     let t1 = t0 + Duration::from_secs(6);
     let effects = ledger.tick(t1);
     assert!(effects.iter().any(|e| matches!(e, Effect::Revoked { .. })));
-    assert!(granted(&effects).is_empty(), "revoked, but its memory is still in use");
+    assert!(
+        granted(&effects).is_empty(),
+        "revoked, but its memory is still in use"
+    );
     let effects = ledger.observe(0, reading(t1, 0, &[(7, 8 * GIB)]), t1);
     assert!(granted(&effects).is_empty());
     let effects = ledger.observe(0, reading(t1, 0, &[]), t1);
@@ -575,8 +632,12 @@ fn one_process_with_two_leases_returns_one_when_its_use_fits_the_other() {
     // The tts service: a resident lease and a preemptible lip-sync lease, one pid.
     let t0 = Instant::now();
     let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
-    let (_resident, _) = ledger.ask(visible("tts", 2 * GIB, Priority::Interactive, 7), t0).unwrap();
-    let (lipsync, _) = ledger.ask(visible("tts/lipsync", GIB, Priority::Batch, 7), t0).unwrap();
+    let (_resident, _) = ledger
+        .ask(visible("tts", 2 * GIB, Priority::Interactive, 7), t0)
+        .unwrap();
+    let (lipsync, _) = ledger
+        .ask(visible("tts/lipsync", GIB, Priority::Batch, 7), t0)
+        .unwrap();
     ledger.observe(0, reading(t0, 0, &[(7, 3 * GIB)]), t0);
     let t1 = t0 + Duration::from_millis(10);
     ledger.end(lipsync, ReleaseReason::Released, t1);
@@ -768,16 +829,32 @@ enum UseOp {
         unary: bool,
     },
     /// Release or death: the holder may go on using its memory (it lies) or not.
-    End { pick: usize },
+    End {
+        pick: usize,
+    },
     /// Shrink (the answer to a reclaim, or a lie): use does not follow by itself.
-    Shrink { pick: usize, permille: u16 },
+    Shrink {
+        pick: usize,
+        permille: u16,
+    },
     /// A process's real use changes. Growth above what it holds is read at once: grants
     /// are decided on fresh readings.
-    Use { pid: usize, gpu: u32, bytes: u64 },
-    Foreign { gpu: u32, bytes: u64 },
+    Use {
+        pid: usize,
+        gpu: u32,
+        bytes: u64,
+    },
+    Foreign {
+        gpu: u32,
+        bytes: u64,
+    },
     /// A periodic reading of a GPU.
-    Read { gpu: u32 },
-    Wait { millis: u64 },
+    Read {
+        gpu: u32,
+    },
+    Wait {
+        millis: u64,
+    },
 }
 
 fn use_op() -> impl Strategy<Value = UseOp> {
@@ -813,7 +890,11 @@ impl Card {
             .filter(|((g, p), _)| *g == gpu && Some(*p) != pid)
             .map(|(_, b)| *b)
             .sum();
-        let foreign = if pid.is_some() { self.foreign[gpu as usize] } else { 0 };
+        let foreign = if pid.is_some() {
+            self.foreign[gpu as usize]
+        } else {
+            0
+        };
         capacity.saturating_sub(others + foreign)
     }
 
@@ -870,16 +951,27 @@ impl Feed {
     fn add(&mut self, effects: &[Effect]) {
         for effect in effects {
             match effect {
-                Effect::Granted { lease, .. } => self.granted[lease.gpu as usize] += lease.bytes as i128,
-                Effect::Released { lease, bytes, returning, .. } => {
+                Effect::Granted { lease, .. } => {
+                    self.granted[lease.gpu as usize] += lease.bytes as i128
+                }
+                Effect::Released {
+                    lease,
+                    bytes,
+                    returning,
+                    ..
+                } => {
                     self.granted[lease.gpu as usize] -= *bytes as i128;
                     self.returning[lease.gpu as usize] += *returning as i128;
                 }
-                Effect::Revoked { lease, returning, .. } => {
+                Effect::Revoked {
+                    lease, returning, ..
+                } => {
                     self.granted[lease.gpu as usize] -= lease.bytes as i128;
                     self.returning[lease.gpu as usize] += *returning as i128;
                 }
-                Effect::Returned { ret, .. } => self.returning[ret.gpu as usize] -= ret.bytes as i128,
+                Effect::Returned { ret, .. } => {
+                    self.returning[ret.gpu as usize] -= ret.bytes as i128
+                }
                 _ => {}
             }
         }

@@ -7,7 +7,7 @@
 
 use tonic::Status;
 
-use crate::job::jobs::JobError;
+use crate::job::JobError;
 use crate::lease::LeaseError;
 
 impl From<LeaseError> for Status {
@@ -20,9 +20,9 @@ impl From<LeaseError> for Status {
             | LeaseError::UnknownGpu { .. }
             | LeaseError::BadDuration { .. }
             | LeaseError::BadShrink { .. } => Status::invalid_argument(message),
-            LeaseError::NeverFits { .. } | LeaseError::NotUnary(_) | LeaseError::Invisible { .. } => {
-                Status::failed_precondition(message)
-            }
+            LeaseError::NeverFits { .. }
+            | LeaseError::NotUnary(_)
+            | LeaseError::Invisible { .. } => Status::failed_precondition(message),
             LeaseError::UnknownLease(_) => Status::not_found(message),
             LeaseError::NotOwner(_) => Status::permission_denied(message),
             LeaseError::DeadlineExceeded { .. } => Status::deadline_exceeded(message),

@@ -43,7 +43,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::model::{LipSyncModel, device_name};
+use crate::lip_sync::model::{LipSyncModel, device_name};
 
 /// How long past the short wait a render waits for the supervisor's answer (connecting,
 /// loading the model onto the GPU after the grant) before it renders on the CPU anyway.

@@ -1,5 +1,5 @@
 //! `LipSync`, `LipSyncStream` and `GetLipSyncStatus`: viseme timelines for text or audio,
-//! and mouth frames from the lip-sync model.
+//! and mouth frames from the lip-sync model ([`crate::lip_sync`]).
 //!
 //! Text is spoken on the way (as Synthesize would) and its visemes follow the phonemes;
 //! audio (WAV or raw PCM, such as a Synthesize result) gets visemes from its loudness
@@ -10,6 +10,9 @@
 //! ([`LipSync::render_window`]): first it brings the model back under its lease if a
 //! reclaim took it off the GPU (waiting at most the short wait, else rendering on the CPU,
 //! which the first message says), then it streams each frame as soon as its window is done.
+//!
+//! The handlers take [`LipSyncHandlers`], what they read of the service, rather than the
+//! service itself, so that this module depends only on the modules below the service.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,36 +24,28 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::Status;
 
-use super::{TtsService, ms, speak, visemes_pb};
 use crate::audio::{Audio, AudioError, Encoding};
-use crate::lipsync::face::{self, Face};
-use crate::lipsync::frames::{self, FrameFormat};
-use crate::lipsync::model::device_name;
-use crate::lipsync::residency::Phase;
-use crate::lipsync::{LipSync, Placement};
+use crate::lip_sync::face::{self, Face};
+use crate::lip_sync::frames::{self, FrameFormat};
+use crate::lip_sync::model::device_name;
+use crate::lip_sync::residency::Phase;
+use crate::lip_sync::{LipSync, LipSyncRequestError, Placement};
+use crate::service::limits::{Limits, Streams};
+use crate::service::voices::{Voices, speak};
+use crate::service::wire::{ms, visemes_pb};
 use crate::viseme::{self, Viseme};
 use crate::{audio_viseme, espeak, status};
 
 pub type LipSyncChunkStream = Pin<Box<dyn Stream<Item = Result<pb::LipSyncChunk, Status>> + Send>>;
 
-/// A lip-sync request the service refuses, besides bad audio ([`AudioError`]) and bad
-/// faces ([`face::FaceError`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LipSyncError {
-    #[error("input is missing: give text to speak, or audio (such as a Synthesize result)")]
-    NoInput,
-    #[error("voice is for text input; audio is lip-synced as it is: leave voice empty")]
-    VoiceWithAudio,
-    #[error(
-        "face_image is for LipSyncStream, which streams the mouth frames; LipSync answers with the timeline only"
-    )]
-    FaceOnUnary,
-    #[error("frame_format {0} is not a FrameFormat: use 0 or 1 (PNG) or 2 (RGB24)")]
-    FrameFormat(i32),
-    #[error(
-        "face_image is set but this service has no lip-sync model: start it with --lipsync-dir, or leave face_image empty for the timeline only"
-    )]
-    NoModel,
+/// What the lip-sync handlers read of the service, borrowed for one call.
+pub(super) struct LipSyncHandlers<'a> {
+    pub(super) voices: &'a Voices,
+    pub(super) limits: &'a Limits,
+    /// Shared with Synthesize: lip-sync streams count against the same limit.
+    pub(super) streams: &'a Streams,
+    /// The lip-sync model, when one is configured.
+    pub(super) lip_sync: Option<&'a Arc<LipSync>>,
 }
 
 /// The speech a request is about, and its timeline.
@@ -69,11 +64,11 @@ impl Spoken {
     }
 }
 
-fn frame_format(value: i32) -> Result<FrameFormat, LipSyncError> {
+fn frame_format(value: i32) -> Result<FrameFormat, LipSyncRequestError> {
     match pb::FrameFormat::try_from(value) {
         Ok(pb::FrameFormat::Unspecified | pb::FrameFormat::Png) => Ok(FrameFormat::Png),
         Ok(pb::FrameFormat::Rgb24) => Ok(FrameFormat::Rgb24),
-        Err(_) => Err(LipSyncError::FrameFormat(value)),
+        Err(_) => Err(LipSyncRequestError::FrameFormat(value)),
     }
 }
 
@@ -92,16 +87,16 @@ fn frame_time(index: u64, fps: u32) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(Duration::from_nanos(nanos)).ok()
 }
 
-impl TtsService {
+impl LipSyncHandlers<'_> {
     /// The speech of a request: text spoken with its voice, or audio decoded.
     async fn spoken(&self, input: Option<Input>, voice: &str) -> Result<Spoken, Status> {
         match input {
-            None => Err(LipSyncError::NoInput.into()),
+            None => Err(LipSyncRequestError::NoInput.into()),
             Some(Input::Text(text)) => {
-                self.check_text(&text)?;
-                let voice = self.voice(voice)?;
-                let speech =
-                    speak(self.espeak.clone(), text, voice, espeak::RATE_WPM_DEFAULT).await?;
+                self.limits.check_text(&text)?;
+                let voice = self.voices.find(voice)?;
+                let engine = self.voices.espeak().clone();
+                let speech = speak(engine, text, voice, espeak::RATE_WPM_DEFAULT).await?;
                 Ok(Spoken {
                     visemes: viseme::visemes(&speech.phonemes),
                     duration_ms: speech.duration_ms(),
@@ -110,7 +105,7 @@ impl TtsService {
             }
             Some(Input::Audio(input)) => {
                 if !voice.trim().is_empty() {
-                    return Err(LipSyncError::VoiceWithAudio.into());
+                    return Err(LipSyncRequestError::VoiceWithAudio.into());
                 }
                 let encoding = encoding(input.format)?;
                 let limits = self.limits.audio();
@@ -132,37 +127,39 @@ impl TtsService {
         }
     }
 
-    pub(super) async fn lip_sync_reply(
+    /// LipSync: the timeline only.
+    pub(super) async fn reply(
         &self,
         request: pb::LipSyncRequest,
     ) -> Result<pb::LipSyncReply, Status> {
         if !request.face_image.is_empty() {
-            return Err(LipSyncError::FaceOnUnary.into());
+            return Err(LipSyncRequestError::FaceOnUnary.into());
         }
         // Decoding audio or speaking text is the expensive part: it counts as a stream.
-        let _permit = self.stream_permit()?;
+        let _permit = self.streams.permit()?;
         Ok(self.spoken(request.input, &request.voice).await?.timeline())
     }
 
-    pub(super) async fn lip_sync_chunks(
+    /// LipSyncStream: the timeline, then the mouth frames when a face is sent.
+    pub(super) async fn stream(
         &self,
         mut request: pb::LipSyncRequest,
     ) -> Result<LipSyncChunkStream, Status> {
         let format = frame_format(request.frame_format)?;
         // Taken before any decoding, so that the limit on streams also bounds the memory and
         // CPU that clients' faces and audio can cost at once.
-        let permit = self.stream_permit()?;
+        let permit = self.streams.permit()?;
         let face = if request.face_image.is_empty() {
             None
         } else {
-            let lipsync = self.lipsync.clone().ok_or(LipSyncError::NoModel)?;
-            let size = lipsync.model().face_size();
+            let lip_sync = self.lip_sync.cloned().ok_or(LipSyncRequestError::NoModel)?;
+            let size = lip_sync.model().face_size();
             let max_bytes = self.limits.max_face_bytes;
             let bytes = std::mem::take(&mut request.face_image);
             let face = tokio::task::spawn_blocking(move || face::decode(&bytes, size, max_bytes))
                 .await
                 .map_err(status::task)??;
-            Some((lipsync, face))
+            Some((lip_sync, face))
         };
         let spoken = self.spoken(request.input, &request.voice).await?;
         let (sender, receiver) = mpsc::channel(4);
@@ -178,9 +175,9 @@ impl TtsService {
                     };
                     let _ = sender.send(Ok(chunk)).await;
                 }
-                Some((lipsync, face)) => {
+                Some((lip_sync, face)) => {
                     let frames = Frames {
-                        lipsync,
+                        lip_sync,
                         face: Arc::new(face),
                         format,
                         sender,
@@ -194,15 +191,17 @@ impl TtsService {
         )))
     }
 
-    pub(super) fn lip_sync_status(&self) -> pb::LipSyncStatus {
-        let Some(lipsync) = &self.lipsync else {
+    /// GetLipSyncStatus: where the model is and what its lease has been through, for
+    /// operators and benchmark scripts.
+    pub(super) fn status(&self) -> pb::LipSyncStatus {
+        let Some(lip_sync) = self.lip_sync else {
             return pb::LipSyncStatus {
                 residency: pb::LipSyncResidency::None as i32,
                 ..Default::default()
             };
         };
-        let model = lipsync.model();
-        let (leased_windows, fallback_windows) = lipsync.windows();
+        let model = lip_sync.model();
+        let (leased_windows, fallback_windows) = lip_sync.windows();
         let mut status = pb::LipSyncStatus {
             model: model.name().to_string(),
             face_size: model.face_size(),
@@ -214,7 +213,7 @@ impl TtsService {
             fallback_windows,
             ..Default::default()
         };
-        if let Some(residency) = lipsync.residency() {
+        if let Some(residency) = lip_sync.residency() {
             let snapshot = residency.snapshot();
             status.residency = match snapshot.phase {
                 Some(Phase::Offloaded) | None => pb::LipSyncResidency::Offloaded,
@@ -243,7 +242,7 @@ impl TtsService {
 
 /// One LipSyncStream's frames, on their way to the client.
 struct Frames {
-    lipsync: Arc<LipSync>,
+    lip_sync: Arc<LipSync>,
     face: Arc<Face>,
     format: FrameFormat,
     sender: mpsc::Sender<Result<pb::LipSyncChunk, Status>>,
@@ -253,8 +252,8 @@ impl Frames {
     /// Sends the timeline with how frames are rendered, then every frame in order. Stops
     /// when the client goes away.
     async fn stream(self, timeline: pb::LipSyncReply, audio: Audio) {
-        let model = Arc::clone(self.lipsync.model());
-        let placement = self.lipsync.prepare().await;
+        let model = Arc::clone(self.lip_sync.model());
+        let placement = self.lip_sync.prepare().await;
         let rate = model.sample_rate();
         let samples = match tokio::task::spawn_blocking(move || audio.resampled(rate)).await {
             Ok(samples) => Arc::new(samples),
@@ -299,15 +298,15 @@ impl Frames {
             if model.frame_count(end - start) == 0 {
                 break;
             }
-            let (lipsync, face, samples) = (
-                Arc::clone(&self.lipsync),
+            let (lip_sync, face, samples) = (
+                Arc::clone(&self.lip_sync),
                 Arc::clone(&self.face),
                 Arc::clone(&samples),
             );
             let size = model.face_size();
             let format = self.format;
             let rendered = tokio::task::spawn_blocking(move || {
-                let rendered = lipsync.render_window(&face, &samples[start..end])?;
+                let rendered = lip_sync.render_window(&face, &samples[start..end])?;
                 let images = rendered
                     .frames
                     .into_iter()

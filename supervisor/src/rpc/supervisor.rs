@@ -16,8 +16,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, Via};
 use super::until::Until;
-use crate::events::EventKind;
 use crate::lease::broker::{Broker, Holding, Note};
+use crate::lease::events::EventKind;
 use crate::lease::{LeaseError, Peer, WaitEnd};
 
 pub struct SupervisorService {

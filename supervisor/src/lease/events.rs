@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
-use crate::lease::{Action, Lease, Priority, ReleaseReason, Return, WaitEnd};
+use super::{Action, Lease, Priority, ReleaseReason, Return, WaitEnd};
 
 /// A GPU as operators see it: its sample, budget and grants.
 #[derive(Clone, Debug, Default)]

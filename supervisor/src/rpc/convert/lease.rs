@@ -1,16 +1,18 @@
-//! Wire messages to validated domain values, and domain values back to the wire.
+//! Lease requests to validated [`Ask`]s, and leases, events and status back to the wire.
 //!
 //! Validation lives here, before anything reaches the ledger: every field from outside is
 //! checked and a bad one is refused with a message naming the field and the rule.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arbiter::pb::supervisor::v1 as pb;
 
-use crate::events::{Event, EventKind, GpuView};
 use crate::lease::broker::{Broker, Note};
+use crate::lease::events::{Event, EventKind, GpuView};
 use crate::lease::ledger::{ProcessView, WaiterView, visible_pid};
-use crate::lease::{Ask, Form, GpuChoice, Lease, LeaseError, Peer, Priority, Return};
+use crate::lease::{Ask, Form, GpuChoice, Lease, LeaseError, Peer, Return};
+
+use super::{pb_duration, priority, priority_to_pb, timestamp};
 
 const MAX_HOLDER_CHARS: usize = 128;
 const MIN_TTL: Duration = Duration::from_secs(1);
@@ -111,33 +113,6 @@ fn duration(
 
 fn human(d: Duration) -> String {
     humantime::format_duration(d).to_string()
-}
-
-/// Unknown and unspecified classes are NORMAL: a newer client's class is not an error.
-pub fn priority(value: i32) -> Priority {
-    match pb::Priority::try_from(value).unwrap_or(pb::Priority::Normal) {
-        pb::Priority::Batch => Priority::Batch,
-        pb::Priority::Interactive => Priority::Interactive,
-        pb::Priority::Critical => Priority::Critical,
-        pb::Priority::Normal | pb::Priority::Unspecified => Priority::Normal,
-    }
-}
-
-pub fn priority_to_pb(value: Priority) -> pb::Priority {
-    match value {
-        Priority::Batch => pb::Priority::Batch,
-        Priority::Normal => pb::Priority::Normal,
-        Priority::Interactive => pb::Priority::Interactive,
-        Priority::Critical => pb::Priority::Critical,
-    }
-}
-
-fn timestamp(at: SystemTime) -> prost_types::Timestamp {
-    prost_types::Timestamp::from(at)
-}
-
-fn pb_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration::try_from(d).unwrap_or_default()
 }
 
 /// A lease for the wire, with its holder's process as charged where the caller knows it.

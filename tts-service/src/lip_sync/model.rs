@@ -28,16 +28,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use serde::Deserialize;
 use tch::{CModule, Device, Kind, Tensor};
 
-use super::face::Face;
+use crate::lip_sync::face::Face;
 
 /// The model file in a lip-sync directory.
 pub const MODEL_FILE: &str = "lipsync.ts.pt";
 /// The config file in a lip-sync directory.
 pub const CONFIG_FILE: &str = "lipsync.json";
 
-/// What can go wrong loading or running the lip-sync model.
+/// What can go wrong loading or running the lip-sync model: the operator's or the model's
+/// to fix, never the client's, so it stops start-up in [`crate::server`] and is INTERNAL on
+/// the wire.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum LipSyncModelError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -65,7 +67,7 @@ pub enum Error {
     Output { model: String, what: String },
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = LipSyncModelError> = std::result::Result<T, E>;
 
 /// `lipsync.json`; fields beyond these are ignored.
 #[derive(Debug, Clone, Deserialize)]
@@ -148,15 +150,16 @@ impl LipSyncModel {
     /// Reads `dir/lipsync.json` and loads `dir/lipsync.ts.pt` on the CPU.
     pub fn load(dir: &Path) -> Result<LipSyncModel> {
         let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+        let text = std::fs::read_to_string(&path).map_err(|source| LipSyncModelError::Read {
             path: path.clone(),
             source,
         })?;
-        let config: Config = serde_json::from_str(&text).map_err(|source| Error::Config {
-            path: path.clone(),
-            source,
-        })?;
-        let invalid = |rule: String| Error::Invalid {
+        let config: Config =
+            serde_json::from_str(&text).map_err(|source| LipSyncModelError::Config {
+                path: path.clone(),
+                source,
+            })?;
+        let invalid = |rule: String| LipSyncModelError::Invalid {
             path: path.clone(),
             rule,
         };
@@ -195,7 +198,7 @@ impl LipSyncModel {
         let module = load_module(&model, Device::Cpu)?;
         let parameter_bytes = module
             .named_parameters()
-            .map_err(|source| Error::Load {
+            .map_err(|source| LipSyncModelError::Load {
                 path: model.clone(),
                 device: Device::Cpu,
                 source,
@@ -320,7 +323,7 @@ impl LipSyncModel {
     /// GPU copy when there is one, else on the CPU.
     pub fn render(&self, face: &Face, audio: &[f32]) -> Result<Rendered> {
         if face.size != self.face_size() {
-            return Err(Error::Output {
+            return Err(LipSyncModelError::Output {
                 model: self.name.clone(),
                 what: format!(
                     "nothing: the face is {} pixels, the model takes {}",
@@ -364,7 +367,7 @@ impl LipSyncModel {
             let out = module.forward_ts(&[face, audio])?;
             out.f_to_device(Device::Cpu)
         })
-        .map_err(|source| Error::Run {
+        .map_err(|source| LipSyncModelError::Run {
             model: self.name.clone(),
             source,
         })
@@ -373,7 +376,7 @@ impl LipSyncModel {
     /// The model's output as RGB frames, checked against the interface.
     fn frames(&self, output: Tensor, expected: usize) -> Result<Vec<Vec<u8>>> {
         let s = i64::from(self.face_size());
-        let bad = |what: String| Error::Output {
+        let bad = |what: String| LipSyncModelError::Output {
             model: self.name.clone(),
             what,
         };
@@ -398,7 +401,7 @@ impl LipSyncModel {
         };
         // [T, 3, S, S] -> [T, S, S, 3]: rows of RGB pixels.
         let pixels = bytes.permute([0, 2, 3, 1]).contiguous().flatten(0, -1);
-        let pixels = Vec::<u8>::try_from(&pixels).map_err(|source| Error::Run {
+        let pixels = Vec::<u8>::try_from(&pixels).map_err(|source| LipSyncModelError::Run {
             model: self.name.clone(),
             source,
         })?;
@@ -408,11 +411,12 @@ impl LipSyncModel {
 }
 
 fn load_module(path: &Path, device: Device) -> Result<CModule> {
-    let mut module = CModule::load_on_device(path, device).map_err(|source| Error::Load {
-        path: path.to_path_buf(),
-        device,
-        source,
-    })?;
+    let mut module =
+        CModule::load_on_device(path, device).map_err(|source| LipSyncModelError::Load {
+            path: path.to_path_buf(),
+            device,
+            source,
+        })?;
     module.set_eval();
     Ok(module)
 }

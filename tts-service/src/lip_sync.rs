@@ -14,6 +14,11 @@
 //!
 //! [`LipSync`] ties them together for the service: it renders a second of audio at a time,
 //! so a reclaim that arrives mid-stream moves the remaining windows to the CPU.
+//! [`LipSyncRequestError`] is here rather than in the service's handlers so that
+//! [`crate::status`] can map it without depending on the service.
+//!
+//! This module knows nothing of the Tts service or of gRPC statuses: the handlers in
+//! `service` call it, never the reverse.
 
 pub mod face;
 pub mod frames;
@@ -23,13 +28,36 @@ pub mod residency;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use model::LipSyncModel;
+pub use model::{LipSyncModel, LipSyncModelError};
 pub use residency::{Placement, Residency, ResidencySettings, Snapshot};
 
 /// Why a render has no lease when the service holds none for the model.
 const NO_LEASE: &str = "no lip-sync lease: no CUDA device here and no --lipsync-lease-bytes";
 
-/// The lip-sync model as the service serves it.
+/// A lip-sync request the service refuses, besides bad audio ([`crate::audio::AudioError`])
+/// and bad faces ([`face::FaceError`]). Each message says what to send instead, since the
+/// client sees it as the status message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LipSyncRequestError {
+    #[error("input is missing: give text to speak, or audio (such as a Synthesize result)")]
+    NoInput,
+    #[error("voice is for text input; audio is lip-synced as it is: leave voice empty")]
+    VoiceWithAudio,
+    #[error(
+        "face_image is for LipSyncStream, which streams the mouth frames; LipSync answers with the timeline only"
+    )]
+    FaceOnUnary,
+    #[error("frame_format {0} is not a FrameFormat: use 0 or 1 (PNG) or 2 (RGB24)")]
+    FrameFormat(i32),
+    #[error(
+        "face_image is set but this service has no lip-sync model: start it with --lipsync-dir, or leave face_image empty for the timeline only"
+    )]
+    NoModel,
+}
+
+/// The lip-sync model as the service serves it: the model, its lease, and the counts of
+/// where windows were rendered, which `GetLipSyncStatus` reports so an operator can see how
+/// often reclaims sent renders to the CPU.
 #[derive(Debug)]
 pub struct LipSync {
     model: Arc<LipSyncModel>,
