@@ -396,7 +396,7 @@ pub async fn hold(args: &HoldArgs, config: &Config) -> Result<(), ClientError> {
         .map_err(status_error)?
         .into_inner();
     let mut held = 0u64;
-    let stop = crate::server::signals();
+    let stop = arbiter::listen::signals();
     tokio::pin!(stop);
     loop {
         let update = tokio::select! {
