@@ -62,6 +62,9 @@ mod tests {
         let mut old = json.clone();
         old.as_object_mut().unwrap().remove("placement");
         let back: Request = serde_json::from_value(old).unwrap();
-        assert_eq!(back, request, "a record from before placements existed still loads");
+        assert_eq!(
+            back, request,
+            "a record from before placements existed still loads"
+        );
     }
 }

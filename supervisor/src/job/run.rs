@@ -105,7 +105,7 @@ async fn attempt(
     outcome(jobs, &record, ending, seat.and_then(|s| s.outcome), run)
 }
 
-/// 1. Waits for a lease sized from the manifest, at the job's priority: a streaming lease
+/// Step 1: waits for a lease sized from the manifest, at the job's priority: a streaming lease
 /// held by this task, so it cannot outlive the supervisor. None: the job ended meanwhile
 /// (refused, cancelled, or the supervisor is stopping).
 async fn lease(
@@ -161,7 +161,7 @@ struct Spawned {
     started: Instant,
 }
 
-/// 2. Spawns the worker with a one-time token and binds its pid to the lease, so NVML's
+/// Step 2: spawns the worker with a one-time token and binds its pid to the lease, so NVML's
 /// view of its memory counts against the lease, not as foreign use.
 fn spawn_worker(
     jobs: &Arc<Jobs>,
@@ -289,7 +289,7 @@ fn launch(
     }
 }
 
-/// 3. Watches the worker until it exits or must stop: cancel, timeout, overuse, a revoked
+/// Step 3: watches the worker until it exits or must stop: cancel, timeout, overuse, a revoked
 /// lease (the broker's overuse action), shutdown. A worker that must stop is stopped here.
 /// Returns how it ended and the GPU's peak use meanwhile.
 async fn watch(
@@ -350,7 +350,7 @@ async fn watch(
     (ending, used_peak)
 }
 
-/// 4. Checks that the reaped worker's memory came back, and only then returns the lease.
+/// Step 4: checks that the reaped worker's memory came back, and only then returns the lease.
 async fn give_back(
     jobs: &Arc<Jobs>,
     id: &str,
@@ -419,7 +419,7 @@ impl Run {
     }
 }
 
-/// 5. Records the outcome; a crash is retried if configured, with the log's tail otherwise.
+/// Step 5: records the outcome; a crash is retried if configured, with the log's tail otherwise.
 /// Some(true): run again.
 fn outcome(
     jobs: &Arc<Jobs>,

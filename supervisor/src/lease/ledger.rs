@@ -326,20 +326,8 @@ impl Ledger {
                 },
                 waited: now.saturating_duration_since(waiter.arrived),
             });
-        } else if let Some(lease) = self.remove_lease(ticket) {
-            let bytes = lease.bytes;
-            let returning = if verified {
-                0
-            } else {
-                self.give_back(&lease, bytes, reason, now)
-            };
-            self.recount(lease.gpu);
-            effects.push(Effect::Released {
-                lease,
-                reason,
-                bytes,
-                returning,
-            });
+        } else if let Some(released) = self.release(ticket, reason, verified, now) {
+            effects.push(released);
         } else {
             return effects;
         }
@@ -619,6 +607,31 @@ impl Ledger {
         }
     }
 
+    /// Ends a lease its holder gave up or let lapse; its bytes come back as a [`Return`]
+    /// unless the caller has already seen them free (`verified`).
+    fn release(
+        &mut self,
+        ticket: Ticket,
+        reason: ReleaseReason,
+        verified: bool,
+        now: Instant,
+    ) -> Option<Effect> {
+        let lease = self.remove_lease(ticket)?;
+        let bytes = lease.bytes;
+        let returning = if verified {
+            0
+        } else {
+            self.give_back(&lease, bytes, reason, now)
+        };
+        self.recount(lease.gpu);
+        Some(Effect::Released {
+            lease,
+            reason,
+            bytes,
+            returning,
+        })
+    }
+
     /// Ends a lease against its holder's will; its bytes come back as a [`Return`].
     fn revoke(
         &mut self,
@@ -666,17 +679,7 @@ impl Ledger {
             .map(|l| l.ticket)
             .collect();
         for ticket in expired {
-            if let Some(lease) = self.remove_lease(ticket) {
-                let bytes = lease.bytes;
-                let returning = self.give_back(&lease, bytes, ReleaseReason::TtlExpired, now);
-                self.recount(lease.gpu);
-                effects.push(Effect::Released {
-                    lease,
-                    reason: ReleaseReason::TtlExpired,
-                    bytes,
-                    returning,
-                });
-            }
+            effects.extend(self.release(ticket, ReleaseReason::TtlExpired, false, now));
         }
         let ignored: Vec<(Ticket, String, bool)> = self
             .leases
@@ -938,7 +941,9 @@ impl Ledger {
                         .max_by_key(|&g| (self.books[g].budget.total(), self.books[g].available()))
                         .unwrap_or(eligible[0]);
                     blocked[target] = true;
-                    if self.books[target].available() + self.open_returns(target as u32) >= ask.bytes {
+                    if self.books[target].available() + self.open_returns(target as u32)
+                        >= ask.bytes
+                    {
                         awaited[target] = true;
                     }
                     self.request_reclaim(i, target, now, effects);
