@@ -3,30 +3,29 @@
 //! table the way a worker does; bounded waits, no timing asserted beyond lower bounds the
 //! test itself imposes.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arbiter::pb::supervisor::v1 as pb;
+use arbiter_test_kit::leases::{
+    Client, ask, duration, gpu_status, hold_stream, lease_held_by, lease_used, leases, next_update,
+    status, stays_quiet,
+};
+use arbiter_test_kit::supervisor::{Supervisor, record_usage};
+use arbiter_test_kit::waiting::{SOON, eventually, within};
+use arbiter_test_kit::{GIB, assert_refused};
 use pb::event::Kind;
 use pb::lease_update::Update;
-use support::{
-    GIB, Supervisor, ask, assert_refused, eventually, gpu_status, lease_held_by, leases,
-    next_update, record_usage, status, within,
-};
 use tokio_stream::StreamExt;
 use tonic::Code;
-
-const SOON: Duration = Duration::from_secs(10);
 
 /// Every event the supervisor publishes (samples aside), collected in the background.
 #[derive(Clone, Default)]
 struct Feed(Arc<Mutex<Vec<pb::Event>>>);
 
 impl Feed {
-    async fn watch(client: &support::Client) -> Feed {
+    async fn watch(client: &Client) -> Feed {
         let mut stream = client
             .clone()
             .watch_events(pb::WatchEventsRequest {
@@ -87,7 +86,7 @@ impl Feed {
     }
 
     /// Waits until the feed's sums agree with GetStatus on every GPU; returns the status.
-    async fn balances(&self, client: &support::Client) -> pb::SupervisorStatus {
+    async fn balances(&self, client: &Client) -> pb::SupervisorStatus {
         eventually(SOON, "the event feed to balance with status", || {
             let client = client.clone();
             let sums = self.sums();
@@ -101,25 +100,6 @@ impl Feed {
             }
         })
         .await
-    }
-}
-
-async fn hold_stream(
-    client: &support::Client,
-    request: pb::LeaseRequest,
-) -> tonic::Streaming<pb::LeaseUpdate> {
-    client
-        .clone()
-        .hold(request)
-        .await
-        .expect("Hold")
-        .into_inner()
-}
-
-/// No update arrives on `stream` within `quiet`.
-async fn stays_quiet(stream: &mut tonic::Streaming<pb::LeaseUpdate>, quiet: Duration) {
-    if let Ok(update) = tokio::time::timeout(quiet, stream.message()).await {
-        panic!("expected no update yet, got {update:?}");
     }
 }
 
@@ -148,15 +128,23 @@ async fn use_above_a_lease_is_not_granted_to_anyone_else() {
             _ => None,
         })
         .await;
-    assert_eq!((overuse.used_bytes, overuse.action.as_str()), (30 * GIB, "log"));
+    assert_eq!(
+        (overuse.used_bytes, overuse.action.as_str()),
+        (30 * GIB, "log")
+    );
 
     // 30 + 65 > 80: the second caller waits instead of being granted.
     let mut second = hold_stream(&client, ask("second", "0", 65 * GIB)).await;
-    assert!(matches!(next_update(&mut second).await, Ok(Some(Update::Queued(_)))));
+    assert!(matches!(
+        next_update(&mut second).await,
+        Ok(Some(Update::Queued(_)))
+    ));
     stays_quiet(&mut second, Duration::from_millis(500)).await;
     // Its use drops to the lease: granted.
     record_usage(supervisor.simulated_dir(), 0, greedy.pid(), 10 * GIB);
-    assert!(matches!(next_update(&mut second).await, Ok(Some(Update::Granted(l))) if l.bytes == 65 * GIB));
+    assert!(
+        matches!(next_update(&mut second).await, Ok(Some(Update::Granted(l))) if l.bytes == 65 * GIB)
+    );
     feed.wait_for("the wait ended with a grant", |k| match k {
         Kind::WaitEnded(w) if w.holder == "second" && w.reason == "granted" => Some(()),
         _ => None,
@@ -186,7 +174,10 @@ async fn a_shrink_answer_is_granted_only_once_the_memory_is_free() {
     let mut critical = ask("critical", "0", 75 * GIB);
     critical.priority = pb::Priority::Critical as i32;
     let mut stream = hold_stream(&client, critical).await;
-    assert!(matches!(next_update(&mut stream).await, Ok(Some(Update::Queued(_)))));
+    assert!(matches!(
+        next_update(&mut stream).await,
+        Ok(Some(Update::Queued(_)))
+    ));
     let shrunk = feed
         .wait_for("the holder's Shrink", |k| match k {
             Kind::Released(r) if r.holder == "lipsync" && r.reason == "shrunk" => Some(r.clone()),
@@ -200,12 +191,24 @@ async fn a_shrink_answer_is_granted_only_once_the_memory_is_free() {
     let gpu = gpu_status(&client, 0).await;
     assert_eq!(gpu.returning_bytes, shrunk.bytes, "{gpu:?}");
     let returns = status(&client).await.returns;
-    assert!(returns.iter().any(|r| r.holder == "lipsync" && r.reason == "shrunk"), "{returns:?}");
+    assert!(
+        returns
+            .iter()
+            .any(|r| r.holder == "lipsync" && r.reason == "shrunk"),
+        "{returns:?}"
+    );
 
     // The memory is moved off: granted at the reading that shows it.
-    let held = leases(&client).await.into_iter().find(|l| l.holder == "lipsync").expect("the shrunk lease").bytes;
+    let held = leases(&client)
+        .await
+        .into_iter()
+        .find(|l| l.holder == "lipsync")
+        .expect("the shrunk lease")
+        .bytes;
     record_usage(supervisor.simulated_dir(), 0, holder.pid(), held);
-    assert!(matches!(next_update(&mut stream).await, Ok(Some(Update::Granted(l))) if l.bytes == 75 * GIB));
+    assert!(
+        matches!(next_update(&mut stream).await, Ok(Some(Update::Granted(l))) if l.bytes == 75 * GIB)
+    );
     let returned = feed
         .wait_for("the Returned event", |k| match k {
             Kind::Returned(r) if r.holder == "lipsync" => Some(r.clone()),
@@ -213,7 +216,10 @@ async fn a_shrink_answer_is_granted_only_once_the_memory_is_free() {
         })
         .await;
     let took = returned.took.expect("took");
-    assert!(took.seconds >= 1, "the give-back took at least the second it was held: {took:?}");
+    assert!(
+        took.seconds >= 1,
+        "the give-back took at least the second it was held: {took:?}"
+    );
     let waited = feed
         .wait_for("the critical wait's end", |k| match k {
             Kind::WaitEnded(w) if w.holder == "critical" => Some(w.clone()),
@@ -237,17 +243,6 @@ async fn a_shrink_answer_is_granted_only_once_the_memory_is_free() {
     feed.balances(&client).await;
 }
 
-/// Some(()) once `holder`'s lease shows its process's use.
-async fn lease_used(client: &support::Client, holder: &str) -> Option<()> {
-    leases(client)
-        .await
-        .into_iter()
-        .find(|l| l.holder == holder)
-        .and_then(|l| l.used_bytes)
-        .filter(|&used| used > 0)
-        .map(|_| ())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_feed_sums_to_status_after_a_random_run() {
     let supervisor = Supervisor::start().await;
@@ -256,9 +251,11 @@ async fn the_event_feed_sums_to_status_after_a_random_run() {
     let me = std::process::id();
     let dir = supervisor.simulated_dir().to_path_buf();
     // A small seeded generator: the run is random but repeatable.
-    let mut seed: u64 = 0x5eed_a11c_e5;
+    let mut seed: u64 = 0x005e_eda1_1ce5;
     let mut next = move |n: u64| {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 33) % n
     };
     let mut held: Vec<String> = Vec::new();
@@ -266,25 +263,35 @@ async fn the_event_feed_sums_to_status_after_a_random_run() {
         match next(4) {
             0 | 1 => {
                 let mut request = ask("random", &next(2).to_string(), (1 + next(6)) * GIB / 2);
-                request.max_wait = Some(support::duration(Duration::from_millis(300)));
-                request.ttl = Some(support::duration(Duration::from_secs(60)));
+                request.max_wait = Some(duration(Duration::from_millis(300)));
+                request.ttl = Some(duration(Duration::from_secs(60)));
                 if let Ok(lease) = client.clone().acquire(request).await {
                     held.push(lease.into_inner().lease_id);
                 }
             }
             2 if !held.is_empty() => {
                 let id = held.remove(next(held.len() as u64) as usize);
-                let _ = client.clone().release(pb::ReleaseRequest { lease_id: id }).await;
+                let _ = client
+                    .clone()
+                    .release(pb::ReleaseRequest { lease_id: id })
+                    .await;
             }
             2 => {}
             _ => {
                 if !held.is_empty() {
                     let id = held[next(held.len() as u64) as usize].clone();
-                    if let Some(lease) = leases(&client).await.into_iter().find(|l| l.lease_id == id)
+                    if let Some(lease) =
+                        leases(&client).await.into_iter().find(|l| l.lease_id == id)
                         && lease.bytes > 1
                     {
                         let bytes = lease.bytes / 2;
-                        let _ = client.clone().shrink(pb::ShrinkRequest { lease_id: id, bytes }).await;
+                        let _ = client
+                            .clone()
+                            .shrink(pb::ShrinkRequest {
+                                lease_id: id,
+                                bytes,
+                            })
+                            .await;
                     }
                 }
                 // This process's own use on the card moves too.
@@ -296,35 +303,56 @@ async fn the_event_feed_sums_to_status_after_a_random_run() {
     // A give-back still in use, so returning bytes are in flight when the sums are taken.
     record_usage(&dir, 0, me, 0);
     let mut request = ask("still-in-use", "0", GIB);
-    request.ttl = Some(support::duration(Duration::from_secs(60)));
+    request.ttl = Some(duration(Duration::from_secs(60)));
     let mut lease = None;
     for _ in 0..20 {
         let mut r = request.clone();
-        r.max_wait = Some(support::duration(Duration::from_secs(2)));
+        r.max_wait = Some(duration(Duration::from_secs(2)));
         if let Ok(granted) = client.clone().acquire(r).await {
             lease = Some(granted.into_inner());
             break;
         }
         if let Some(id) = held.pop() {
-            let _ = client.clone().release(pb::ReleaseRequest { lease_id: id }).await;
+            let _ = client
+                .clone()
+                .release(pb::ReleaseRequest { lease_id: id })
+                .await;
         }
     }
     let lease = lease.expect("a 1 GiB lease on GPU 0 once others are released");
-    let holds: u64 = leases(&client).await.iter().filter(|l| l.gpu_index == 0 && l.pid == Some(me)).map(|l| l.bytes).sum();
+    let holds: u64 = leases(&client)
+        .await
+        .iter()
+        .filter(|l| l.gpu_index == 0 && l.pid == Some(me))
+        .map(|l| l.bytes)
+        .sum();
     record_usage(&dir, 0, me, holds);
     eventually(SOON, "its use read", || {
         let client = client.clone();
         let id = lease.lease_id.clone();
-        async move { leases(&client).await.into_iter().find(|l| l.lease_id == id).and_then(|l| l.used_bytes).filter(|&u| u == holds) }
+        async move {
+            leases(&client)
+                .await
+                .into_iter()
+                .find(|l| l.lease_id == id)
+                .and_then(|l| l.used_bytes)
+                .filter(|&u| u == holds)
+        }
     })
     .await;
     client
         .clone()
-        .release(pb::ReleaseRequest { lease_id: lease.lease_id.clone() })
+        .release(pb::ReleaseRequest {
+            lease_id: lease.lease_id.clone(),
+        })
         .await
         .expect("Release");
     let balanced = feed.balances(&client).await;
-    assert!(balanced.gpus[0].returning_bytes >= GIB, "{:?}", balanced.gpus[0]);
+    assert!(
+        balanced.gpus[0].returning_bytes >= GIB,
+        "{:?}",
+        balanced.gpus[0]
+    );
 
     // Everything stops: every return is seen, and the feed still balances.
     for gpu in 0..2 {
@@ -352,15 +380,31 @@ async fn tcp_leases_are_counted_by_bytes_and_can_be_limited_by_size() {
         Code::FailedPrecondition,
         &["2GiB", "Unix socket"],
     );
-    let remote = tcp.clone().acquire(ask("remote", "0", GIB)).await.expect("a small TCP lease").into_inner();
+    let remote = tcp
+        .clone()
+        .acquire(ask("remote", "0", GIB))
+        .await
+        .expect("a small TCP lease")
+        .into_inner();
     assert!(!remote.measured);
-    let local = unix.clone().acquire(ask("local", "0", 3 * GIB)).await.expect("a Unix lease of any size").into_inner();
+    let local = unix
+        .clone()
+        .acquire(ask("local", "0", 3 * GIB))
+        .await
+        .expect("a Unix lease of any size")
+        .into_inner();
     assert!(local.measured);
     assert_eq!(gpu_status(&unix, 0).await.unmeasured_bytes, GIB);
-    let output = supervisor.client_command(&["status"]).output().expect("status");
+    let output = supervisor
+        .client_command(&["status"])
+        .output()
+        .expect("status");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("counted by bytes alone"), "{text}");
-    assert!(text.contains("counted by bytes: process not visible"), "{text}");
+    assert!(
+        text.contains("counted by bytes: process not visible"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,10 @@ fn modules(src: &Path) -> BTreeMap<Vec<String>, String> {
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .collect();
-            if matches!(name.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+            if matches!(
+                name.last().map(String::as_str),
+                Some("mod" | "lib" | "main")
+            ) {
                 name.pop();
             }
             let text = std::fs::read_to_string(&path).expect("read a source file");

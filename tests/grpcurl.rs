@@ -5,20 +5,19 @@
 //! under `${ARBITER_CACHE:-$HOME/.cache/arbiter}`); `GRPCURL` names another binary. Without
 //! it these tests fail rather than pass vacuously.
 //!
-//! The tests run on a multi-threaded runtime on purpose: a `Supervisor` is stopped in its
-//! `Drop`, which blocks the test's thread, and its HTTP/2 graceful shutdown waits for each
-//! client connection to answer a PING, so the test's connections must keep being served by
-//! other threads meanwhile (on a current-thread runtime every stop would take the 3s grace).
-
-mod support;
+//! Each test starts its own supervisor from `arbiter_test_kit::supervisor`, on a
+//! multi-threaded runtime (that module says why).
 
 use std::path::PathBuf;
 use std::process::Output;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use arbiter_test_kit::GIB;
+use arbiter_test_kit::leases::leases;
+use arbiter_test_kit::supervisor::Supervisor;
+use arbiter_test_kit::waiting::within;
 use serde_json::Value;
-use support::{GIB, Supervisor, leases, within};
 
 /// grpcurl: `$GRPCURL`, else the setup script's venv, else PATH.
 fn grpcurl() -> &'static PathBuf {
@@ -97,6 +96,26 @@ async fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("grpcurl prints UTF-8")
+}
+
+/// Runs grpcurl and returns its stdout and stderr, failing the test if it succeeds.
+async fn fails(args: &[&str]) -> String {
+    let output = run(args).await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    text
+}
+
+/// The `leaseId` of a lease grpcurl printed.
+fn lease_id(lease: &Value) -> String {
+    lease["leaseId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the reply has a leaseId: {lease}"))
+        .to_string()
 }
 
 fn json(text: &str) -> Value {
@@ -188,10 +207,7 @@ async fn acquire_and_release_in_json_over_tcp() {
         ])
         .await,
     );
-    let id = lease["leaseId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("the reply has a leaseId: {lease}"))
-        .to_string();
+    let id = lease_id(&lease);
     assert!(id.starts_with("lease-"), "{lease}");
     assert_eq!(lease["holder"], "grpcurl", "{lease}");
     // proto3 JSON writes 64-bit integers as strings.
@@ -221,7 +237,7 @@ async fn acquire_and_release_in_json_over_tcp() {
     assert!(leases(&client).await.is_empty());
 
     // Releasing it again: NOT_FOUND, in grpcurl's words.
-    let output = run(&[
+    let text = fails(&[
         "-plaintext",
         "-d",
         &body,
@@ -229,12 +245,6 @@ async fn acquire_and_release_in_json_over_tcp() {
         "arbiter.supervisor.v1.Supervisor/Release",
     ])
     .await;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(!output.status.success(), "{text}");
     assert!(text.contains("NotFound"), "{text}");
 }
 
@@ -259,10 +269,7 @@ async fn a_lease_acquired_by_grpcurl_over_the_unix_socket_outlives_grpcurl() {
         ])
         .await,
     );
-    let id = lease["leaseId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("the reply has a leaseId: {lease}"))
-        .to_string();
+    let id = lease_id(&lease);
     assert!(
         lease["pid"].is_number(),
         "the socket reports a pid: {lease}"
@@ -302,7 +309,7 @@ async fn a_lease_acquired_by_grpcurl_over_the_unix_socket_outlives_grpcurl() {
 async fn a_bad_request_fails_with_invalid_argument() {
     let supervisor = Supervisor::start().await;
     let address = supervisor.tcp_address();
-    let output = run(&[
+    let text = fails(&[
         "-plaintext",
         "-d",
         r#"{"holder":"","bytes":"1073741824"}"#,
@@ -310,19 +317,13 @@ async fn a_bad_request_fails_with_invalid_argument() {
         "arbiter.supervisor.v1.Supervisor/Acquire",
     ])
     .await;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(!output.status.success(), "{text}");
     assert!(text.contains("InvalidArgument"), "{text}");
     assert!(
         text.contains("holder"),
         "the message names the field: {text}"
     );
 
-    let output = run(&[
+    let text = fails(&[
         "-plaintext",
         "-d",
         r#"{"holder":"grpcurl","bytes":"1073741824","gpu":"7"}"#,
@@ -330,12 +331,6 @@ async fn a_bad_request_fails_with_invalid_argument() {
         "arbiter.supervisor.v1.Supervisor/Acquire",
     ])
     .await;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(!output.status.success(), "{text}");
     assert!(text.contains("InvalidArgument"), "{text}");
     assert!(text.contains("unknown GPU"), "{text}");
 }

@@ -2,19 +2,21 @@
 //! scripts/make-test-lipsync.py writes (random weights) and no GPU lease: timelines from
 //! audio, mouth frames, the status, and refusals that name the field.
 
-mod support;
-
 use arbiter::pb::tts::v1 as pb;
+use arbiter_test_kit::assert_refused;
+use arbiter_test_kit::binaries;
+use arbiter_test_kit::media::{picture, tone};
+use arbiter_test_kit::processes::Process;
+use arbiter_test_kit::tts::{
+    self, connected, face_request, lip_sync_stream, make_lipsync, pcm, secs,
+};
 use pb::lip_sync_request::Input;
 use pb::tts_client::TtsClient;
-use support::{
-    Killed, connected, face_request, lip_sync_stream, make_lipsync, pcm, picture, secs, tone,
-};
 use tonic::Code;
 use tonic::transport::Channel;
 
 struct Served {
-    _tts: Killed,
+    _tts: Process,
     dir: tempfile::TempDir,
     socket: std::path::PathBuf,
     client: TtsClient<Channel>,
@@ -28,7 +30,7 @@ async fn serve_with_model(extra: &[&str]) -> Served {
     let socket = dir.path().join("tts.sock");
     let mut args = vec!["--lipsync-dir", model.to_str().expect("a UTF-8 temp path")];
     args.extend_from_slice(extra);
-    let tts = support::tts(&socket, &args);
+    let tts = tts::serve(&socket, &args);
     let client = connected(&socket).await;
     Served {
         _tts: tts,
@@ -303,17 +305,10 @@ async fn bad_lip_sync_inputs_are_refused_naming_the_field() {
         (with_voice, "voice", "leave voice empty"),
         (face_on_unary, "face_image", "LipSyncStream"),
     ] {
-        let status = client.lip_sync(request).await.expect_err("refused");
-        assert_eq!(
-            status.code(),
+        assert_refused(
+            client.lip_sync(request).await,
             Code::InvalidArgument,
-            "{field}: {}",
-            status.message()
-        );
-        assert!(
-            status.message().contains(field) && status.message().contains(rule),
-            "{field} / {rule}: {}",
-            status.message()
+            &[field, rule],
         );
     }
 
@@ -346,24 +341,17 @@ async fn bad_lip_sync_inputs_are_refused_naming_the_field() {
             "not a FrameFormat",
         ),
     ] {
-        let status = lip_sync_stream(client, request).await.expect_err("refused");
-        assert_eq!(
-            status.code(),
+        assert_refused(
+            lip_sync_stream(client, request).await,
             Code::InvalidArgument,
-            "{field}: {}",
-            status.message()
-        );
-        assert!(
-            status.message().contains(field) && status.message().contains(rule),
-            "{field} / {rule}: {}",
-            status.message()
+            &[field, rule],
         );
     }
 
     // A service without a lip-sync model cannot render a face: it says how to get one.
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("tts.sock");
-    let _plain = support::tts(&socket, &[]);
+    let _plain = tts::serve(&socket, &[]);
     let mut plain = connected(&socket).await;
     let status = lip_sync_stream(
         &mut plain,
@@ -404,7 +392,7 @@ async fn the_lip_sync_client_writes_the_frames_and_says_where_they_were_rendered
     )
     .unwrap();
     let client = |args: &[&std::ffi::OsStr]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_arbiter-tts"))
+        std::process::Command::new(binaries::tts())
             .arg("lip-sync")
             .arg("--socket")
             .arg(&served.socket)

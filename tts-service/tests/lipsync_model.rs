@@ -2,11 +2,9 @@
 //! process: frames come out as many as the audio's length implies, of the face's size,
 //! and they keep the face outside the mouth region; bad configs are refused with the rule.
 
-mod support;
-
-use arbiter_tts::lipsync::LipSyncModel;
-use arbiter_tts::lipsync::face::Face;
-use support::make_lipsync as make_model;
+use arbiter_test_kit::tts::make_lipsync as make_model;
+use arbiter_tts::lip_sync::LipSyncModel;
+use arbiter_tts::lip_sync::face::Face;
 
 /// A grey face with a white forehead: the top rows must survive the model untouched.
 fn face(size: u32) -> Face {

@@ -6,42 +6,26 @@
 //! taken, and the first render after it is free again brings the model back under a new
 //! lease, all visible in ListLeases and WatchEvents.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use arbiter::endpoint::{Address, connect};
 use arbiter::pb::supervisor::v1 as spb;
 use arbiter::pb::tts::v1 as pb;
+use arbiter_test_kit::GIB;
+use arbiter_test_kit::leases::leases;
+use arbiter_test_kit::media::{picture, tone};
+use arbiter_test_kit::processes::Process;
+use arbiter_test_kit::supervisor::Supervisor;
+use arbiter_test_kit::tts::{
+    self, SOON, connected, face_request, lip_sync_stream, make_lipsync, pcm, secs,
+};
+use arbiter_test_kit::waiting::eventually;
 use pb::lip_sync_request::Input;
 use pb::tts_client::TtsClient;
 use spb::event::Kind;
-use spb::supervisor_client::SupervisorClient;
-use support::{
-    connected, eventually, face_request, lip_sync_stream, make_lipsync, pcm, picture, tone,
-};
 use tonic::transport::Channel;
 
-const GIB: u64 = 1 << 30;
 const RECLAIM_GRACE: Duration = Duration::from_secs(5);
-
-async fn supervisor_client(socket: &Path) -> Option<SupervisorClient<Channel>> {
-    let channel = connect(&Address::unix(socket)).await.ok()?;
-    Some(SupervisorClient::new(channel))
-}
-
-async fn leases(socket: &Path) -> Option<Vec<spb::Lease>> {
-    let mut client = supervisor_client(socket).await?;
-    Some(
-        client
-            .list_leases(spb::ListLeasesRequest::default())
-            .await
-            .ok()?
-            .into_inner()
-            .leases,
-    )
-}
 
 /// The service's lip-sync status; None while it does not answer.
 async fn lip_sync_status(tts: &TtsClient<Channel>) -> Option<pb::LipSyncStatus> {
@@ -62,7 +46,7 @@ fn find<'a>(leases: &'a [spb::Lease], holder: &str) -> Option<&'a spb::Lease> {
 
 /// arbiter-tts in `dir` with a generated lip-sync model under its own 1 GiB lease (a 300 ms
 /// wait) from the supervisor at `supervisor`, `extra` flags added; and its socket.
-fn tts_with_lipsync(dir: &Path, supervisor: &Path, extra: &[&str]) -> (support::Killed, PathBuf) {
+fn tts_with_lipsync(dir: &Path, supervisor: &Path, extra: &[&str]) -> (Process, PathBuf) {
     let model = dir.join("tiny-lipsync");
     make_lipsync(&model, &["--face-size", "32", "--fps", "25"]);
     let socket = dir.join("tts.sock");
@@ -77,27 +61,28 @@ fn tts_with_lipsync(dir: &Path, supervisor: &Path, extra: &[&str]) -> (support::
         "300",
     ];
     args.extend_from_slice(extra);
-    (support::tts(&socket, &args), socket)
+    (tts::serve(&socket, &args), socket)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_back() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let supervisor_socket = dir.path().join("supervisor.sock");
-    let _supervisor = support::supervisor(
-        dir.path(),
-        &format!(
+    let supervisor = Supervisor::builder()
+        .gpus("10GiB")
+        .config(&format!(
             "[lease]\nreclaim_grace = \"{}s\"\n",
             RECLAIM_GRACE.as_secs()
-        ),
-    );
+        ))
+        .start()
+        .await;
+    let client = supervisor.unix_client().await;
     let (_tts, tts_socket) =
-        tts_with_lipsync(dir.path(), &supervisor_socket, &["--lease-bytes", "2GiB"]);
+        tts_with_lipsync(dir.path(), supervisor.socket(), &["--lease-bytes", "2GiB"]);
     let mut tts = connected(&tts_socket).await;
 
     // Both leases held: the voices' (not preemptible) and the lip-sync model's.
-    let (voices, lipsync) = eventually("both of the service's leases", || async {
-        let leases = leases(&supervisor_socket).await?;
+    let (voices, lipsync) = eventually(SOON, "both of the service's leases", || async {
+        let leases = leases(&client).await;
         Some((
             find(&leases, "arbiter-tts")?.clone(),
             find(&leases, "arbiter-tts/lipsync")?.clone(),
@@ -109,7 +94,7 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
     assert_eq!(lipsync.priority, spb::Priority::Batch as i32);
     assert_eq!(lipsync.form, spb::LeaseForm::Stream as i32);
     // The supervisor lists the grant a moment before the service has taken it in.
-    let status = eventually("the service to see its lip-sync lease", || async {
+    let status = eventually(SOON, "the service to see its lip-sync lease", || async {
         let status = lip_sync_status(&tts).await?;
         (status.residency == pb::LipSyncResidency::Resident as i32).then_some(status)
     })
@@ -128,9 +113,8 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
     assert_eq!(chunks.iter().filter(|c| c.frame.is_some()).count(), 30);
 
     // Watch the supervisor's feed from here on.
-    let mut events = supervisor_client(&supervisor_socket)
-        .await
-        .unwrap()
+    let mut events = client
+        .clone()
         .watch_events(spb::WatchEventsRequest::default())
         .await
         .expect("WatchEvents")
@@ -138,9 +122,8 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
 
     // 8 GiB, interactive, not preemptible: 7 GiB are free, so the supervisor must reclaim.
     let asked = Instant::now();
-    let mut waiter = supervisor_client(&supervisor_socket)
-        .await
-        .unwrap()
+    let mut waiter = client
+        .clone()
         .hold(spb::LeaseRequest {
             holder: "a big video job".into(),
             bytes: 8 * GIB,
@@ -208,7 +191,7 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
     );
 
     // The voices kept their lease and still speak; the lip-sync lease is gone.
-    let now = leases(&supervisor_socket).await.unwrap();
+    let now = leases(&client).await;
     assert_eq!(
         find(&now, "arbiter-tts").map(|l| &l.lease_id),
         Some(&voices.lease_id)
@@ -225,7 +208,7 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
     assert!(!speech.message().await.unwrap().unwrap().audio.is_empty());
     // The service counts the reclaim once the supervisor has answered its Release, which
     // may come just after the waiter's grant.
-    let status = eventually("the reclaim to be counted", || async {
+    let status = eventually(SOON, "the reclaim to be counted", || async {
         let status = lip_sync_status(&tts).await?;
         (status.residency == pb::LipSyncResidency::Offloaded as i32 && status.reclaims == 1)
             .then_some(status)
@@ -249,18 +232,12 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
     // No room within the wait is not a failure: the next render may ask at once.
     assert_eq!((status.failures, status.retry_in), (0, None), "{status:?}");
     assert!(status.note.contains("no GPU memory"), "{status:?}");
-    assert!(
-        find(
-            &leases(&supervisor_socket).await.unwrap(),
-            "arbiter-tts/lipsync"
-        )
-        .is_none()
-    );
+    assert!(find(&leases(&client).await, "arbiter-tts/lipsync").is_none());
 
     // The waiter finishes; the next render brings the model back under a new lease.
     drop(waiter);
-    eventually("the waiter's lease to end", || async {
-        let leases = leases(&supervisor_socket).await?;
+    eventually(SOON, "the waiter's lease to end", || async {
+        let leases = leases(&client).await;
         (!leases.iter().any(|l| l.holder == "a big video job")).then_some(())
     })
     .await;
@@ -269,7 +246,7 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
         .expect("a render that brings the model back");
     let render = chunks[0].render.clone().unwrap();
     assert!(render.leased, "back under a lease: {render:?}");
-    let now = leases(&supervisor_socket).await.unwrap();
+    let now = leases(&client).await;
     let again = find(&now, "arbiter-tts/lipsync").expect("a new lip-sync lease");
     assert_ne!(again.lease_id, lipsync.lease_id);
     assert_eq!((again.bytes, again.preemptible), (GIB, true));
@@ -292,7 +269,7 @@ async fn a_failed_ask_holds_the_next_one_back() {
     let status = || async { lip_sync_status(&client).await.expect("GetLipSyncStatus") };
 
     // The ask made at start fails.
-    let failed = eventually("the first ask to fail", || async {
+    let failed = eventually(SOON, "the first ask to fail", || async {
         let status = status().await;
         (status.failures == 1).then_some(status)
     })
@@ -303,7 +280,7 @@ async fn a_failed_ask_holds_the_next_one_back() {
         "{failed:?}"
     );
     assert!(failed.note.contains("asking again in 5 s"), "{failed:?}");
-    let wait = support::secs(&failed.retry_in);
+    let wait = secs(&failed.retry_in);
     assert!(wait > 0.0 && wait <= 5.0, "{failed:?}");
 
     // Renders meanwhile go to the CPU, saying why, without asking again.

@@ -1,75 +1,31 @@
 //! The real `arbiter-tts serve` binary over its real Unix socket: streamed speech from the
 //! eSpeak NG voice, visemes, voices, and refusals.
 
-mod support;
-
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use arbiter::endpoint::{Address, connect};
 use arbiter::pb::tts::v1 as pb;
+use arbiter_test_kit::processes::Process;
+use arbiter_test_kit::tts::{self, SERVING, make_voice, secs};
 use pb::tts_client::TtsClient;
-use support::make_voice;
 use tonic::Code;
 use tonic::transport::Channel;
 
 struct Service {
-    child: Child,
-    socket: PathBuf,
+    _tts: Process,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn start(extra: &[&str]) -> (Service, TtsClient<Channel>) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let socket = dir.path().join("tts.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_arbiter-tts"))
-        .arg("serve")
-        .arg("--socket")
-        .arg(&socket)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("arbiter-tts starts");
-    let service = Service {
-        child,
-        socket,
-        _dir: dir,
-    };
-    let client = connected(&service.socket).await;
-    (service, client)
-}
-
-async fn connected(socket: &Path) -> TtsClient<Channel> {
-    for _ in 0..200 {
-        if socket.exists()
-            && let Ok(channel) = connect(&Address::unix(socket)).await
-        {
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-            let check = tonic_health::pb::HealthCheckRequest {
-                service: "arbiter.tts.v1.Tts".into(),
-            };
-            if let Ok(reply) = health.check(check).await {
-                assert_eq!(reply.into_inner().status, 1, "health says SERVING");
-                return TtsClient::new(channel);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("arbiter-tts did not come up on {}", socket.display());
-}
-
-fn secs(d: &Option<prost_types::Duration>) -> f64 {
-    d.map(|d| d.seconds as f64 + d.nanos as f64 / 1e9)
-        .unwrap_or(0.0)
+    let tts = tts::serve(&socket, extra);
+    let (client, health) = tts::answering(&socket).await;
+    assert_eq!(health, SERVING, "health says SERVING");
+    (
+        Service {
+            _tts: tts,
+            _dir: dir,
+        },
+        client,
+    )
 }
 
 async fn chunks(
@@ -194,15 +150,20 @@ async fn lip_sync_covering_its_audio(
     reply
 }
 
-#[tokio::test]
-async fn voices_are_listed_and_lip_sync_covers_the_speech() {
-    let (_service, mut client) = start(&[]).await;
-    let voices = client
+/// The voices the service lists.
+async fn list_voices(client: &mut TtsClient<Channel>) -> Vec<pb::Voice> {
+    client
         .list_voices(pb::ListVoicesRequest {})
         .await
         .unwrap()
         .into_inner()
-        .voices;
+        .voices
+}
+
+#[tokio::test]
+async fn voices_are_listed_and_lip_sync_covers_the_speech() {
+    let (_service, mut client) = start(&[]).await;
+    let voices = list_voices(&mut client).await;
     let english = voices
         .iter()
         .find(|v| v.name == "en-us")
@@ -258,12 +219,7 @@ async fn a_torchscript_voice_is_listed_and_speaks_with_contiguous_visemes() {
     make_voice(&voice_dir, &["--sample-rate", "16000", "--hop", "160"]);
     let dir = voice_dir.to_str().unwrap();
     let (_service, mut client) = start(&["--voice-dir", dir]).await;
-    let voices = client
-        .list_voices(pb::ListVoicesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .voices;
+    let voices = list_voices(&mut client).await;
     let tiny = voices
         .iter()
         .find(|v| v.name == "tiny-vits")

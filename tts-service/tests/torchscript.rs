@@ -1,11 +1,9 @@
 //! A TorchScript voice written by scripts/make-test-voice.py (random weights), loaded in this
 //! process: the audio is as long as the model's durations and the config's hop imply.
 
-mod support;
-
+use arbiter_test_kit::tts::make_voice;
 use arbiter_tts::espeak::{DEFAULT_VOICE, Espeak, Phoneme, RATE_WPM_DEFAULT};
 use arbiter_tts::torchscript::{TorchVoice, default_device};
-use support::make_voice;
 
 fn p(symbol: &str) -> Phoneme {
     Phoneme {

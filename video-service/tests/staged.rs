@@ -5,6 +5,7 @@
 //! The pipeline is generated once per test binary with `arbiter-video make-pipeline`,
 //! which needs Python with PyTorch on PATH (`source scripts/env.sh`; scripts/test.sh does).
 
+use arbiter_test_kit::media;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -294,20 +295,12 @@ fn audio_and_an_image_condition_the_video() {
 
 /// A sine tone as 16-bit PCM WAV.
 fn write_tone(path: &Path, rate: u32, channels: u16, seconds: f64) {
-    let spec = hound::WavSpec {
-        channels,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut writer = hound::WavWriter::create(path, spec).unwrap();
-    for i in 0..(seconds * f64::from(rate)) as u32 {
-        let v = (f64::from(i) * 440.0 * std::f64::consts::TAU / f64::from(rate)).sin();
-        for _ in 0..channels {
-            writer.write_sample((v * 12_000.0) as i16).unwrap();
-        }
-    }
-    writer.finalize().unwrap();
+    let mono = media::sine(440.0, 12_000.0, seconds, rate);
+    let samples: Vec<i16> = mono
+        .iter()
+        .flat_map(|&s| std::iter::repeat_n(s, usize::from(channels)))
+        .collect();
+    std::fs::write(path, media::wav(&samples, rate, channels)).unwrap();
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! token and a simulated GPU. The checks are on what crossed the socket, the files left in
 //! the output directory, the simulated process table and the exit code.
 
+use arbiter_test_kit::media;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -289,55 +290,24 @@ fn reports(calls: &[Call]) -> Vec<(String, u32, u32, u64, Option<u64>)> {
 
 /// A second of 16 kHz mono silence.
 fn write_wav(path: &Path) {
-    let (rate, samples) = (16_000u32, 16_000u32);
-    let data = samples * 2;
-    let mut wav = Vec::new();
-    for chunk in [
-        &b"RIFF"[..],
-        &(36 + data).to_le_bytes(),
-        b"WAVEfmt ",
-        &16u32.to_le_bytes(),
-        &1u16.to_le_bytes(),
-        &1u16.to_le_bytes(),
-        &rate.to_le_bytes(),
-        &(rate * 2).to_le_bytes(),
-        &2u16.to_le_bytes(),
-        &16u16.to_le_bytes(),
-        b"data",
-        &data.to_le_bytes(),
-    ] {
-        wav.extend_from_slice(chunk);
-    }
-    wav.resize(wav.len() + data as usize, 0);
-    std::fs::write(path, wav).unwrap();
+    std::fs::write(path, media::wav(&[0; 16_000], 16_000, 1)).unwrap();
 }
 
 /// `stream=nb_read_frames,width,height` of the video stream and the codec of each stream.
 fn probe(video: &Path) -> (String, String) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("ffprobe")
-            .args(["-v", "error"])
-            .args(args)
-            .arg(video)
-            .output()
-            .expect("ffprobe runs (apt-get install ffmpeg)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let frames = run(&[
-        "-count_frames",
-        "-select_streams",
-        "v:0",
-        "-show_entries",
-        "stream=nb_read_frames,width,height",
-        "-of",
-        "default=noprint_wrappers=1",
-    ]);
-    let codecs = run(&["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
+    let frames = media::ffprobe(
+        video,
+        &[
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames,width,height",
+            "-of",
+            "default=noprint_wrappers=1",
+        ],
+    );
+    let codecs = media::ffprobe(video, &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
     (frames, codecs)
 }
 
