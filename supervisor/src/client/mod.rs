@@ -291,11 +291,13 @@ pub fn describe(event: &pb::Event) -> String {
             returning(r.returning_bytes)
         ),
         Some(Kind::Returned(r)) => format!(
-            "returned {} {} from {}: seen free after {}{}",
+            "returned {} {} from {}: seen free after {:.2} ms{}",
             r.lease_id,
             ByteSize(r.bytes),
             r.holder,
-            r.took.map(|d| human(d, false)).unwrap_or_default(),
+            r.took
+                .and_then(|d| Duration::try_from(d).ok())
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3),
             if r.overdue { " (late)" } else { "" }
         ),
         Some(Kind::ReturnOverdue(r)) => format!(
