@@ -12,9 +12,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pb::video::v1::VideoRequest;
 use crate::pipeline::{Placements, Shape};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     pub prompt: String,
     pub negative_prompt: String,
@@ -33,6 +34,20 @@ pub struct Request {
     pub placement: Placements,
 }
 
+/// The sizes a wire request asks for (0: the pipeline's default), read the same way by the
+/// supervisor that validates them and the worker that is handed them.
+impl From<&VideoRequest> for Shape {
+    fn from(request: &VideoRequest) -> Shape {
+        Shape {
+            width: request.width,
+            height: request.height,
+            frames: request.frames,
+            fps: request.fps,
+            steps: request.steps,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,9 +56,6 @@ mod tests {
     fn the_shape_is_stored_flat() {
         let request = Request {
             prompt: "a fox".into(),
-            negative_prompt: String::new(),
-            audio: None,
-            reference_image: None,
             shape: Shape {
                 width: 256,
                 height: 192,
@@ -53,7 +65,7 @@ mod tests {
             },
             seed: 7,
             pipeline: "tiny".into(),
-            placement: Placements::new(),
+            ..Default::default()
         };
         let json = serde_json::to_value(&request).unwrap();
         assert_eq!(json["width"], 256);

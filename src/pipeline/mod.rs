@@ -106,8 +106,9 @@ fn default_context() -> ByteSize {
     ByteSize(640 << 20)
 }
 
-/// A request's sizes with defaults filled in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A request's sizes with defaults filled in (all 0, the default value: the sizes as a
+/// request leaves them, for the pipeline to fill).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Shape {
     pub width: u32,
     pub height: u32,

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use arbiter::pipeline::{Manifest, Placements, Shape, Stage};
+use arbiter::pipeline::{Manifest, Shape, Stage};
 
 use crate::job::error::JobError;
 use crate::job::output::{write_metadata, write_output};
@@ -54,20 +54,8 @@ impl Local {
                 id: "local".into(),
                 attempt: 1,
                 request: arbiter::job::Request {
-                    prompt: String::new(),
-                    negative_prompt: String::new(),
-                    audio: None,
-                    reference_image: None,
-                    shape: arbiter::pipeline::Shape {
-                        width: 0,
-                        height: 0,
-                        frames: 0,
-                        fps: 0,
-                        steps: 0,
-                    },
-                    seed: 0,
                     pipeline: name,
-                    placement: Placements::new(),
+                    ..Default::default()
                 },
                 pipeline_dir: dir,
                 output_dir,

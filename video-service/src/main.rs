@@ -244,8 +244,13 @@ fn generate(args: GenerateArgs) -> ExitCode {
     job.request.negative_prompt = args.negative_prompt;
     job.request.audio = args.audio;
     job.request.reference_image = args.image;
-    (job.request.shape.width, job.request.shape.height, job.request.shape.frames, job.request.shape.fps, job.request.shape.steps) =
-        (args.width, args.height, args.frames, args.fps, args.steps);
+    (
+        job.request.shape.width,
+        job.request.shape.height,
+        job.request.shape.frames,
+        job.request.shape.fps,
+        job.request.shape.steps,
+    ) = (args.width, args.height, args.frames, args.fps, args.steps);
     job.request.seed = args.seed;
     job.request.placement = placements;
     job.lease_bytes = args.lease.0;

@@ -70,7 +70,6 @@ pub struct Metadata {
     pub first_step_overhead_ms: Option<f64>,
 }
 
-
 /// One stage: how long it took and what it held on the GPU.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {
@@ -277,9 +276,6 @@ mod tests {
             pipeline: "tiny".into(),
             request: arbiter::job::Request {
                 prompt: "a cat".into(),
-                negative_prompt: String::new(),
-                audio: None,
-                reference_image: None,
                 shape: arbiter::pipeline::Shape {
                     width: 128,
                     height: 128,
@@ -289,7 +285,7 @@ mod tests {
                 },
                 seed: u64::MAX,
                 pipeline: "tiny".into(),
-                placement: Default::default(),
+                ..Default::default()
             },
             device: "cpu".into(),
             gpu_uuid: String::new(),

@@ -172,6 +172,7 @@ fn tail(stderr: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arbiter_test_kit::media;
 
     /// Frames whose colour changes each frame, so the encoder cannot collapse them.
     fn frames(width: u32, height: u32, count: u32) -> Frames {
@@ -190,20 +191,7 @@ mod tests {
     /// (frames, width, height) of the first video stream as ffprobe counts them, and the
     /// codec of each stream.
     fn probe(video: &Path) -> ((u32, u32, u32), Vec<String>) {
-        let run = |args: &[&str]| {
-            let out = Command::new("ffprobe")
-                .args(["-v", "error"])
-                .args(args)
-                .arg(video)
-                .output()
-                .expect("ffprobe runs (apt-get install ffmpeg)");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
-        };
+        let run = |args: &[&str]| media::ffprobe(video, args);
         // key=value lines: ffprobe prints fields in its own order, not the order asked.
         let counts = run(&[
             "-count_frames",
@@ -231,23 +219,8 @@ mod tests {
 
     fn silence_wav(path: &Path, seconds: f64) {
         let rate = 16_000u32;
-        let samples = (f64::from(rate) * seconds) as u32;
-        let data = samples * 2;
-        let mut wav = Vec::new();
-        wav.extend_from_slice(b"RIFF");
-        wav.extend_from_slice(&(36 + data).to_le_bytes());
-        wav.extend_from_slice(b"WAVEfmt ");
-        wav.extend_from_slice(&16u32.to_le_bytes());
-        wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
-        wav.extend_from_slice(&1u16.to_le_bytes()); // mono
-        wav.extend_from_slice(&rate.to_le_bytes());
-        wav.extend_from_slice(&(rate * 2).to_le_bytes());
-        wav.extend_from_slice(&2u16.to_le_bytes());
-        wav.extend_from_slice(&16u16.to_le_bytes());
-        wav.extend_from_slice(b"data");
-        wav.extend_from_slice(&data.to_le_bytes());
-        wav.resize(wav.len() + data as usize, 0);
-        std::fs::write(path, wav).unwrap();
+        let samples = vec![0; (f64::from(rate) * seconds) as usize];
+        std::fs::write(path, media::wav(&samples, rate, 1)).unwrap();
     }
 
     #[test]

@@ -196,17 +196,11 @@ impl TryFrom<pb::Assignment> for Job {
             id: assignment.job_id,
             attempt: assignment.attempt,
             request: arbiter::job::Request {
+                shape: (&request).into(),
                 prompt: request.prompt,
                 negative_prompt: request.negative_prompt,
                 audio: media(request.audio, "audio")?,
                 reference_image: media(request.reference_image, "reference image")?,
-                shape: arbiter::pipeline::Shape {
-                    width: request.width,
-                    height: request.height,
-                    frames: request.frames,
-                    fps: request.fps,
-                    steps: request.steps,
-                },
                 seed: assignment.seed,
                 pipeline: assignment.pipeline,
                 placement: placements,
@@ -255,7 +249,14 @@ mod tests {
     fn an_assignment_becomes_a_job() {
         let job = Job::try_from(assignment()).unwrap();
         assert_eq!(job.request.audio.as_deref(), Some(Path::new("/in/a.wav")));
-        assert_eq!((job.request.shape.width, job.request.shape.height, job.request.seed), (128, 64, 7));
+        assert_eq!(
+            (
+                job.request.shape.width,
+                job.request.shape.height,
+                job.request.seed
+            ),
+            (128, 64, 7)
+        );
         assert_eq!(job.pipeline_dir, None);
         assert_eq!(job.request.reference_image, None);
     }

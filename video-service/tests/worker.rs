@@ -307,7 +307,10 @@ fn probe(video: &Path) -> (String, String) {
             "default=noprint_wrappers=1",
         ],
     );
-    let codecs = media::ffprobe(video, &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
+    let codecs = media::ffprobe(
+        video,
+        &["-show_entries", "stream=codec_name", "-of", "csv=p=0"],
+    );
     (frames, codecs)
 }
 

@@ -124,9 +124,6 @@ mod tests {
         let spec = JobSpec {
             request: arbiter::job::Request {
                 prompt: "a cat".into(),
-                negative_prompt: String::new(),
-                audio: None,
-                reference_image: None,
                 shape: arbiter::pipeline::Shape {
                     width: 128,
                     height: 128,
@@ -136,7 +133,7 @@ mod tests {
                 },
                 seed: 7,
                 pipeline: "tiny".into(),
-                placement: Default::default(),
+                ..Default::default()
             },
             priority: Priority::Normal,
             timeout: Duration::from_secs(60),

@@ -182,7 +182,7 @@ impl Broker {
         }
         if let Some(limit) = self.limits.visible_above
             && ask.bytes > limit
-            && ask.peer.is_none_or(|p| p.pid == 0)
+            && ask.peer.and_then(Peer::visible_pid).is_none()
         {
             return Err(LeaseError::Invisible {
                 asked: arbiter::ByteSize(ask.bytes),
@@ -331,14 +331,19 @@ impl Broker {
         let unleased = foreign.max(sample.used.saturating_sub(tracked_use));
         inner.samples[gpu as usize] = Some((sample, SystemTime::now()));
         inner.wanted.remove(&gpu);
-        // Still awaited after this reading, the ledger says so again.
-        inner.polling.remove(&gpu);
         let reading = Reading {
             taken_at: Some(taken_at),
             unleased,
             used_by,
         };
         let effects = inner.ledger.observe(gpu, reading, Instant::now());
+        // Polling goes on only while the ledger still says a waiter waits on returns here.
+        if !effects
+            .iter()
+            .any(|e| matches!(e, Effect::AwaitReturn { gpu: g } if *g == gpu))
+        {
+            inner.polling.remove(&gpu);
+        }
         self.dispatch(inner, effects);
         let view = self.view(inner, gpu as usize);
         drop(guard);
@@ -474,13 +479,7 @@ impl Broker {
             granted: book.granted,
             excess: book.excess,
             returning: book.returning,
-            unverified: inner
-                .ledger
-                .returns()
-                .iter()
-                .filter(|r| r.gpu as usize == g && r.overdue)
-                .map(|r| r.bytes)
-                .sum(),
+            unverified: book.unverified,
             unmeasured: inner
                 .ledger
                 .leases()

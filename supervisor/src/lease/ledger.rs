@@ -32,8 +32,8 @@ use arbiter::ByteSize;
 
 use super::queue::{rank, service_order};
 use super::{
-    Action, Ask, Effect, Form, GpuChoice, Lease, LeaseError, Priority, Reclaim, ReleaseReason,
-    Return, Ticket, WaitEnd,
+    Action, Ask, Effect, Form, GpuChoice, Lease, LeaseError, Peer, Priority, Reclaim,
+    ReleaseReason, Return, Ticket, WaitEnd,
 };
 use crate::budget::Budget;
 
@@ -75,6 +75,8 @@ pub struct Book {
     pub excess: u64,
     /// Given-back bytes not yet shown free (overdue ones included).
     pub returning: u64,
+    /// The part of `returning` past the return timeout: unverified.
+    pub unverified: u64,
     /// When the card was last read: the start of that reading.
     pub read_at: Option<Instant>,
 }
@@ -87,6 +89,7 @@ impl Book {
             granted: 0,
             excess: 0,
             returning: 0,
+            unverified: 0,
             read_at: None,
         }
     }
@@ -174,7 +177,7 @@ pub struct Ledger {
 /// TCP caller, or a Unix-socket caller in another pid namespace, which the kernel reports
 /// as pid 0).
 pub fn visible_pid(lease: &Lease) -> Option<u32> {
-    lease.peer.map(|p| p.pid).filter(|&pid| pid != 0)
+    lease.peer.and_then(Peer::visible_pid)
 }
 
 impl Ledger {
@@ -342,9 +345,9 @@ impl Ledger {
         };
         let old = visible_pid(lease);
         let uid = lease.peer.map_or(0, |p| p.uid);
-        lease.peer = Some(super::Peer { pid, uid });
+        lease.peer = Some(Peer { pid, uid });
         let gpu = lease.gpu;
-        if pid != 0 {
+        if let Some(pid) = visible_pid(lease) {
             self.processes.entry((gpu, pid)).or_default();
         }
         if let Some(old) = old {
@@ -432,12 +435,6 @@ impl Ledger {
             .range((gpu, 0)..=(gpu, u32::MAX))
             .map(|(&(_, pid), _)| pid)
             .collect()
-    }
-
-    /// True while some given-back bytes on `gpu` wait for a reading that shows them free
-    /// (not yet overdue).
-    pub fn returns_pending(&self, gpu: u32) -> bool {
-        self.open_returns(gpu) > 0
     }
 
     /// Given-back bytes on `gpu` still within the return timeout.
@@ -851,9 +848,15 @@ impl Ledger {
     /// costs max(leases + returns, use).
     fn recount(&mut self, gpu: u32) {
         let leased = self.leased_by_pid(gpu);
-        let (mut excess, mut returning) = (0u64, 0u64);
+        let (mut excess, mut returning, mut unverified) = (0u64, 0u64, 0u64);
         for (&(_, pid), process) in self.processes.range((gpu, 0)..=(gpu, u32::MAX)) {
             let pending: u64 = process.returns.iter().map(|r| r.bytes).sum();
+            unverified += process
+                .returns
+                .iter()
+                .filter(|r| r.overdue)
+                .map(|r| r.bytes)
+                .sum::<u64>();
             let holds = leased.get(&pid).copied().unwrap_or(0);
             excess += process.used.saturating_sub(holds + pending);
             returning += pending;
@@ -861,6 +864,7 @@ impl Ledger {
         let book = &mut self.books[gpu as usize];
         book.excess = excess;
         book.returning = returning;
+        book.unverified = unverified;
     }
 
     /// True when `gpu`'s last reading is recent enough to grant on.

@@ -65,6 +65,14 @@ pub struct Peer {
     pub uid: u32,
 }
 
+impl Peer {
+    /// The pid whose GPU use the supervisor can measure; None for a caller in another pid
+    /// namespace, which the kernel reports as pid 0.
+    pub fn visible_pid(self) -> Option<u32> {
+        (self.pid != 0).then_some(self.pid)
+    }
+}
+
 /// A request for memory, already validated and resolved (GPU names to indices).
 #[derive(Clone, Debug)]
 pub struct Ask {

@@ -55,7 +55,13 @@ pub fn render(
             Ok((output.frames, output.stages))
         }
         _ => Ok((
-            tiny::generate(&job.request.prompt, shape, job.request.seed, device, progress)?,
+            tiny::generate(
+                &job.request.prompt,
+                shape,
+                job.request.seed,
+                device,
+                progress,
+            )?,
             Vec::new(),
         )),
     }

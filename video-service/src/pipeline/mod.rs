@@ -73,7 +73,13 @@ pub fn resolve(job: &Job) -> Result<Resolved, PipelineError> {
         return Err(PipelineError::External(manifest.name));
     }
     let shape = manifest
-        .shape(job.request.shape.width, job.request.shape.height, job.request.shape.frames, job.request.shape.fps, job.request.shape.steps)
+        .shape(
+            job.request.shape.width,
+            job.request.shape.height,
+            job.request.shape.frames,
+            job.request.shape.fps,
+            job.request.shape.steps,
+        )
         .map_err(|violation| PipelineError::Request {
             pipeline: manifest.name.clone(),
             violation,
@@ -103,9 +109,6 @@ mod tests {
             attempt: 1,
             request: arbiter::job::Request {
                 prompt: "p".into(),
-                negative_prompt: String::new(),
-                audio: None,
-                reference_image: None,
                 shape: arbiter::pipeline::Shape {
                     width: 128,
                     height: 128,
@@ -115,7 +118,7 @@ mod tests {
                 },
                 seed: 1,
                 pipeline: pipeline.into(),
-                placement: Default::default(),
+                ..Default::default()
             },
             pipeline_dir: dir,
             output_dir: "/tmp".into(),

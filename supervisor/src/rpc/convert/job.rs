@@ -23,17 +23,11 @@ pub fn job_request(request: pb::VideoRequest) -> Result<JobRequest, JobError> {
         })
         .transpose()?;
     Ok(JobRequest {
+        shape: (&request).into(),
         prompt: request.prompt,
         negative_prompt: request.negative_prompt,
         audio: media(request.audio),
         reference_image: media(request.reference_image),
-        shape: arbiter::pipeline::Shape {
-            width: request.width,
-            height: request.height,
-            frames: request.frames,
-            fps: request.fps,
-            steps: request.steps,
-        },
         seed: request.seed,
         pipeline: request.pipeline,
         priority: priority(request.priority),
