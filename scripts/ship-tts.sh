@@ -2,7 +2,9 @@
 # Builds arbiter-tts and its speech bench for the GPU test host (../shared/gpu-host.md) and puts
 # what they need to run there into ship/ (gitignored; it travels with the working tree):
 #
-#   ship/arbiter-tts          the service (release, stripped)
+#   ship/arbiter-tts          the command (release, stripped; no libtorch): `say` and
+#                             `lip-sync` itself, `serve` and `info` by exec()ing:
+#   ship/arbiter-tts-server   the service, linked with libtorch (release, stripped)
 #   ship/tts-speech-bench     tts-service/benches/speech.rs (release, stripped); give it
 #                             --server ship/arbiter-tts (or ARBITER_TTS_BIN)
 #   ship/lib/                 libespeak-ng.so.1 and libsonic.so.0 from this machine, and a
@@ -29,8 +31,8 @@ system_lib=/usr/lib/x86_64-linux-gnu
 log() { printf '[ship-tts] %s\n' "$*" >&2; }
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    log "building arbiter-tts (release) in $CARGO_TARGET_DIR"
-    cargo build --release -p arbiter-tts --bins
+    log "building arbiter-tts and arbiter-tts-server (release) in $CARGO_TARGET_DIR"
+    cargo build --release -p arbiter-tts -p arbiter-tts-client --bins
 fi
 log "building the speech bench (bench profile: release)"
 # The executable's path comes from cargo's own report of the artifact.
@@ -49,8 +51,9 @@ for line in sys.stdin:
 [ -x "$bench" ] || { log "cargo reported no speech bench executable"; exit 1; }
 
 mkdir -p "$ship/lib"
-log "stripping into $ship/: arbiter-tts, tts-speech-bench (from $bench)"
+log "stripping into $ship/: arbiter-tts, arbiter-tts-server, tts-speech-bench (from $bench)"
 strip -o "$ship/arbiter-tts" "$CARGO_TARGET_DIR/release/arbiter-tts"
+strip -o "$ship/arbiter-tts-server" "$CARGO_TARGET_DIR/release/arbiter-tts-server"
 strip -o "$ship/tts-speech-bench" "$bench"
 
 log "libraries into $ship/lib"
@@ -81,7 +84,7 @@ torch_lib=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')
 export LD_LIBRARY_PATH="$PWD/$ship/lib:$torch_lib"
 export ESPEAK_DATA_PATH="$PWD/$ship"
 for lib in libespeak-ng.so.1 libsonic.so.0 libpcaudio.so.0; do
-    resolved=$(ldd "$ship/arbiter-tts" | awk -v l="$lib" '$1 == l { print $3 }')
+    resolved=$(ldd "$ship/arbiter-tts-server" | awk -v l="$lib" '$1 == l { print $3 }')
     if [ "$resolved" != "$PWD/$ship/lib/$lib" ]; then
         log "self-check: $lib resolves to '${resolved:-nothing}', not $ship/lib"
         exit 1

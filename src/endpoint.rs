@@ -16,6 +16,12 @@ pub fn default_supervisor_socket() -> PathBuf {
     runtime_dir().join("supervisor.sock")
 }
 
+/// The tts service's default socket, beside the supervisor's: where `arbiter-tts serve`
+/// listens and its clients (`say`, `lip-sync`) look without `--socket`.
+pub fn default_tts_socket() -> PathBuf {
+    runtime_dir().join("tts.sock")
+}
+
 /// `$XDG_RUNTIME_DIR/arbiter`, else `/run/arbiter`: where Arbiter's sockets live.
 pub fn runtime_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
@@ -78,6 +84,12 @@ pub async fn connect(address: &Address) -> Result<Channel, ConnectError> {
     })?
     .connect_timeout(Duration::from_secs(5))
     .tcp_nodelay(true);
+    let endpoint = match address {
+        Address::Tcp(url) if url.starts_with("https://") => endpoint
+            .tls_config(client_tls()?)
+            .map_err(|source| ConnectError::Tls(error_chain(&source)))?,
+        _ => endpoint,
+    };
     endpoint
         .connect()
         .await
@@ -85,6 +97,45 @@ pub async fn connect(address: &Address) -> Result<Channel, ConnectError> {
             address: address.to_string(),
             reason: error_chain(&source),
         })
+}
+
+/// The CA that signed the server's certificate (PEM), for `https://` addresses.
+pub const TLS_CA_ENV: &str = "ARBITER_TLS_CA";
+/// This client's certificate and key (PEM), for a server that names callers by certificate.
+pub const TLS_CERT_ENV: &str = "ARBITER_TLS_CERT";
+pub const TLS_KEY_ENV: &str = "ARBITER_TLS_KEY";
+
+/// TLS for an `https://` address, from the environment: the server's CA (required, since
+/// Arbiter's servers carry certificates of the operator's own CA, not a public one) and
+/// optionally a client certificate and key.
+fn client_tls() -> Result<tonic::transport::ClientTlsConfig, ConnectError> {
+    let read = |var: &'static str| -> Result<Option<Vec<u8>>, ConnectError> {
+        match std::env::var_os(var) {
+            None => Ok(None),
+            Some(path) => std::fs::read(&path).map(Some).map_err(|e| {
+                ConnectError::Tls(format!("${var} = {}: {e}", PathBuf::from(&path).display()))
+            }),
+        }
+    };
+    let ca = read(TLS_CA_ENV)?.ok_or_else(|| {
+        ConnectError::Tls(format!(
+            "an https:// address needs the server's CA certificate: set ${TLS_CA_ENV} to its PEM file"
+        ))
+    })?;
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    match (read(TLS_CERT_ENV)?, read(TLS_KEY_ENV)?) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ConnectError::Tls(format!(
+                "set both ${TLS_CERT_ENV} and ${TLS_KEY_ENV} (a client certificate and its key), or neither"
+            )));
+        }
+    }
+    Ok(tls)
 }
 
 /// Why no channel could be opened.
@@ -96,6 +147,8 @@ pub enum ConnectError {
         "cannot reach an Arbiter server at {address}: {reason} (is it running? pass its socket or address explicitly if it listens elsewhere)"
     )]
     Unreachable { address: String, reason: String },
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 /// The error and its causes, each said once: layers of the transport stack that already

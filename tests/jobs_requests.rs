@@ -81,10 +81,68 @@ async fn bad_requests_are_refused_naming_the_field_and_inline_wav_is_muxed() {
         audio: audio(vpb::media::Source::Path(outside.clone())),
         ..tiny("a cat")
     };
+    let forbidden = assert_refused(
+        submit_raw(r).await,
+        invalid,
+        &[
+            "audio",
+            &outside,
+            "not a file inside the allowed input directories",
+        ],
+    );
+    // A file that does not exist gets the same answer, word for word, as one that exists
+    // outside: an error must not tell a caller which files exist on the host.
+    let missing = elsewhere.join("no-such-sound.wav").display().to_string();
+    let r = vpb::VideoRequest {
+        audio: audio(vpb::media::Source::Path(missing.clone())),
+        ..tiny("a cat")
+    };
+    let absent = assert_refused(submit_raw(r).await, invalid, &["audio", &missing]);
+    assert_eq!(
+        absent.message().replace(&missing, "PATH"),
+        forbidden.message().replace(&outside, "PATH"),
+        "missing and forbidden files are refused alike"
+    );
+    // A priority or a timeout the wire cannot mean is refused, naming the field.
+    let r = vpb::VideoRequest {
+        priority: 99,
+        ..tiny("a cat")
+    };
     assert_refused(
         submit_raw(r).await,
         invalid,
-        &["audio", &outside, "outside the allowed input directories"],
+        &["priority", "99", "PRIORITY_NORMAL"],
+    );
+    for (seconds, nanos) in [(5, -5), (1, 2_000_000_000), (-1, 0)] {
+        let r = vpb::VideoRequest {
+            timeout: Some(prost_types::Duration { seconds, nanos }),
+            ..tiny("a cat")
+        };
+        assert_refused(submit_raw(r).await, invalid, &["timeout"]);
+    }
+    // Unknown states in a List are refused, not read as "every job".
+    let mut listing = video.clone();
+    assert_refused(
+        listing
+            .list(vpb::ListJobsRequest {
+                states: vec![99],
+                limit: 0,
+            })
+            .await,
+        invalid,
+        &["states", "99"],
+    );
+    // A huge pipeline name comes back as a short prefix, so the reply fits any client.
+    let huge = "p".repeat(1 << 20);
+    let status = assert_refused(
+        submit_raw(request(&huge, "a cat", 0)).await,
+        invalid,
+        &["pipeline", "bytes in all"],
+    );
+    assert!(
+        status.message().len() < 4096,
+        "{} bytes",
+        status.message().len()
     );
     // A way out of the allowed directory through `..` is no way out.
     let sneaky = allowed.join("../elsewhere/sound.wav").display().to_string();
@@ -92,7 +150,11 @@ async fn bad_requests_are_refused_naming_the_field_and_inline_wav_is_muxed() {
         audio: audio(vpb::media::Source::Path(sneaky)),
         ..tiny("a cat")
     };
-    assert_refused(submit_raw(r).await, invalid, &["audio", "outside"]);
+    assert_refused(
+        submit_raw(r).await,
+        invalid,
+        &["audio", "not a file inside the allowed input directories"],
+    );
     let r = vpb::VideoRequest {
         audio: audio(vpb::media::Source::Path(
             allowed.join("not-a-wav.wav").display().to_string(),

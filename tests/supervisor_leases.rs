@@ -431,6 +431,57 @@ async fn bad_requests_are_refused_with_a_specific_message() {
         Code::InvalidArgument,
         &["max_wait", "negative"],
     );
+    // Durations that protobuf's rules forbid are refused, not normalized into something
+    // the caller did not write.
+    for (seconds, nanos) in [(5, -5), (1, 2_000_000_000)] {
+        let mut malformed = ask("impatient", "", GIB);
+        malformed.max_wait = Some(prost_types::Duration { seconds, nanos });
+        assert_refused(
+            client.acquire(malformed).await,
+            Code::InvalidArgument,
+            &["max_wait"],
+        );
+    }
+    // A priority the enum does not name is refused on both forms, naming the values allowed.
+    for value in [99, -1] {
+        let mut unknown = ask("classless", "", GIB);
+        unknown.priority = value;
+        assert_refused(
+            client.acquire(unknown.clone()).await,
+            Code::InvalidArgument,
+            &["priority", &value.to_string(), "PRIORITY_CRITICAL"],
+        );
+        assert_refused(
+            client.hold(unknown).await,
+            Code::InvalidArgument,
+            &["priority"],
+        );
+    }
+    // Echoed input is cut short: a megabyte where a GPU or a lease id belongs comes back as
+    // a short prefix, so the reply fits every client's header limit and reads as the error.
+    let huge = "g".repeat(1 << 20);
+    for status in [
+        assert_refused(
+            client.acquire(ask("lost", &huge, GIB)).await,
+            Code::InvalidArgument,
+            &["unknown GPU", "bytes in all"],
+        ),
+        assert_refused(
+            client
+                .release(pb::ReleaseRequest {
+                    lease_id: huge.clone(),
+                })
+                .await,
+            Code::NotFound,
+            &["no lease", "bytes in all"],
+        ),
+    ] {
+        assert!(
+            status.message().len() < 4096,
+            "{} bytes",
+            status.message().len()
+        );
+    }
     let mut ttl_on_stream = ask("streamer", "", GIB);
     ttl_on_stream.ttl = Some(duration(Duration::from_secs(30)));
     assert_refused(
@@ -474,6 +525,25 @@ async fn bad_requests_are_refused_with_a_specific_message() {
         Code::NotFound,
         &["lease-nope"],
     );
+
+    // Bytes that are no LeaseRequest at all are the caller's mistake: INVALID_ARGUMENT,
+    // naming the message expected (a length that runs past the end, a bad wire type).
+    for garbage in [vec![0x0a, 0x10, b'x'], vec![0x0f; 12], vec![0xff; 11]] {
+        let channel =
+            arbiter::endpoint::connect(&arbiter::endpoint::Address::unix(supervisor.socket()))
+                .await
+                .expect("a channel to the socket");
+        assert_refused(
+            arbiter_test_kit::raw::unary(
+                channel,
+                "/arbiter.supervisor.v1.Supervisor/Acquire",
+                garbage,
+            )
+            .await,
+            Code::InvalidArgument,
+            &["LeaseRequest"],
+        );
+    }
 
     // None of it left anything behind.
     assert!(leases(&client).await.is_empty());

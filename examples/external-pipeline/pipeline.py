@@ -6,13 +6,22 @@ one JSON object. Progress and the outcome go to stdout as JSON lines; anything e
 stdout or stderr lands in the job's log. See docs/external-pipelines.md.
 
 A real pipeline (the official Python LTX-2 one, say) would load its models where this
-draws a test pattern; it should keep within ARBITER_LEASE_BYTES of GPU memory.
+draws a test pattern; it should keep within ARBITER_LEASE_BYTES of GPU memory, which is
+what the client's cap_torch sees to (the supervisor has leased the GPU already: a
+pipeline asks for no lease of its own).
 """
 import json
 import os
 import subprocess
 import sys
 import time
+
+try:
+    # Arbiter's Python client (clients/python), where it is installed; the example runs
+    # without it too, since nothing here needs it but the cap below.
+    import arbiter
+except ImportError:
+    arbiter = None
 
 
 def say(**event):
@@ -29,6 +38,12 @@ def main():
     if request["prompt"].startswith("refuse"):
         say(event="error", message="this example refuses prompts starting with 'refuse'")
         return 1
+
+    # Keep within the lease before loading any model: cap torch's allocator at it on the
+    # leased GPU. False: nothing to cap (no torch, no CUDA or not that GPU in view, as on a
+    # simulated GPU); None: the client is not installed.
+    lease_bytes = int(os.environ["ARBITER_LEASE_BYTES"])
+    torch_capped = arbiter.cap_torch(lease_bytes, gpu_uuid=request["gpu_uuid"]) if arbiter else None
 
     steps = request["steps"]
     for step in range(1, steps + 1):
@@ -49,7 +64,7 @@ def main():
     metadata = os.path.join(out, "metadata.json")
     with open(metadata, "w") as f:
         json.dump({"request": request, "pipeline": "external-example",
-                   "lease_bytes": int(os.environ["ARBITER_LEASE_BYTES"])}, f, indent=2)
+                   "lease_bytes": lease_bytes, "torch_capped": torch_capped}, f, indent=2)
     say(event="done", video_path=video, metadata_path=metadata)
     return 0
 

@@ -109,7 +109,10 @@ impl FromStr for Placement {
             .into_iter()
             .find(|p| p.name() == text)
             .ok_or_else(|| {
-                format!("`{text}` is not a placement: use gpu, resident, cpu, stream or auto")
+                format!(
+                    "`{}` is not a placement: use gpu, resident, cpu, stream or auto",
+                    crate::echo::echo(text)
+                )
             })
     }
 }
@@ -309,7 +312,7 @@ pub fn parse_placements<'a>(
                 .parse()
                 .map(|p| (component.clone(), p))
                 .map_err(|rule| PlacementError {
-                    component: component.clone(),
+                    component: crate::echo::echo(component),
                     rule,
                 })
         })

@@ -398,8 +398,9 @@ impl Manifest {
                 return Err(Violation {
                     field: "placement",
                     rule: format!(
-                        "pipeline {} has no component `{name}`; it has: {}",
+                        "pipeline {} has no component `{}`; it has: {}",
                         self.name,
+                        crate::echo::echo(name),
                         self.components
                             .keys()
                             .cloned()

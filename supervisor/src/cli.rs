@@ -42,6 +42,10 @@ pub struct Overrides {
     /// Also serve on TCP, such as 127.0.0.1:50051.
     #[arg(long, env = "ARBITER_LISTEN", global = true)]
     pub listen: Option<SocketAddr>,
+    /// Serve --listen in plaintext, without TLS: every caller without a token there is
+    /// one identity, `insecure-tcp`. For loopback on a trusted host, or tests.
+    #[arg(long, env = "ARBITER_INSECURE_TCP", global = true)]
+    pub insecure_tcp: bool,
     /// Run on simulated GPUs of these capacities instead of NVML: 80GiB,24GiB.
     #[arg(
         long,
@@ -76,7 +80,7 @@ pub struct Overrides {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve (the default).
-    Run,
+    Serve,
     /// Check the configuration and print the effective settings.
     CheckConfig,
     /// What is on each GPU: budget, grants, processes, queue.
@@ -96,10 +100,18 @@ pub enum Command {
     },
     /// Hold a streaming lease until interrupted, giving memory back when asked.
     Hold(HoldArgs),
+    /// Run a command (a ComfyUI or diffusers server, say) for its lifetime under a lease.
+    Run(RunArgs),
     /// Submit a video job and follow it to its end.
     Generate(GenerateArgs),
     /// Video jobs, newest first.
     Jobs(ClientArgs),
+    /// Release a lease by id (yours; any, for an operator).
+    Release {
+        #[command(flatten)]
+        client: ClientArgs,
+        lease_id: String,
+    },
     /// Cancel a video job.
     Cancel {
         #[command(flatten)]
@@ -188,6 +200,108 @@ pub struct HoldArgs {
     pub max_wait: Option<Duration>,
 }
 
+/// `run`'s flags. Exit status: the command's own (128+N when a signal N ended it, as
+/// shells say); 122 when it was stopped on a reclaim request (`--on-reclaim kill`), 123 for
+/// overuse (`--on-overuse kill`), 124 when its lease was revoked or lost (the supervisor
+/// stopped, a reclaim deadline passed, its overuse action); 125 when `run` failed before
+/// starting it (no supervisor, the lease refused or not granted in time); 126 when the
+/// command cannot be executed, 127 when it is not found.
+#[derive(Debug, Args)]
+#[command(
+    group(clap::ArgGroup::new("size").required(true).args(["bytes", "auto"])),
+    after_help = "The command starts once the lease is granted, in its own process group, with \
+CUDA_VISIBLE_DEVICES (the leased GPU's uuid), ARBITER_LEASE_ID, ARBITER_LEASE_BYTES and \
+ARBITER_SUPERVISOR_SOCKET set. INT, TERM, HUP, QUIT, USR1 and USR2 are passed on to its group. \
+When it exits, the lease is released and its memory checked back.\n\n\
+Exit status: the command's (128+N for signal N); 122 stopped on a reclaim, 123 stopped for \
+overuse, 124 lease revoked or lost, 125 run failed before starting it, 126 cannot execute, \
+127 not found."
+)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// How much memory to lease, such as 8GiB.
+    #[arg(long)]
+    pub bytes: Option<ByteSize>,
+    /// Lease everything available now on the GPU (--gpu, else the one with the most
+    /// available): what a server that fills the card as it goes takes anyway. Use
+    /// --preemptible with it to give the card up when a higher class needs it.
+    #[arg(long)]
+    pub auto: bool,
+    /// The holder's name in status and events (default: the command's file name).
+    #[arg(long)]
+    pub holder: Option<String>,
+    /// A GPU uuid or index (default: any).
+    #[arg(long, default_value = "")]
+    pub gpu: String,
+    /// batch, normal, interactive or critical.
+    #[arg(long, default_value = "normal")]
+    pub priority: String,
+    /// Agree to give memory back when a higher class needs it; needs --on-reclaim, since a
+    /// command cannot shrink its lease.
+    #[arg(long, requires = "on_reclaim")]
+    pub preemptible: bool,
+    /// When asked to give memory back: `kill` stops the command and releases the lease;
+    /// `signal:NAME` (such as signal:USR1) sends NAME to the command's process group and
+    /// lets it free memory or exit; `ignore` (the default) lets the supervisor revoke the
+    /// lease at the deadline, which stops the command then.
+    #[arg(long, value_name = "kill|signal:NAME|ignore")]
+    pub on_reclaim: Option<OnReclaim>,
+    /// When the command's processes use more GPU memory than the lease, beyond the
+    /// supervisor's `gpu.overuse_tolerance` (its Overuse event): `log` says so, `kill` stops
+    /// the command. The supervisor's own `[overuse]` action applies either way.
+    #[arg(long, value_enum, default_value = "log")]
+    pub on_overuse: crate::config::OveruseAction,
+    /// Give up waiting for the lease after this long, such as 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_wait: Option<Duration>,
+    /// When stopping the command: SIGTERM to its process group, SIGKILL after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kill_grace: Duration,
+    /// After the command exits, wait at most this long for the supervisor to see its GPU
+    /// memory free.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub verify_timeout: Duration,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// What `run` does with a reclaim request (see `--on-reclaim`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnReclaim {
+    Ignore,
+    Kill,
+    Signal(nix::sys::signal::Signal),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a reclaim action: use kill, ignore or signal:NAME (such as signal:USR1)")]
+pub struct BadOnReclaim(String);
+
+impl std::str::FromStr for OnReclaim {
+    type Err = BadOnReclaim;
+
+    fn from_str(text: &str) -> Result<OnReclaim, BadOnReclaim> {
+        let bad = || BadOnReclaim(text.to_string());
+        match text.to_ascii_lowercase().as_str() {
+            "ignore" => return Ok(OnReclaim::Ignore),
+            "kill" => return Ok(OnReclaim::Kill),
+            _ => {}
+        }
+        let name = text
+            .strip_prefix("signal:")
+            .ok_or_else(bad)?
+            .to_ascii_uppercase();
+        let name = if name.starts_with("SIG") {
+            name
+        } else {
+            format!("SIG{name}")
+        };
+        name.parse().map(OnReclaim::Signal).map_err(|_| bad())
+    }
+}
+
 impl Overrides {
     /// Applies the flags (and their variables) over a config read from file.
     pub fn apply(&self, config: &mut Config) {
@@ -199,6 +313,9 @@ impl Overrides {
         }
         if let Some(listen) = self.listen {
             config.server.listen = Some(listen);
+        }
+        if self.insecure_tcp {
+            config.server.insecure_tcp = true;
         }
         if let Some(gpus) = &self.simulated_gpus {
             config.gpu.simulated = gpus.clone();

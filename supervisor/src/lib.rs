@@ -8,8 +8,11 @@
 //! - [`job`]: video jobs, one leased worker process each: persisted, spawned, verified;
 //! - [`rpc`]: the gRPC services, the only module that sees prost types, and the mapping of
 //!   domain errors to gRPC status codes;
-//! - [`server`]: wiring, listeners, shutdown; [`systemd`], [`logging`]: the process's
-//!   surroundings; [`config`], [`cli`]: settings; [`client`]: the operator's commands.
+//! - [`metrics`]: the Prometheus metrics (`[metrics] listen`), from the event feed and
+//!   from the broker and the jobs at each scrape;
+//! - [`server`]: wiring, listeners, shutdown (and systemd's notifications, through
+//!   `arbiter::systemd`); [`logging`]: the process's surroundings; [`config`], [`cli`]:
+//!   settings; [`client`]: the operator's commands.
 //!
 //! Invariant: this crate never links libtorch and never creates a CUDA context. It sees
 //! GPUs only through NVML, which is why it can watch every card without holding any of it.
@@ -22,7 +25,7 @@ pub mod gpu;
 pub mod job;
 pub mod lease;
 pub mod logging;
+pub mod metrics;
 pub mod rpc;
 pub mod sampler;
 pub mod server;
-pub mod systemd;

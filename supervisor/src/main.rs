@@ -20,8 +20,8 @@ async fn main() -> ExitCode {
         Err(error) => return fail(error),
     };
     cli.overrides.apply(&mut config);
-    let outcome = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => {
+    let outcome = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
             logging::init(&config.log);
             serve(config).await
         }
@@ -40,8 +40,14 @@ async fn main() -> ExitCode {
             record,
         } => client::events(&args, &config, samples, record.as_deref()).await,
         Command::Hold(args) => client::hold(&args, &config).await,
+        // Exits with the command's status, not 0 or 2.
+        Command::Run(args) => return client::run::run(&args, &config).await,
         Command::Generate(args) => client::jobs::generate(&args, &config).await,
         Command::Jobs(args) => client::jobs::list(&args, &config).await,
+        Command::Release {
+            client: args,
+            lease_id,
+        } => client::release(&args, &config, &lease_id).await,
         Command::Cancel {
             client: args,
             job_id,

@@ -9,7 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arbiter::listen::{UnixSocket, bind_tcp, reflection, serve};
+use arbiter::auth::AuthLayer;
+use arbiter::listen::{UnixSocket, bind_tcp_as, reflection, serve};
 use arbiter::pb::supervisor::v1::supervisor_server::SupervisorServer;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -20,10 +21,12 @@ use crate::job::jobs::Jobs;
 use crate::lease::broker::{Broker, Limits};
 use crate::lease::events::EventFeed;
 use crate::lease::ledger::Policy;
+use crate::rpc::auth::CallerPolicy;
 use crate::rpc::supervisor::SupervisorService;
 use crate::rpc::video::VideoService;
 use crate::rpc::worker::WorkerService;
-use crate::{sampler, systemd};
+use crate::sampler;
+use arbiter::systemd;
 
 pub use arbiter::listen::signals;
 use arbiter::pb::video::v1::video_server::VideoServer;
@@ -44,6 +47,10 @@ pub enum ServeError {
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Jobs(#[from] crate::job::JobError),
+    #[error("{0}")]
+    Tokens(#[from] arbiter::auth::tokens::TokensError),
+    #[error("{0} (the [metrics] section)")]
+    Metrics(#[from] arbiter::scrape::ScrapeError),
 }
 
 /// Serves until `shutdown` completes.
@@ -70,6 +77,7 @@ pub async fn run(
             max_ttl: config.lease.max_ttl,
             max_wait: config.lease.max_wait,
             visible_above: config.lease.require_visible_above.map(|b| b.0),
+            max_waiting: config.lease.max_waiting,
         },
         EventFeed::new(4096),
     );
@@ -97,20 +105,46 @@ pub async fn run(
     health
         .set_serving::<SupervisorServer<SupervisorService>>()
         .await;
-    let (reflection_v1, reflection_v1alpha) = reflection();
+    let (reflection_v1, reflection_v1alpha) = reflection(&[
+        arbiter::pb::supervisor::v1::supervisor_server::SERVICE_NAME,
+        arbiter::pb::video::v1::video_server::SERVICE_NAME,
+        arbiter::pb::worker::v1::worker_server::SERVICE_NAME,
+    ]);
+    // Before anything listens: a tokens file or TLS files that cannot be read stop start-up.
+    let tokens = match &config.auth.tokens_file {
+        Some(path) => arbiter::auth::Tokens::load(path)?,
+        None => arbiter::auth::Tokens::default(),
+    };
+    let tls = match (&config.server.tls.cert, &config.server.tls.key) {
+        (Some(cert), Some(key)) => Some(arbiter::listen::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: config.server.tls.client_ca.clone(),
+        }),
+        _ => None,
+    };
+    let policy = Arc::new(CallerPolicy::new(&config.auth, &config.quota));
     let service = SupervisorServer::new(SupervisorService::new(
         Arc::clone(&broker),
+        Arc::clone(&policy),
         inventory.simulated(),
+        config.server.listen.is_some() && config.server.insecure_tcp,
         stop.clone(),
     ));
     health.set_serving::<VideoServer<VideoService>>().await;
-    let video = VideoServer::new(VideoService::new(Arc::clone(&jobs), stop.clone()));
+    let video = VideoServer::new(VideoService::new(
+        Arc::clone(&jobs),
+        Arc::clone(&policy),
+        stop.clone(),
+    ));
     let worker = WorkerServer::new(WorkerService::new(Arc::clone(&jobs)));
     let router = Server::builder()
         .tcp_nodelay(true)
         // Detects holders whose host or network vanished without closing the connection.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Every call gets its caller's identity here, or is refused, before any handler.
+        .layer(AuthLayer::new(tokens, policy))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -125,16 +159,24 @@ pub async fn run(
     };
     // TCP first: if it fails, no socket file is left behind.
     let tcp = match config.server.listen {
-        Some(address) => Some(bind_tcp(&address.to_string()).await?),
+        Some(address) => Some(
+            bind_tcp_as(
+                &address.to_string(),
+                tls.as_ref(),
+                config.server.insecure_tcp,
+            )
+            .await?,
+        ),
         None => None,
     };
+    // Before the socket, like TCP; and before any job or request, so the metrics' fold of
+    // the event feed misses no grant.
+    if let Some(endpoint) = config.metrics.endpoint() {
+        let address = crate::metrics::start(endpoint, &broker, &jobs, stop.clone()).await?;
+        tracing::info!(%address, "serving metrics at /metrics");
+    }
     let unix = socket.bind()?;
     tracing::info!(socket = %socket.path.display(), "listening on the Unix socket");
-    if let Some(tcp) = &tcp
-        && let Ok(address) = tcp.local_addr()
-    {
-        tracing::info!(%address, "listening on TCP");
-    }
 
     let ticker = tokio::spawn(tick(Arc::clone(&broker), stop.clone()));
     let retention = tokio::spawn(expire(Arc::clone(&jobs), stop.clone()));
@@ -182,11 +224,11 @@ pub async fn run(
     outcome.map_err(ServeError::from)
 }
 
-/// The broker's clock, which doubles as the watchdog's heartbeat: if the broker's lock
+/// The broker's clock, which doubles as the watchdog's heartbeat: a ping proves that the
+/// runtime runs timers and that the broker's lock is free (each tick takes it); if the lock
 /// wedges, the pings stop and systemd restarts us.
 async fn tick(broker: Arc<Broker>, stop: CancellationToken) {
-    let watchdog = systemd::watchdog_period();
-    let mut last_ping = tokio::time::Instant::now();
+    let mut watchdog = systemd::Watchdog::from_env();
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -194,11 +236,7 @@ async fn tick(broker: Arc<Broker>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {
                 broker.tick();
-                if let Some(period) = watchdog
-                    && last_ping.elapsed() >= period {
-                        systemd::alive();
-                        last_ping = tokio::time::Instant::now();
-                    }
+                watchdog.beat();
             }
         }
     }

@@ -4,8 +4,8 @@
 //!
 //! A test binary is `<target>/<profile>/deps/<test>-<hash>`, and cargo puts the binaries at
 //! `<target>/<profile>/<name>`. `cargo test` of one package does not build other packages'
-//! binaries (the root crate's tests, and `arbiter-tts`'s, need the supervisor's), hence the
-//! explicit build.
+//! binaries (the root crate's tests, and `arbiter-tts`'s, need the supervisor's; both need
+//! the thin `arbiter-tts` of `arbiter-tts-client`), hence the explicit build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,6 +44,39 @@ const BINARIES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The thin `arbiter-tts` (package `arbiter-tts-client`, no libtorch) and its sources.
+const TTS: (&str, &str, &[&str]) = (
+    "arbiter-tts-client",
+    "arbiter-tts",
+    &[
+        "src",
+        "proto",
+        "build.rs",
+        "tts-client/src",
+        "tts-client/Cargo.toml",
+    ],
+);
+
+/// `arbiter-tts-server` (package `arbiter-tts`, linked with libtorch), which the thin
+/// `arbiter-tts` execs for `serve`, and its sources.
+const TTS_SERVER: (&str, &str, &[&str]) = (
+    "arbiter-tts",
+    "arbiter-tts-server",
+    &[
+        "src",
+        "proto",
+        "build.rs",
+        "tts-service/src",
+        "tts-service/build.rs",
+        "tts-service/Cargo.toml",
+        "torch/src",
+        "torch/shim",
+        "torch/build.rs",
+        "torch/Cargo.toml",
+        "build-support",
+    ],
+);
+
 /// The root of the workspace (this crate lives in `<root>/test-kit`).
 pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -62,7 +95,8 @@ pub fn supervisor() -> &'static Path {
             path.is_file() && !stale(&path, sources)
         });
         if !fresh {
-            build(&profile_dir);
+            let names: Vec<&str> = BINARIES.iter().map(|(name, _)| *name).collect();
+            build(&profile_dir, &names, &names);
         }
         profile_dir.join("arbiter-supervisor")
     })
@@ -73,18 +107,30 @@ pub fn video() -> PathBuf {
     supervisor().with_file_name("arbiter-video")
 }
 
-/// `arbiter-tts`, which cargo builds for `arbiter-tts`'s own tests, the only ones that run
-/// it (so it is only found here, never built: a build of that package alone would resolve
-/// other features and relink it for nothing).
+/// The thin `arbiter-tts` (`say`, `lip-sync`; `serve` and `info` exec `arbiter-tts-server`
+/// from beside it), built first if it is missing or stale: it has no libtorch, so that is
+/// quick.
 pub fn tts() -> PathBuf {
-    let binary = profile_dir().join("arbiter-tts");
-    assert!(
-        binary.is_file(),
-        "{} is missing: build the workspace first (scripts/test.sh does: cargo build \
-         --workspace --bins)",
-        binary.display()
-    );
-    binary
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| fresh(TTS)).clone()
+}
+
+/// `arbiter-tts-server`, which cargo builds for `arbiter-tts`'s own tests and benches (then
+/// it is fresh and found as it is), built first elsewhere if it is missing or stale.
+pub fn tts_server() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| fresh(TTS_SERVER)).clone()
+}
+
+/// `binary` of `package` in this profile, built first if it is missing or older than one of
+/// its `sources`.
+fn fresh((package, binary, sources): (&str, &str, &[&str])) -> PathBuf {
+    let profile_dir = profile_dir();
+    let path = profile_dir.join(binary);
+    if !path.is_file() || stale(&path, sources) {
+        build(&profile_dir, &[package], &[binary]);
+    }
+    path
 }
 
 /// Where the kit keeps what it generates once for many tests: `<target>/tmp/arbiter-test-kit`
@@ -105,8 +151,9 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds [`BINARIES`] into `profile_dir` with the cargo that runs the tests.
-fn build(profile_dir: &Path) {
+/// Builds the binaries of `packages` into `profile_dir` with the cargo that runs the tests,
+/// and checks that each of `binaries` is there.
+fn build(profile_dir: &Path, packages: &[&str], binaries: &[&str]) {
     let target_dir = profile_dir
         .parent()
         .expect("the profile directory lives in the target directory");
@@ -119,8 +166,8 @@ fn build(profile_dir: &Path) {
         .unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(&cargo);
     build.current_dir(workspace_root()).arg("build");
-    for (name, _) in BINARIES {
-        build.args(["-p", name]);
+    for package in packages {
+        build.args(["-p", package]);
     }
     build.arg("--bins").arg("--target-dir").arg(target_dir);
     match profile {
@@ -142,7 +189,7 @@ fn build(profile_dir: &Path) {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    for (name, _) in BINARIES {
+    for name in binaries {
         let path = profile_dir.join(name);
         assert!(
             path.is_file(),

@@ -10,6 +10,7 @@
 //! - [`supervisor`]: the real `arbiter-supervisor` on simulated GPUs ([`Builder`],
 //!   [`Supervisor`]) and its simulated process table;
 //! - [`leases`]: lease requests and the supervisor's answers (leases, status, updates);
+//! - [`events`]: the event feed, collected in the background and waited on;
 //! - [`jobs`]: video jobs: the test pipeline, the generated staged pipeline, submitting and
 //!   waiting for jobs, checking what they wrote;
 //! - [`tts`]: the real `arbiter-tts serve`, its generated models and its requests;
@@ -17,6 +18,12 @@
 //!   pipeline) are generated once per key under `<target>/tmp/arbiter-test-kit` and copied
 //!   into each test's directory;
 //! - [`media`]: WAV files and tones, pictures, and ffprobe's view of a file;
+//! - [`metrics`]: HTTP GETs to a metrics endpoint or Prometheus, samples read from the
+//!   exposition, and the metrics the Grafana dashboard queries;
+//! - [`tools`]: the stock gRPC clients (grpcurl, the venv's python with grpcio);
+//! - [`notify`]: systemd's notify socket, played by the test (READY, WATCHDOG, STOPPING);
+//! - [`raw`]: calls whose request is raw bytes, as a broken or hostile client sends;
+//! - [`tls`]: a CA and certificates made per test, tokens files, bearer tokens on calls;
 //! - [`waiting`]: bounded waits ([`within`], [`eventually`]).
 //!
 //! Failures say what the process under test saw: a [`Supervisor`] or a
@@ -29,12 +36,18 @@
 //! [`eventually`]: waiting::eventually
 
 pub mod binaries;
+pub mod events;
 mod generated;
 pub mod jobs;
 pub mod leases;
 pub mod media;
+pub mod metrics;
+pub mod notify;
 pub mod processes;
+pub mod raw;
 pub mod supervisor;
+pub mod tls;
+pub mod tools;
 pub mod tts;
 pub mod waiting;
 

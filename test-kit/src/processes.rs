@@ -74,6 +74,13 @@ impl Process {
         }
     }
 
+    /// Sends SIGTERM (a service's orderly shutdown), if it is still running.
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            signal(child, Signal::SIGTERM);
+        }
+    }
+
     /// SIGKILL, then reap it so its pid is really gone.
     pub fn kill(&mut self) -> ExitStatus {
         let child = self.child.as_mut().expect("the child process");

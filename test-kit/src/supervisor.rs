@@ -68,7 +68,7 @@ pub fn record_usage(simulated_dir: &Path, gpu: u32, pid: u32, bytes: u64) {
 }
 
 /// A TCP port that was free a moment ago (bound to 127.0.0.1:0, then released).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local address").port()
 }
@@ -211,6 +211,10 @@ impl Builder {
             .arg(&self.gpus);
         if let Some(port) = port {
             command.arg("--listen").arg(format!("127.0.0.1:{port}"));
+            // Tests talk plaintext over loopback unless they configure TLS themselves.
+            if !self.config.contains("[server.tls]") {
+                command.arg("--insecure-tcp");
+            }
         }
         command.args(&self.args);
         for (key, value) in &self.env {
@@ -316,6 +320,11 @@ impl Supervisor {
     }
 
     /// `127.0.0.1:<port>` of its TCP listener.
+    /// The TCP port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port.expect("this supervisor was started without TCP")
+    }
+
     pub fn tcp_address(&self) -> String {
         let port = self.port.expect("this supervisor was started without TCP");
         format!("127.0.0.1:{port}")
@@ -418,6 +427,14 @@ impl Supervisor {
             .arg("--config")
             .arg(&self.config);
         command
+    }
+
+    /// `arbiter-supervisor run <flags> -- <command>` against this supervisor: its address
+    /// and config come before `--`, after which everything is the command's.
+    pub fn run_command(&self, flags: &[&str], command: &[&str]) -> Command {
+        let mut run = self.client_command(&["run"]);
+        run.args(flags).arg("--").args(command);
+        run
     }
 
     /// Starts `arbiter-supervisor hold …` against this supervisor as a separate process.

@@ -28,9 +28,17 @@ pub const NOT_SERVING: i32 = 2;
 /// `arbiter-tts serve` on `socket` with `extra` flags; its output goes to a log beside the
 /// socket (`<socket>.log`), printed if the test fails.
 pub fn serve(socket: &Path, extra: &[&str]) -> Process {
+    Process::spawn(serve_command(socket, extra), socket.with_extension("log"))
+}
+
+/// The command [`serve`] runs, for a test that adds to it (an environment) before
+/// spawning it with [`Process::spawn`].
+pub fn serve_command(socket: &Path, extra: &[&str]) -> Command {
+    // The thin `arbiter-tts` execs the server from beside it: make sure it is there.
+    binaries::tts_server();
     let mut command = Command::new(binaries::tts());
     command.arg("serve").arg("--socket").arg(socket).args(extra);
-    Process::spawn(command, socket.with_extension("log"))
+    command
 }
 
 /// The service's health status on `socket`; None while it does not answer.

@@ -79,7 +79,7 @@ fn parse() -> Result<Options, String> {
         interval: Duration::ZERO,
         server: std::env::var_os("ARBITER_TTS_BIN")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_arbiter-tts"))),
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_arbiter-tts-server"))),
         voice_dirs: Vec::new(),
         voice: None,
         supervisor: None,

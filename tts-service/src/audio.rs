@@ -7,7 +7,7 @@
 //! interpolation: no low-pass filter, which aliases a little when going down; the test model
 //! and loudness-driven mouths do not mind, a real model may want a proper resampler.
 
-use crate::wav::{self, WavError};
+use arbiter::wav::{self, WavError};
 
 /// Rates outside this range are refused: not speech audio anyone sends.
 pub const MIN_SAMPLE_RATE: u32 = 8_000;
@@ -193,10 +193,10 @@ mod tests {
     #[test]
     fn wav_and_pcm_are_read_and_detected() {
         let samples = [0i16, 8192, -8192, 16384];
-        let wav = crate::wav::encode(&samples, 22050, 1);
+        let wav = arbiter::wav::encode(&samples, 22050, 1);
         let from_wav = Audio::decode(&wav, Encoding::Detect, 0, LIMITS).unwrap();
         assert_eq!(from_wav, Audio::from_s16(&samples, 22050));
-        let pcm = crate::wav::pcm_s16le(&samples);
+        let pcm = arbiter::wav::pcm_s16le(&samples);
         let from_pcm = Audio::decode(&pcm, Encoding::Detect, 22050, LIMITS).unwrap();
         assert_eq!(from_pcm, from_wav);
         assert_eq!(
@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn bad_audio_is_refused_naming_the_field() {
-        let wav = crate::wav::encode(&[1, 2, 3], 16000, 1);
+        let wav = arbiter::wav::encode(&[1, 2, 3], 16000, 1);
         for (result, field) in [
             (
                 Audio::decode(&[], Encoding::Detect, 0, LIMITS),

@@ -225,6 +225,10 @@ enum Request {
     ListVoices {
         reply: Sender<Vec<VoiceInfo>>,
     },
+    /// Nothing to do but answer: see [`Espeak::answer`].
+    Answer {
+        reply: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 static ENGINE: OnceLock<Result<Espeak, EspeakError>> = OnceLock::new();
@@ -274,6 +278,16 @@ impl Espeak {
         let (reply, answer) = mpsc::channel();
         self.send(Request::ListVoices { reply })?;
         answer.recv().map_err(|_| engine_gone())
+    }
+
+    /// Completes once the engine's thread has taken a request that does nothing, in its turn
+    /// behind the requests queued before it: proof that the thread is not stuck in
+    /// libespeak-ng (the service's watchdog heartbeat). Async, so that a wedged thread
+    /// blocks no runtime thread; the caller bounds the wait.
+    pub async fn answer(&self) -> Result<()> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Request::Answer { reply })?;
+        answer.await.map_err(|_| engine_gone())
     }
 
     fn send(&self, request: Request) -> Result<()> {
@@ -330,6 +344,9 @@ fn start() -> Result<Espeak> {
                     }
                     Request::ListVoices { reply } => {
                         let _ = reply.send(list_voices_here());
+                    }
+                    Request::Answer { reply } => {
+                        let _ = reply.send(());
                     }
                 }
             }

@@ -8,7 +8,6 @@
 //! - [`viseme`]: the documented phoneme-to-viseme table and the viseme timeline of a speech.
 //! - [`torchscript`]: TorchScript voices (VITS/Piper style: phoneme ids in, waveform out)
 //!   from a directory with `voice.ts.pt` and a Piper-style `voice.json`.
-//! - [`wav`]: PCM s16le to WAV bytes, and WAV bytes back ([`wav::decode`]).
 //! - [`audio`]: audio a client sends to be lip-synced (WAV or raw PCM), checked and mixed to
 //!   mono; [`audio_viseme`]: a viseme timeline from audio alone (its loudness).
 //! - [`lip_sync`]: the optional TorchScript lip-sync model (face and audio in, mouth frames
@@ -16,8 +15,11 @@
 //! - [`service`]: `arbiter.tts.v1.Tts`, streaming a sentence at a time; [`server`]: the
 //!   listeners, reflection and health around it; [`status`]: errors to gRPC codes;
 //!   [`lease`]: holding the GPU memory from the supervisor, re-acquired after a loss;
-//!   [`client`]: small clients for scripts and the main job (speech to a WAV file, mouth
-//!   frames to PNG files).
+//!   [`metrics`]: what the calls record for Prometheus (`--metrics-listen`).
+//!
+//! WAV files are the root crate's (`arbiter::wav`), and the clients of a running service
+//! (`arbiter-tts say`, `lip-sync`) live in `arbiter-tts-client`, which does not link
+//! libtorch: a client call should not pay for loading it.
 //!
 //! Dependencies point one way, from the edge down: `server` → `service` → `status` → the
 //! domain modules (`espeak`, `torchscript`, `lip_sync`, `audio`, ...). The domain modules
@@ -26,17 +28,16 @@
 
 pub mod audio;
 pub mod audio_viseme;
-pub mod client;
 pub mod espeak;
 pub mod lease;
 pub mod lip_sync;
+pub mod metrics;
 pub mod sentences;
 pub mod server;
 pub mod service;
 pub mod status;
 pub mod torchscript;
 pub mod viseme;
-pub mod wav;
 
 /// The module's old spelling, kept only because `tests/lipsync_model.rs` still imports
 /// `arbiter_tts::lipsync::…`; drop it once those tests import [`lip_sync`].

@@ -1,19 +1,20 @@
-//! `arbiter-tts`: the persistent text-to-speech and lip-sync service. It keeps its voices
-//! resident on the GPU under one lease from the supervisor and serves gRPC clients.
+//! `arbiter-tts-server`: the persistent text-to-speech and lip-sync service. It keeps its
+//! voices resident on the GPU under one lease from the supervisor and serves gRPC clients.
 //!
 //! `serve` runs the gRPC service (eSpeak NG voices on the CPU, TorchScript voices from
 //! `--voice-dir` and a lip-sync model from `--lipsync-dir` on the GPU when there is one);
-//! `say` and `lip-sync` are its clients, for scripts; `info` shows what libtorch sees in this
-//! process (the device its TorchScript voices will load on). The logic lives in the library
-//! (`arbiter_tts`), so that tests and benchmarks reach it without the binary; this file only
-//! parses flags and starts it.
+//! `info` shows what libtorch sees in this process (the device its TorchScript voices will
+//! load on). This binary links libtorch; users run it as `arbiter-tts serve` and
+//! `arbiter-tts info`, which the thin `arbiter-tts` (crate `arbiter-tts-client`, without
+//! libtorch, also home of the `say` and `lip-sync` clients) exec()s, same pid and
+//! arguments. The logic lives in the library (`arbiter_tts`), so that tests and benchmarks
+//! reach it without the binary; this file only parses flags and starts it.
 
 use std::process::ExitCode;
 
 use std::path::PathBuf;
 
 use arbiter::pb::supervisor::v1 as spb;
-use arbiter_tts::client::lip_sync_command::{self, Speech};
 use arbiter_tts::server::{self, LipSyncSettings, Settings};
 use arbiter_tts::service::Limits;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -40,7 +41,7 @@ impl From<Priority> for spb::Priority {
 
 #[derive(Parser)]
 #[command(
-    name = "arbiter-tts",
+    name = "arbiter-tts-server",
     version,
     about = "Text-to-speech and lip-sync, resident on a leased GPU."
 )]
@@ -49,6 +50,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process, so `Serve`'s size beside `Info` costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve Synthesize, ListVoices, LipSync and LipSyncStream until SIGTERM/SIGINT.
@@ -108,44 +111,40 @@ enum Command {
         /// renders on the CPU.
         #[arg(long, default_value_t = 300)]
         lipsync_wait_ms: u64,
-    },
-    /// Speak text through a running service and write a WAV file (a client, for scripts).
-    Say {
-        /// The service's socket (default: the `serve` default).
-        #[arg(long, env = "ARBITER_TTS_SOCKET")]
-        socket: Option<PathBuf>,
-        #[arg(long)]
-        text: String,
-        #[arg(long, default_value = "")]
-        voice: String,
-        /// Where to write the WAV.
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Lip-sync a face to a WAV file or to a text through a running service, write the mouth
-    /// frames as PNG files, and say where they were rendered (a client, for scripts).
-    LipSync {
-        /// The service's socket (default: the `serve` default).
-        #[arg(long, env = "ARBITER_TTS_SOCKET")]
-        socket: Option<PathBuf>,
-        /// The face: a PNG or JPEG image.
-        #[arg(long)]
-        face: PathBuf,
-        /// The audio to follow: a WAV file.
-        #[arg(long, conflicts_with = "text", required_unless_present = "text")]
-        audio: Option<PathBuf>,
-        /// Or a text for the service to speak.
-        #[arg(long)]
-        text: Option<String>,
-        /// The voice that speaks `--text` (default: the service's default).
-        #[arg(long, default_value = "", requires = "text")]
-        voice: String,
-        /// The directory the frames go to (frame-00000.png, ...).
-        #[arg(long)]
-        out: PathBuf,
-        /// Also write the report, and the service's lip-sync status after the render, as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        /// Serve Prometheus metrics (`GET /metrics`) on this TCP address, such as
+        /// 127.0.0.1:9465. Off unless given.
+        #[arg(long, env = "ARBITER_TTS_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Allow a --metrics-listen address other hosts can reach (not loopback): the
+        /// metrics have no authentication.
+        #[arg(long, env = "ARBITER_TTS_METRICS_ALLOW_REMOTE")]
+        metrics_allow_remote: bool,
+        /// The server's TLS certificate (PEM) for --listen; with --tls-key.
+        #[arg(long, env = "ARBITER_TTS_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The server's TLS private key (PEM).
+        #[arg(long, env = "ARBITER_TTS_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The CA whose client certificates name TCP callers (`cert:NAME`).
+        #[arg(long, env = "ARBITER_TTS_TLS_CLIENT_CA", requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
+        /// Bearer tokens (`NAME sha256:HEX` lines) for TCP callers without a certificate.
+        #[arg(long, env = "ARBITER_TTS_TOKENS_FILE")]
+        tokens_file: Option<PathBuf>,
+        /// Serve --listen in plaintext: every caller there without a token is one identity,
+        /// `insecure-tcp`. For loopback on a trusted host, or tests.
+        #[arg(long, env = "ARBITER_TTS_INSECURE_TCP", conflicts_with = "tls_cert")]
+        insecure_tcp: bool,
+        /// An identity that may call (uid:N, user:NAME, group:NAME, cert:NAME, token:NAME,
+        /// unix, insecure-tcp, *); repeatable. Default: anyone with an identity.
+        #[arg(long = "caller", value_name = "IDENTITY")]
+        callers: Vec<arbiter::auth::Pattern>,
+        /// Requests a second each identity may make (0: no limit).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Requests at once above --rate.
+        #[arg(long, default_value_t = 2000.0)]
+        burst: f64,
     },
     /// Show what libtorch sees (CUDA, devices) and run a small self-check on the device.
     Info,
@@ -154,45 +153,6 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Info => arbiter_torch::device::info(),
-        Command::Say {
-            socket,
-            text,
-            voice,
-            out,
-        } => {
-            let socket = socket.unwrap_or_else(server::default_socket);
-            run_client(
-                async move { arbiter_tts::client::say::say(&socket, text, voice, &out).await },
-            )
-        }
-        Command::LipSync {
-            socket,
-            face,
-            audio,
-            text,
-            voice,
-            out,
-            json,
-        } => {
-            let socket = socket.unwrap_or_else(server::default_socket);
-            run_client(async move {
-                let speech = match (audio, text) {
-                    (Some(audio), _) => Speech::Audio(audio),
-                    (None, Some(text)) => Speech::Text { text, voice },
-                    (None, None) => {
-                        return Err("give the audio (--audio FILE.wav) or a text (--text)".into());
-                    }
-                };
-                let report = lip_sync_command::lip_sync(&socket, &face, speech, &out).await?;
-                if let Some(path) = &json {
-                    let text = serde_json::to_string_pretty(&report)
-                        .map_err(|e| format!("cannot write the report: {e}"))?;
-                    std::fs::write(path, text)
-                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                }
-                Ok(report.to_string())
-            })
-        }
         Command::Serve {
             socket,
             listen,
@@ -208,6 +168,16 @@ fn main() -> ExitCode {
             lipsync_lease_bytes,
             lipsync_priority,
             lipsync_wait_ms,
+            metrics_listen,
+            metrics_allow_remote,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tokens_file,
+            insecure_tcp,
+            callers,
+            rate,
+            burst,
         } => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
@@ -218,7 +188,7 @@ fn main() -> ExitCode {
                 )
                 .init();
             let settings = Settings {
-                socket: socket.unwrap_or_else(server::default_socket),
+                socket: socket.unwrap_or_else(arbiter::endpoint::default_tts_socket),
                 socket_mode: 0o660,
                 listen,
                 limits: Limits {
@@ -247,6 +217,24 @@ fn main() -> ExitCode {
                     priority: lipsync_priority.into(),
                     wait: std::time::Duration::from_millis(lipsync_wait_ms),
                 }),
+                metrics: metrics_listen.map(|address| arbiter::scrape::Endpoint {
+                    address,
+                    allow_remote: metrics_allow_remote,
+                }),
+                security: server::Security {
+                    tls: tls_cert
+                        .zip(tls_key)
+                        .map(|(cert, key)| arbiter::listen::tls::TlsFiles {
+                            cert,
+                            key,
+                            client_ca: tls_client_ca,
+                        }),
+                    insecure_tcp,
+                    tokens_file,
+                    callers,
+                    rate,
+                    burst,
+                },
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
@@ -262,23 +250,6 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
-        }
-    }
-}
-
-/// Runs a client command: its report on stdout, or its error on stderr and exit code 2.
-fn run_client(work: impl std::future::Future<Output = Result<String, String>>) -> ExitCode {
-    let done = tokio::runtime::Runtime::new()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
-        .and_then(|runtime| runtime.block_on(work));
-    match done {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("arbiter-tts: {error}");
-            ExitCode::from(2)
         }
     }
 }

@@ -9,11 +9,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arbiter::listen::{UnixSocket, bind_tcp, reflection, serve, signals};
+use arbiter::listen::{UnixSocket, bind_tcp_as, reflection, serve, signals};
 use arbiter::pb::supervisor::v1 as spb;
 use arbiter::pb::tts::v1::tts_server::TtsServer;
+use arbiter::systemd;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+
+pub mod callers;
+mod requests;
 
 use crate::espeak::{Espeak, EspeakError};
 use crate::lip_sync::{LipSync, LipSyncModel, LipSyncModelError, Residency, ResidencySettings};
@@ -44,7 +48,28 @@ pub struct Settings {
     pub lease_bytes: Option<u64>,
     /// The lip-sync model (`--lipsync-dir`), if any.
     pub lip_sync: Option<LipSyncSettings>,
+    /// The Prometheus endpoint (`--metrics-listen`), if any.
+    pub metrics: Option<arbiter::scrape::Endpoint>,
+    /// Who may call, and how TCP callers prove who they are.
+    pub security: Security,
 }
+
+/// TLS, tokens and the callers allowed, as `arbiter::auth` applies them.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// TLS on `listen`; None: TCP only with `insecure_tcp`.
+    pub tls: Option<arbiter::listen::tls::TlsFiles>,
+    pub insecure_tcp: bool,
+    pub tokens_file: Option<PathBuf>,
+    /// The identities that may call; empty: anyone with an identity.
+    pub callers: Vec<arbiter::auth::Pattern>,
+    /// Each identity's requests a second (0: no limit), and its burst.
+    pub rate: f64,
+    pub burst: f64,
+}
+
+/// The flag that allows a metrics address other hosts can reach, as errors name it.
+pub const METRICS_ALLOW_REMOTE: &str = "--metrics-allow-remote";
 
 /// The lip-sync model and its lease.
 #[derive(Clone, Debug)]
@@ -59,11 +84,6 @@ pub struct LipSyncSettings {
     pub priority: spb::Priority,
     /// How long a render waits for the lease before rendering on the CPU.
     pub wait: Duration,
-}
-
-/// The service's default socket, beside the supervisor's.
-pub fn default_socket() -> PathBuf {
-    arbiter::endpoint::runtime_dir().join("tts.sock")
 }
 
 /// Why the service did not start (or stopped): the operator's to fix, so `main` prints it
@@ -82,6 +102,10 @@ pub enum ServeError {
     DuplicateVoice(String),
     #[error(transparent)]
     LipSyncModel(#[from] LipSyncModelError),
+    #[error("{0} (--metrics-listen)")]
+    Metrics(#[from] arbiter::scrape::ScrapeError),
+    #[error("{0} (--tokens-file)")]
+    Tokens(#[from] arbiter::auth::tokens::TokensError),
 }
 
 /// Loads the lip-sync model on the CPU and sets up its lease without asking for it yet, so
@@ -172,21 +196,35 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     if let Some(residency) = lip_sync.as_ref().and_then(|l| l.residency()) {
         residency.start();
     }
-    let mut service = TtsService::new(espeak, settings.limits)?.with_torch_voices(voices);
+    let mut service = TtsService::new(espeak.clone(), settings.limits)?.with_torch_voices(voices);
     if let Some(lip_sync) = lip_sync {
         service = service.with_lip_sync(lip_sync);
     }
-    let (reflection_v1, reflection_v1alpha) = reflection();
+    let metrics = service.metrics();
+    let (reflection_v1, reflection_v1alpha) =
+        reflection(&[arbiter::pb::tts::v1::tts_server::SERVICE_NAME]);
+    let security = &settings.security;
+    let tokens = match &security.tokens_file {
+        Some(path) => arbiter::auth::Tokens::load(path)?,
+        None => arbiter::auth::Tokens::default(),
+    };
+    let policy = callers::TtsPolicy::new(security.callers.clone(), security.rate, security.burst);
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        // Every call gets its caller's identity here, or is refused, before any handler.
+        .layer(arbiter::auth::AuthLayer::new(tokens, Arc::new(policy)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
-            TtsServer::new(service).max_decoding_message_size(settings.limits.max_message_bytes()),
-        );
+        .add_service(requests::Counted {
+            inner: TtsServer::new(service)
+                .max_decoding_message_size(settings.limits.max_message_bytes()),
+            metrics: Arc::clone(&metrics),
+        });
     let tcp = match &settings.listen {
-        Some(address) => Some(bind_tcp(address).await?),
+        Some(address) => {
+            Some(bind_tcp_as(address, security.tls.as_ref(), security.insecure_tcp).await?)
+        }
         None => None,
     };
     let socket = UnixSocket {
@@ -194,27 +232,77 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         mode: settings.socket_mode,
         group: None,
     };
+    // Before the socket, like TCP: a port that cannot be bound leaves no socket file.
+    let scrape = match settings.metrics {
+        Some(endpoint) => Some(endpoint.bind(METRICS_ALLOW_REMOTE).await?),
+        None => None,
+    };
     let unix = socket.bind()?;
     tracing::info!(socket = %socket.path.display(), "listening on the Unix socket");
-    if let Some(address) = tcp.as_ref().and_then(|t| t.local_addr().ok()) {
-        tracing::info!(%address, "listening on TCP");
+    if let Some(address) = scrape.as_ref().and_then(|s| s.local_addr().ok()) {
+        tracing::info!(%address, "serving metrics at /metrics");
     }
     let stop = tokio_util::sync::CancellationToken::new();
+    if let Some(scrape) = scrape {
+        let render: arbiter::scrape::Render = Arc::new(move || metrics.render_text());
+        tokio::spawn(scrape.serve(render, stop.clone()));
+    }
     let servers = serve(router, unix, tcp, stop.clone());
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    systemd::ready("serving");
+    // Beats until the process is about to exit, drain included: systemd keeps watching
+    // while the service stops.
+    let stop_heartbeat = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat(espeak, stop_heartbeat.clone()));
     let signal = async {
         signals().await;
         tracing::info!("shutting down");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        systemd::stopping();
         health.set_not_serving::<TtsServer<TtsService>>().await;
         stop.cancel();
         Ok::<(), tonic::transport::Error>(())
     };
     let result = tokio::try_join!(servers, signal);
+    stop_heartbeat.cancel();
+    let _ = heartbeat.await;
     stop_lease.cancel();
     if let Some(lease) = lease {
         let _ = lease.await;
     }
     let _ = std::fs::remove_file(&socket.path);
     result.map(|_| ()).map_err(ServeError::from)
+}
+
+/// The systemd watchdog's heartbeat; returns at once without a watchdog (no
+/// `WATCHDOG_USEC`). Every half `WatchdogSec` it asks the eSpeak NG thread to answer (in its
+/// turn, behind the speech queued before it) and pings `WATCHDOG=1` only once it has. A
+/// ping proves that the runtime still runs timers and tasks (this loop is one) and that the
+/// one thread every eSpeak request goes through takes requests: a libespeak-ng call that
+/// never returns, or a runtime that no longer schedules, stops the pings and systemd
+/// restarts the service. It does not prove that a TorchScript voice's GPU answers.
+async fn heartbeat(espeak: Espeak, stop: CancellationToken) {
+    let Some(period) = systemd::watchdog_period() else {
+        return;
+    };
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let answered = tokio::select! {
+            () = stop.cancelled() => return,
+            answered = tokio::time::timeout(period, espeak.answer()) => answered,
+        };
+        match answered {
+            Ok(Ok(())) => systemd::alive(),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "no watchdog ping: the eSpeak NG thread is gone");
+            }
+            Err(_) => tracing::warn!(
+                ?period,
+                "no watchdog ping: the eSpeak NG thread did not answer in time"
+            ),
+        }
+    }
 }

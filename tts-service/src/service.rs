@@ -27,6 +27,7 @@ pub use limits::Limits;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arbiter::pb::tts::v1 as pb;
 use pb::tts_server::Tts;
@@ -36,13 +37,15 @@ use tonic::{Request, Response, Status};
 
 use crate::espeak::{self, Espeak, EspeakError};
 use crate::lip_sync::LipSync;
+use crate::metrics::TtsMetrics;
+use crate::sentences;
 use crate::service::limits::Streams;
 use crate::service::lip_sync_handlers::{LipSyncChunkStream, LipSyncHandlers};
 use crate::service::voices::{Voices, speak};
 use crate::service::wire::{ms, visemes_pb};
 use crate::torchscript::TorchVoice;
 use crate::viseme;
-use crate::{sentences, wav};
+use arbiter::wav;
 
 pub struct TtsService {
     voices: Voices,
@@ -50,6 +53,8 @@ pub struct TtsService {
     streams: Streams,
     /// The lip-sync model, when one is configured.
     lip_sync: Option<Arc<LipSync>>,
+    /// What the calls record for `/metrics` (served when `--metrics-listen` is set).
+    metrics: Arc<TtsMetrics>,
 }
 
 impl TtsService {
@@ -60,6 +65,7 @@ impl TtsService {
             streams: Streams::new(limits.max_streams),
             limits,
             lip_sync: None,
+            metrics: Arc::new(TtsMetrics::new()),
         })
     }
 
@@ -76,6 +82,11 @@ impl TtsService {
         self
     }
 
+    /// The service's metrics, for the server to render at `/metrics`.
+    pub fn metrics(&self) -> Arc<TtsMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
     /// The lip-sync calls see only what they use of the service, so that they need not
     /// import it.
     fn lip_sync_handlers(&self) -> LipSyncHandlers<'_> {
@@ -84,8 +95,13 @@ impl TtsService {
             limits: &self.limits,
             streams: &self.streams,
             lip_sync: self.lip_sync.as_ref(),
+            metrics: &self.metrics,
         }
     }
+}
+
+fn audio_length(ms: u32) -> Duration {
+    Duration::from_millis(u64::from(ms))
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::SynthesizeChunk, Status>> + Send>>;
@@ -98,6 +114,7 @@ impl Tts for TtsService {
         &self,
         request: Request<pb::SynthesizeRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
+        let arrived = Instant::now();
         let request = request.into_inner();
         self.limits.check_text(&request.text)?;
         let rate = if request.speaking_rate == 0.0 {
@@ -121,13 +138,23 @@ impl Tts for TtsService {
                 request.sample_rate
             )));
         }
-        let header = request.format() == pb::AudioFormat::Wav;
+        // A format number the enum does not name is refused, not read as PCM.
+        let header = match pb::AudioFormat::try_from(request.format) {
+            Ok(format) => format == pb::AudioFormat::Wav,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "format {} is not an audio format: use AUDIO_FORMAT_PCM_S16LE (1) or AUDIO_FORMAT_WAV (2), or leave it unset (0) for PCM",
+                    request.format
+                )));
+            }
+        };
         let sentences: Vec<String> = sentences::split(&request.text)
             .into_iter()
             .map(str::to_string)
             .collect();
         // Synthesize the first sentence before answering, so a bad voice is an error status
         // rather than a stream that fails.
+        let began = Instant::now();
         let first = speak(
             espeak.clone(),
             sentences[0].clone(),
@@ -135,6 +162,9 @@ impl Tts for TtsService {
             rate_wpm,
         )
         .await?;
+        self.metrics
+            .sentence(began.elapsed(), audio_length(first.duration_ms()));
+        let metrics = Arc::clone(&self.metrics);
         let permit = self.streams.permit()?;
         let (sender, receiver) = mpsc::channel(2);
         tokio::spawn(async move {
@@ -149,9 +179,14 @@ impl Tts for TtsService {
                         if sender.is_closed() {
                             return; // the client went away: stop before the next sentence
                         }
+                        let began = Instant::now();
                         match speak(espeak.clone(), sentence.clone(), voice.clone(), rate_wpm).await
                         {
-                            Ok(speech) => speech,
+                            Ok(speech) => {
+                                metrics
+                                    .sentence(began.elapsed(), audio_length(speech.duration_ms()));
+                                speech
+                            }
                             Err(status) => {
                                 let _ = sender.send(Err(status)).await;
                                 return;
@@ -177,6 +212,9 @@ impl Tts for TtsService {
                 offset_ms += duration;
                 if sender.send(Ok(chunk)).await.is_err() {
                     return;
+                }
+                if i == 0 {
+                    metrics.first_audio(arrived.elapsed());
                 }
             }
         });

@@ -30,7 +30,7 @@ macro_rules! codes {
     ($error:ident { $($code:ident: $($variant:ident)|+;)+ }) => {
         impl From<$error> for Status {
             fn from(error: $error) -> Status {
-                let message = error.to_string();
+                let message = arbiter::echo::cap_message(error.to_string());
                 match error {
                     $($($error::$variant { .. })|+ => Status::$code(message),)+
                 }

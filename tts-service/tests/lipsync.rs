@@ -386,11 +386,7 @@ async fn the_lip_sync_client_writes_the_frames_and_says_where_they_were_rendered
     let face = dir.join("face.png");
     std::fs::write(&face, picture(64, 64, image::ImageFormat::Png)).unwrap();
     let audio = dir.join("speech.wav");
-    std::fs::write(
-        &audio,
-        arbiter_tts::wav::encode(&tone(1.0, 16000), 16000, 1),
-    )
-    .unwrap();
+    std::fs::write(&audio, arbiter::wav::encode(&tone(1.0, 16000), 16000, 1)).unwrap();
     let client = |args: &[&std::ffi::OsStr]| {
         std::process::Command::new(binaries::tts())
             .arg("lip-sync")

@@ -276,3 +276,30 @@ async fn a_torchscript_voice_is_listed_and_speaks_with_contiguous_visemes() {
     assert!(status.message().contains("16000"), "{}", status.message());
     lip_sync_covering_its_audio(&mut client, "tiny-vits").await;
 }
+
+/// grpcurl with its defaults over the socket: it sends the socket path as `:authority`,
+/// which the shared listener (`arbiter::listen::serve`) rewrites rather than let h2 reset
+/// the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_and_lists_voices_over_the_socket_without_an_authority_option() {
+    use arbiter_test_kit::tools::grpcurl_ok;
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let socket = dir.path().join("tts.sock");
+    let _tts = tts::serve(&socket, &[]);
+    let (_client, health) = tts::answering(&socket).await;
+    assert_eq!(health, SERVING, "health says SERVING");
+    let path = socket.to_str().expect("a UTF-8 socket path");
+
+    let services = grpcurl_ok(&["-plaintext", "-unix", path, "list"]).await;
+    assert!(
+        services.lines().any(|l| l.trim() == "arbiter.tts.v1.Tts"),
+        "{services}"
+    );
+    let voices = grpcurl_ok(&["-plaintext", "-unix", path, "arbiter.tts.v1.Tts/ListVoices"]).await;
+    let english = voices
+        .split("\"name\"")
+        .find(|voice| voice.contains("\"en-us\""))
+        .unwrap_or_else(|| panic!("en-us is listed: {voices}"));
+    assert!(english.contains("\"backend\": \"espeak-ng\""), "{voices}");
+}

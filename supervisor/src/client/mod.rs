@@ -1,7 +1,8 @@
 //! The operator's commands, spoken over the same gRPC API any client uses: `status`,
 //! `leases`, `events` and `hold` here (like `nvidia-smi` for what Arbiter lends out), and
 //! the video jobs' `generate`, `jobs` and `cancel` in [`jobs`]; `plot` in [`plot`] draws
-//! GPU memory over time from NVML samples (no supervisor needed).
+//! GPU memory over time from NVML samples (no supervisor needed); `run` in [`run`] runs a
+//! command under a lease for its lifetime.
 
 use std::time::{Duration, SystemTime};
 
@@ -20,15 +21,35 @@ pub type ClientError = Box<dyn std::error::Error + Send + Sync>;
 pub mod jobs;
 pub mod plot;
 pub mod record;
+pub mod run;
+
+/// The supervisor named by `--address`, else the configured socket.
+fn address(args: &ClientArgs, config: &Config) -> Address {
+    match &args.address {
+        Some(text) => Address::parse(text),
+        None => Address::unix(&config.server.socket),
+    }
+}
 
 /// A channel to the supervisor named by `--address`, else the configured socket.
 async fn channel(args: &ClientArgs, config: &Config) -> Result<Channel, ClientError> {
-    let address = match &args.address {
-        Some(text) => Address::parse(text),
-        None => Address::unix(&config.server.socket),
-    };
-    Ok(connect(&address).await?)
+    Ok(connect(&address(args, config)).await?)
 }
+
+/// A priority class by the name `--priority` takes.
+fn priority_by_name(text: &str) -> Result<pb::Priority, UnknownPriority> {
+    match text.to_ascii_lowercase().as_str() {
+        "batch" => Ok(pb::Priority::Batch),
+        "normal" => Ok(pb::Priority::Normal),
+        "interactive" => Ok(pb::Priority::Interactive),
+        "critical" => Ok(pb::Priority::Critical),
+        _ => Err(UnknownPriority(text.to_string())),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown priority `{0}`: use batch, normal, interactive or critical")]
+pub struct UnknownPriority(String);
 
 async fn client(
     args: &ClientArgs,
@@ -50,15 +71,20 @@ pub async fn status(args: &ClientArgs, config: &Config) -> Result<(), ClientErro
         .into_inner();
     let leases = list_leases(&mut client).await?;
     println!(
-        "arbiter-supervisor {}{}, up {}",
+        "arbiter-supervisor {}{}, up {}; you are {}{}",
         status.version,
         if status.simulated {
             " (simulated GPUs)"
         } else {
             ""
         },
-        status.uptime.map(|d| human(d, true)).unwrap_or_default()
+        status.uptime.map(|d| human(d, true)).unwrap_or_default(),
+        status.caller,
+        if status.operator { " (operator)" } else { "" }
     );
+    for warning in &status.warnings {
+        println!("WARNING: {warning}");
+    }
     println!();
     println!(
         "{:<4} {:<28} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -155,6 +181,24 @@ pub async fn status(args: &ClientArgs, config: &Config) -> Result<(), ClientErro
             );
         }
     }
+    Ok(())
+}
+
+/// Releases a lease by id: its owner's, or any for an operator (a unary lease whose
+/// holder is gone, say).
+pub async fn release(args: &ClientArgs, config: &Config, id: &str) -> Result<(), ClientError> {
+    let mut client = client(args, config).await?;
+    let reply = client
+        .release(pb::ReleaseRequest {
+            lease_id: id.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "released {id}: {} given back",
+        ByteSize(reply.bytes_returned)
+    );
     Ok(())
 }
 
@@ -369,18 +413,7 @@ fn returning(bytes: u64) -> String {
 /// Holds a streaming lease until SIGINT/SIGTERM, answering reclaim requests by shrinking.
 pub async fn hold(args: &HoldArgs, config: &Config) -> Result<(), ClientError> {
     let mut client = client(&args.client, config).await?;
-    let priority = match args.priority.to_ascii_lowercase().as_str() {
-        "batch" => pb::Priority::Batch,
-        "normal" => pb::Priority::Normal,
-        "interactive" => pb::Priority::Interactive,
-        "critical" => pb::Priority::Critical,
-        other => {
-            return Err(format!(
-                "unknown priority `{other}`: use batch, normal, interactive or critical"
-            )
-            .into());
-        }
-    };
+    let priority = priority_by_name(&args.priority)?;
     let request = pb::LeaseRequest {
         holder: args.holder.clone(),
         gpu: args.gpu.clone(),

@@ -13,6 +13,14 @@ pub enum JobError {
     QueueFull { limit: usize },
     #[error("no job `{0}`: it never existed or was deleted after the retention time")]
     NotFound(String),
+    #[error(
+        "job `{0}` belongs to another identity: only its submitter, or an operator, may see or cancel it"
+    )]
+    NotOwner(String),
+    #[error(
+        "quota: {identity} may have at most {limit} jobs queued or running ([quota] queued_jobs); wait for some to finish, or ask the operator to raise it"
+    )]
+    OverQuota { identity: String, limit: u32 },
     #[error("job `{id}` has already ended ({state:?})")]
     Ended { id: String, state: JobState },
     #[error("{0}")]

@@ -173,8 +173,14 @@ impl Jobs {
         queued.into_iter().map(|r| r.id.clone()).collect()
     }
 
-    /// Validates, persists and returns the new job (not yet started).
-    pub fn submit(&self, request: JobRequest) -> Result<JobRecord, JobError> {
+    /// Validates, persists and returns the new job (not yet started), owned by `owner`,
+    /// which may have at most `max_active` jobs queued or running (None: no limit).
+    pub fn submit(
+        &self,
+        request: JobRequest,
+        owner: String,
+        max_active: Option<u32>,
+    ) -> Result<JobRecord, JobError> {
         if self.stop.is_cancelled() {
             return Err(JobError::ShuttingDown);
         }
@@ -201,6 +207,19 @@ impl Jobs {
                 limit: self.settings.jobs.max_queue,
             });
         }
+        if let Some(limit) = max_active {
+            let own = self
+                .lock()
+                .values()
+                .filter(|l| !l.record.state.is_final() && l.record.owner == owner)
+                .count();
+            if own >= limit as usize {
+                return Err(JobError::OverQuota {
+                    identity: owner,
+                    limit,
+                });
+            }
+        }
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
         let dir = self.settings.output_dir.join(&id);
         std::fs::create_dir_all(dir.join("output")).map_err(JobError::Files)?;
@@ -212,7 +231,10 @@ impl Jobs {
                 _ => spec.request.reference_image = Some(path),
             }
         }
-        let record = JobRecord::new(id, spec, dir);
+        let record = JobRecord {
+            owner,
+            ..JobRecord::new(id, spec, dir)
+        };
         self.store.put(&record)?;
         tracing::info!(job = %record.id, pipeline = %record.spec.request.pipeline, lease = %arbiter::ByteSize(record.spec.lease_bytes), "job accepted");
         self.insert(record.clone());
@@ -223,14 +245,14 @@ impl Jobs {
         self.lock()
             .get(id)
             .map(|l| l.record.clone())
-            .ok_or_else(|| JobError::NotFound(id.to_string()))
+            .ok_or_else(|| JobError::NotFound(arbiter::echo::echo(id)))
     }
 
     pub fn watch(&self, id: &str) -> Result<watch::Receiver<JobRecord>, JobError> {
         self.lock()
             .get(id)
             .map(|l| l.watch.subscribe())
-            .ok_or_else(|| JobError::NotFound(id.to_string()))
+            .ok_or_else(|| JobError::NotFound(arbiter::echo::echo(id)))
     }
 
     pub fn list(&self, states: &[JobState], limit: usize) -> Vec<JobRecord> {
@@ -251,7 +273,7 @@ impl Jobs {
             let live = self.lock();
             let entry = live
                 .get(id)
-                .ok_or_else(|| JobError::NotFound(id.to_string()))?;
+                .ok_or_else(|| JobError::NotFound(arbiter::echo::echo(id)))?;
             if entry.record.state.is_final() {
                 return Err(JobError::Ended {
                     id: id.to_string(),

@@ -106,6 +106,10 @@ pub struct JobRecord {
     pub worker_pid: Option<u32>,
     /// The job's own directory: inputs saved from inline payloads, the worker's log, output.
     pub dir: PathBuf,
+    /// The identity that submitted it (`uid:1000`, `token:ci`): only it, or an operator,
+    /// may see or cancel it. Empty in records written before identities: operators only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 impl JobRecord {
@@ -126,6 +130,7 @@ impl JobRecord {
             gpu_uuid: String::new(),
             worker_pid: None,
             dir,
+            owner: String::new(),
         }
     }
 

@@ -127,6 +127,9 @@ async fn lease(
             pid: std::process::id(),
             uid: nix::unistd::getuid().as_raw(),
         }),
+        // The job owns its lease: no caller may release it by id, only an operator.
+        owner: format!("job:{id}"),
+        quota: None,
     };
     let held = jobs.broker.hold(ask);
     if let Some(queued) = queued.take() {

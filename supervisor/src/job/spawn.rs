@@ -4,7 +4,9 @@
 //! started), a parent-death signal (so it cannot outlive a crashed supervisor), a minimal
 //! environment and no descriptor of ours but its stdio (nothing of ours leaks into it but
 //! what it needs), and its stdout and stderr in the job's log file. Dropping a [`Worker`]
-//! kills its whole group.
+//! kills its whole group. [`Worker::start`] is the group, the parent-death signal and the
+//! descriptors alone, for a command built elsewhere (`client::run`'s, which keeps the
+//! user's environment and terminal).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -126,9 +128,24 @@ impl Worker {
             } else {
                 Stdio::from(log.try_clone()?)
             })
-            .stderr(Stdio::from(log))
-            .process_group(0)
-            .kill_on_drop(true);
+            .stderr(Stdio::from(log));
+        // As late as possible, so the worker's start-up is timed from the spawn itself.
+        command.env(arbiter::spawn::SPAWNED_AT_ENV, arbiter::spawn::stamp_now());
+        let mut worker = Worker::start(command)?;
+        if let (Some(input), Some(mut stdin)) = (launch.stdin, worker.child.stdin.take()) {
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.shutdown().await;
+            });
+        }
+        Ok(worker)
+    }
+
+    /// Starts `command` as it is set up (program, arguments, environment, stdio), in its own
+    /// process group, with SIGKILL as its parent-death signal and no descriptor of ours but
+    /// its stdio: what every process we start needs so that it and its children end with us.
+    pub fn start(mut command: tokio::process::Command) -> std::io::Result<Worker> {
+        command.process_group(0).kill_on_drop(true);
         let parent = nix::unistd::getpid();
         // SAFETY: only async-signal-safe calls between fork and exec: prctl and getppid.
         unsafe {
@@ -136,25 +153,17 @@ impl Worker {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
                 if nix::unistd::getppid() != parent {
                     return Err(std::io::Error::other(
-                        "the supervisor exited while starting the worker",
+                        "the parent exited while starting the process",
                     ));
                 }
                 Ok(())
             });
         }
         inherit_only_stdio(&mut command);
-        // As late as possible, so the worker's start-up is timed from the spawn itself.
-        command.env(arbiter::spawn::SPAWNED_AT_ENV, arbiter::spawn::stamp_now());
-        let mut child = command.spawn()?;
+        let child = command.spawn()?;
         let pid = child
             .id()
-            .ok_or_else(|| std::io::Error::other("the worker exited at once"))?;
-        if let (Some(input), Some(mut stdin)) = (launch.stdin, child.stdin.take()) {
-            tokio::spawn(async move {
-                let _ = stdin.write_all(&input).await;
-                let _ = stdin.shutdown().await;
-            });
-        }
+            .ok_or_else(|| std::io::Error::other("the process exited at once"))?;
         Ok(Worker {
             child,
             pid,

@@ -59,7 +59,7 @@ pub fn check(
             "pipeline",
             format!(
                 "`{}` is not served here; choose one of: {}",
-                request.pipeline,
+                arbiter::echo::echo(&request.pipeline),
                 catalog.names().join(", ")
             ),
         )
@@ -236,20 +236,14 @@ fn confined(
             "paths are not accepted: this supervisor has no [jobs] allowed_input_dirs; send the data inline",
         ));
     }
-    let real = path
-        .canonicalize()
-        .map_err(|e| invalid(field, format!("{}: {e}", path.display())))?;
-    let allowed = config
-        .allowed_input_dirs
-        .iter()
-        .filter_map(|dir| dir.canonicalize().ok())
-        .any(|dir| real.starts_with(dir));
-    if !allowed {
-        return Err(invalid(
+    // A missing file and one outside the allowed directories get the same answer, word for
+    // word: telling them apart would let any caller probe which files exist on the host.
+    let outside = || {
+        invalid(
             field,
             format!(
-                "{} is outside the allowed input directories ({})",
-                path.display(),
+                "{} is not a file inside the allowed input directories ({}): put the file there, or send the data inline",
+                arbiter::echo::echo(&path.display().to_string()),
                 config
                     .allowed_input_dirs
                     .iter()
@@ -257,7 +251,16 @@ fn confined(
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-        ));
+        )
+    };
+    let real = path.canonicalize().map_err(|_| outside())?;
+    let allowed = config
+        .allowed_input_dirs
+        .iter()
+        .filter_map(|dir| dir.canonicalize().ok())
+        .any(|dir| real.starts_with(dir));
+    if !allowed || !real.is_file() {
+        return Err(outside());
     }
     let mut head = [0u8; 12];
     let read = std::fs::File::open(&real)

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::ledger::{Book, Ledger, Policy, ProcessView, Reading, WaiterView};
 use super::{
-    Ask, Effect, GpuChoice, Lease, LeaseError, Peer, ReleaseReason, Return, Ticket, WaitEnd,
+    Actor, Ask, Effect, GpuChoice, Lease, LeaseError, Peer, ReleaseReason, Return, Ticket, WaitEnd,
 };
 use crate::budget::Budget;
 use crate::gpu::{GpuIdentity, GpuSample, procfs};
@@ -54,6 +54,9 @@ pub struct Limits {
     /// Leases above this many bytes need a holder whose processes the supervisor can see
     /// (a Unix-socket caller in its pid namespace); None: any size may be counted by bytes.
     pub visible_above: Option<u64>,
+    /// Requests from callers (those with a quota) that may wait at once, all identities
+    /// together: each waiting stream costs memory, so the queue is bounded.
+    pub max_waiting: usize,
 }
 
 pub struct Broker {
@@ -64,7 +67,6 @@ pub struct Broker {
     started: (Instant, SystemTime),
     closing: AtomicBool,
     /// The supervisor's own uid: like root, it may act on any lease.
-    own_uid: u32,
     /// Wakes the sampler: a GPU is wanted (see `Inner::wanted`).
     wake: tokio::sync::Notify,
 }
@@ -117,7 +119,6 @@ impl Broker {
             limits,
             started: (Instant::now(), SystemTime::now()),
             closing: AtomicBool::new(false),
-            own_uid: nix::unistd::getuid().as_raw(),
             wake: tokio::sync::Notify::new(),
         })
     }
@@ -164,7 +165,7 @@ impl Broker {
         found
             .map(|g| GpuChoice::Index(g.index))
             .ok_or_else(|| LeaseError::UnknownGpu {
-                given: text.to_string(),
+                given: arbiter::echo::echo(text),
                 known: self
                     .gpus
                     .iter()
@@ -191,6 +192,7 @@ impl Broker {
         }
         let (sender, notes) = mpsc::unbounded_channel();
         let mut inner = self.lock();
+        self.check_quota(&inner, &ask)?;
         let now = Instant::now();
         let (ticket, effects) = inner.ledger.ask(ask, now)?;
         inner.routes.insert(ticket, sender);
@@ -244,24 +246,74 @@ impl Broker {
         self.dispatch(&mut inner, effects);
     }
 
-    /// Finds a lease by id for `caller`, refusing other users' leases.
-    fn owned(&self, inner: &Inner, id: &str, caller: Option<Peer>) -> Result<Ticket, LeaseError> {
+    /// Finds a lease by id for `caller`, refusing other identities' leases. An unknown id
+    /// and someone else's are told apart (NOT_FOUND, PERMISSION_DENIED), which tells a
+    /// caller nothing it could use: ids are random, and only operators see others'.
+    fn owned(&self, inner: &Inner, id: &str, caller: &Actor) -> Result<Ticket, LeaseError> {
         let ticket = inner.ledger.ticket_of(id)?;
         let lease = inner
             .ledger
             .lease(ticket)
-            .ok_or_else(|| LeaseError::UnknownLease(id.to_string()))?;
-        if let (Some(caller), Some(holder)) = (caller, lease.peer)
-            && caller.uid != holder.uid
-            && caller.uid != 0
-            && caller.uid != self.own_uid
-        {
+            .ok_or_else(|| LeaseError::UnknownLease(arbiter::echo::echo(id)))?;
+        if !caller.may_act_for(&lease.owner) {
             return Err(LeaseError::NotOwner(id.to_string()));
         }
         Ok(ticket)
     }
 
-    pub fn keep_alive(&self, id: &str, caller: Option<Peer>) -> Result<Lease, LeaseError> {
+    /// Refuses an ask that would take its owner past its quota, or the queue past
+    /// `max_waiting`. Counted under the lock the ask is then entered with, so two asks at
+    /// once cannot both slip under a limit.
+    fn check_quota(&self, inner: &Inner, ask: &Ask) -> Result<(), LeaseError> {
+        let Some(quota) = ask.quota else {
+            return Ok(());
+        };
+        let waiting = inner.ledger.waiting_owners();
+        if waiting.len() >= self.limits.max_waiting {
+            return Err(LeaseError::TooManyWaiting {
+                limit: self.limits.max_waiting,
+            });
+        }
+        let over = |key, what, value: String| LeaseError::OverQuota {
+            identity: ask.owner.clone(),
+            key,
+            what,
+            value,
+        };
+        let own_waiting = waiting.iter().filter(|o| **o == ask.owner).count();
+        if own_waiting >= quota.waiting as usize {
+            return Err(over(
+                "waiting",
+                "requests waiting",
+                quota.waiting.to_string(),
+            ));
+        }
+        let (mut leases, mut bytes) = (0u32, 0u64);
+        for lease in inner.ledger.leases().filter(|l| l.owner == ask.owner) {
+            leases += 1;
+            bytes += lease.bytes;
+        }
+        if leases >= quota.leases {
+            return Err(over("leases", "leases", quota.leases.to_string()));
+        }
+        if let Some(limit) = quota.bytes
+            && bytes.saturating_add(ask.bytes) > limit
+        {
+            return Err(over(
+                "bytes",
+                "bytes granted",
+                format!(
+                    "{} (it holds {} and asked for {})",
+                    arbiter::ByteSize(limit),
+                    arbiter::ByteSize(bytes),
+                    arbiter::ByteSize(ask.bytes)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn keep_alive(&self, id: &str, caller: &Actor) -> Result<Lease, LeaseError> {
         let mut inner = self.lock();
         let ticket = self.owned(&inner, id, caller)?;
         inner.ledger.renew(ticket, Instant::now())
@@ -271,7 +323,7 @@ impl Broker {
         self: &Arc<Self>,
         id: &str,
         bytes: u64,
-        caller: Option<Peer>,
+        caller: &Actor,
     ) -> Result<Lease, LeaseError> {
         let mut inner = self.lock();
         let ticket = self.owned(&inner, id, caller)?;
@@ -281,7 +333,7 @@ impl Broker {
     }
 
     /// Releases a lease of either form; returns the bytes given back.
-    pub fn release(self: &Arc<Self>, id: &str, caller: Option<Peer>) -> Result<u64, LeaseError> {
+    pub fn release(self: &Arc<Self>, id: &str, caller: &Actor) -> Result<u64, LeaseError> {
         let mut inner = self.lock();
         let ticket = self.owned(&inner, id, caller)?;
         let bytes = inner.ledger.lease(ticket).map_or(0, |l| l.bytes);

@@ -30,6 +30,9 @@ pub enum LeaseError {
     UnknownGpu { given: String, known: String },
     #[error("{field} is {reason}")]
     BadDuration { field: &'static str, reason: String },
+    /// A field whose value breaks its rule; `rule` says what it is and what is allowed.
+    #[error("{field} {rule}")]
+    BadValue { field: &'static str, rule: String },
     #[error(
         "no lease `{0}`: it was released, revoked or expired, or never existed; acquire a new one"
     )]
@@ -46,8 +49,24 @@ pub enum LeaseError {
         held: ByteSize,
         asked: ByteSize,
     },
-    #[error("lease `{0}` belongs to another user: only its holder (or root) may change it")]
+    #[error(
+        "lease `{0}` belongs to another identity: only its owner, or an operator, may change it"
+    )]
     NotOwner(String),
+    /// One identity's quota, named by its config key (`leases`, `bytes`, `waiting`).
+    #[error(
+        "quota: {identity} may have at most {value} {what} at once ([quota] {key}); release or cancel some first, or ask the operator to raise it"
+    )]
+    OverQuota {
+        identity: String,
+        key: &'static str,
+        what: &'static str,
+        value: String,
+    },
+    #[error(
+        "{limit} requests are already waiting for memory on this supervisor (lease.max_waiting): retry later"
+    )]
+    TooManyWaiting { limit: usize },
     #[error(
         "waited {waited} without enough free memory; wait longer (max_wait), ask for less, or free memory on the GPU"
     )]

@@ -210,7 +210,12 @@ impl Ledger {
         self.by_id
             .get(id)
             .copied()
-            .ok_or_else(|| LeaseError::UnknownLease(id.to_string()))
+            .ok_or_else(|| LeaseError::UnknownLease(arbiter::echo::echo(id)))
+    }
+
+    /// The owner of every waiting request, in no order: what quotas count.
+    pub fn waiting_owners(&self) -> Vec<&str> {
+        self.waiters.iter().map(|w| w.ask.owner.as_str()).collect()
     }
 
     pub fn is_waiting(&self, ticket: Ticket) -> bool {
@@ -972,6 +977,7 @@ impl Ledger {
                 preemptible: waiter.ask.preemptible,
                 form: waiter.ask.form,
                 peer: waiter.ask.peer,
+                owner: waiter.ask.owner,
                 granted_at: now,
                 expires_at: match waiter.ask.form {
                     Form::Unary { ttl } => Some(now + ttl),

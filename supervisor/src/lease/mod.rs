@@ -84,6 +84,34 @@ pub struct Ask {
     pub max_wait: Option<Duration>,
     pub form: Form,
     pub peer: Option<Peer>,
+    /// The identity that owns the lease (`uid:1000`, `token:ci`; `job:<id>` for a job's):
+    /// only it, or an operator, may renew, shrink or release it.
+    pub owner: String,
+    /// What the owner may hold at once; None for the supervisor's own requests (jobs).
+    pub quota: Option<Quota>,
+}
+
+/// What one identity may hold and wait for at once, checked when it asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub leases: u32,
+    /// None: up to the budget.
+    pub bytes: Option<u64>,
+    pub waiting: u32,
+}
+
+/// Who acts on a lease: its key and whether it may act on everyone's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub owner: String,
+    pub operator: bool,
+}
+
+impl Actor {
+    /// Whether this actor may change what `owner` owns.
+    pub fn may_act_for(&self, owner: &str) -> bool {
+        self.operator || self.owner == owner
+    }
 }
 
 /// A pending request to give bytes back.
@@ -160,6 +188,8 @@ pub struct Lease {
     pub preemptible: bool,
     pub form: Form,
     pub peer: Option<Peer>,
+    /// The identity that asked for it (see [`Ask::owner`]).
+    pub owner: String,
     pub granted_at: Instant,
     pub expires_at: Option<Instant>,
     pub reclaim: Option<Reclaim>,

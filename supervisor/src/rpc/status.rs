@@ -12,19 +12,23 @@ use crate::lease::LeaseError;
 
 impl From<LeaseError> for Status {
     fn from(error: LeaseError) -> Status {
-        let message = error.to_string();
+        let message = arbiter::echo::cap_message(error.to_string());
         match error {
             LeaseError::EmptyHolder
             | LeaseError::BadHolder(_)
             | LeaseError::ZeroBytes
             | LeaseError::UnknownGpu { .. }
             | LeaseError::BadDuration { .. }
+            | LeaseError::BadValue { .. }
             | LeaseError::BadShrink { .. } => Status::invalid_argument(message),
             LeaseError::NeverFits { .. }
             | LeaseError::NotUnary(_)
             | LeaseError::Invisible { .. } => Status::failed_precondition(message),
             LeaseError::UnknownLease(_) => Status::not_found(message),
             LeaseError::NotOwner(_) => Status::permission_denied(message),
+            LeaseError::OverQuota { .. } | LeaseError::TooManyWaiting { .. } => {
+                Status::resource_exhausted(message)
+            }
             LeaseError::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
             LeaseError::ShuttingDown => Status::unavailable(message),
         }
@@ -33,10 +37,13 @@ impl From<LeaseError> for Status {
 
 impl From<JobError> for Status {
     fn from(error: JobError) -> Status {
-        let message = error.to_string();
+        let message = arbiter::echo::cap_message(error.to_string());
         match error {
             JobError::Invalid { .. } => Status::invalid_argument(message),
-            JobError::QueueFull { .. } => Status::resource_exhausted(message),
+            JobError::QueueFull { .. } | JobError::OverQuota { .. } => {
+                Status::resource_exhausted(message)
+            }
+            JobError::NotOwner(_) => Status::permission_denied(message),
             JobError::NotFound(_) => Status::not_found(message),
             JobError::Ended { .. } | JobError::WontFit(_) => Status::failed_precondition(message),
             JobError::BadToken | JobError::WrongPeer => Status::permission_denied(message),

@@ -7,22 +7,26 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arbiter::auth::{Caller, Identity};
 use arbiter::pb::supervisor::v1 as pb;
 use pb::supervisor_server::Supervisor;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use super::auth::{CallerPolicy, actor, quota};
 use super::convert::{self, Via};
 use super::until::Until;
 use crate::lease::broker::{Broker, Holding, Note};
 use crate::lease::events::EventKind;
-use crate::lease::{LeaseError, Peer, WaitEnd};
+use crate::lease::{Ask, LeaseError, Peer, WaitEnd};
 
 pub struct SupervisorService {
     broker: Arc<Broker>,
+    policy: Arc<CallerPolicy>,
     simulated: bool,
+    /// TCP is served in plaintext: `status` says so, as a warning.
+    insecure_tcp: bool,
     /// Fires at shutdown, so event feeds end and the server can drain.
     shutdown: CancellationToken,
 }
@@ -30,25 +34,48 @@ pub struct SupervisorService {
 impl SupervisorService {
     pub fn new(
         broker: Arc<Broker>,
+        policy: Arc<CallerPolicy>,
         simulated: bool,
+        insecure_tcp: bool,
         shutdown: CancellationToken,
     ) -> SupervisorService {
         SupervisorService {
             broker,
+            policy,
+            insecure_tcp,
             simulated,
             shutdown,
         }
     }
 }
 
-/// The caller's pid and uid when it came over the Unix socket; None over TCP.
-fn peer<T>(request: &Request<T>) -> Option<Peer> {
-    let info = request.extensions().get::<UdsConnectInfo>()?;
-    let cred = info.peer_cred?;
-    Some(Peer {
-        pid: cred.pid().and_then(|p| u32::try_from(p).ok())?,
-        uid: cred.uid(),
-    })
+/// The caller's pid and uid when it came over the Unix socket (pid 0 for one in another
+/// pid namespace, which the ledger counts by bytes); None over TCP.
+fn peer(caller: &Caller) -> Option<Peer> {
+    match caller.identity {
+        Identity::Unix { uid, pid, .. } => Some(Peer {
+            pid: pid.unwrap_or(0),
+            uid,
+        }),
+        _ => None,
+    }
+}
+
+impl SupervisorService {
+    /// A lease request as the broker takes it: validated, with its caller as owner and
+    /// the caller's quota.
+    fn ask(&self, request: &Request<pb::LeaseRequest>, via: Via) -> Result<Ask, Status> {
+        let caller = Caller::of(request)?;
+        let limits = self.policy.limits(&caller.identity);
+        Ok(convert::ask(
+            request.get_ref().clone(),
+            &self.broker,
+            via,
+            peer(&caller),
+            caller.owner(),
+            Some(quota(&limits)),
+        )?)
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -62,8 +89,7 @@ impl Supervisor for SupervisorService {
         &self,
         request: Request<pb::LeaseRequest>,
     ) -> Result<Response<Self::HoldStream>, Status> {
-        let peer = peer(&request);
-        let ask = convert::ask(request.into_inner(), &self.broker, Via::Hold, peer)?;
+        let ask = self.ask(&request, Via::Hold)?;
         let holding = self.broker.hold(ask)?;
         let stream = HoldStream {
             holding: Some(holding),
@@ -76,8 +102,7 @@ impl Supervisor for SupervisorService {
         &self,
         request: Request<pb::LeaseRequest>,
     ) -> Result<Response<pb::Lease>, Status> {
-        let peer = peer(&request);
-        let ask = convert::ask(request.into_inner(), &self.broker, Via::Acquire, peer)?;
+        let ask = self.ask(&request, Via::Acquire)?;
         let lease = self.broker.acquire(ask).await?;
         Ok(Response::new(convert::lease(&self.broker, &lease, None)))
     }
@@ -86,10 +111,10 @@ impl Supervisor for SupervisorService {
         &self,
         request: Request<pb::KeepAliveRequest>,
     ) -> Result<Response<pb::Lease>, Status> {
-        let peer = peer(&request);
+        let actor = actor(&Caller::of(&request)?);
         let lease = self
             .broker
-            .keep_alive(&request.into_inner().lease_id, peer)?;
+            .keep_alive(&request.into_inner().lease_id, &actor)?;
         Ok(Response::new(convert::lease(&self.broker, &lease, None)))
     }
 
@@ -97,9 +122,11 @@ impl Supervisor for SupervisorService {
         &self,
         request: Request<pb::ShrinkRequest>,
     ) -> Result<Response<pb::Lease>, Status> {
-        let peer = peer(&request);
+        let actor = actor(&Caller::of(&request)?);
         let request = request.into_inner();
-        let lease = self.broker.shrink(&request.lease_id, request.bytes, peer)?;
+        let lease = self
+            .broker
+            .shrink(&request.lease_id, request.bytes, &actor)?;
         Ok(Response::new(convert::lease(&self.broker, &lease, None)))
     }
 
@@ -107,17 +134,41 @@ impl Supervisor for SupervisorService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseReply>, Status> {
-        let peer = peer(&request);
-        let bytes_returned = self.broker.release(&request.into_inner().lease_id, peer)?;
+        let actor = actor(&Caller::of(&request)?);
+        let bytes_returned = self
+            .broker
+            .release(&request.into_inner().lease_id, &actor)?;
         Ok(Response::new(pb::ReleaseReply { bytes_returned }))
     }
 
     async fn get_status(
         &self,
-        _: Request<pb::GetStatusRequest>,
+        request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::SupervisorStatus>, Status> {
+        let caller = Caller::of(&request)?;
         let (gpus, queue) = self.broker.status();
+        let mut returns: Vec<pb::Return> = self
+            .broker
+            .returns()
+            .iter()
+            .map(|(ret, waited)| convert::giveback(&self.broker, ret, *waited))
+            .collect();
+        if !caller.operator {
+            // Lease ids are for their owners and operators: an id is all a Release needs.
+            for ret in &mut returns {
+                ret.lease_id.clear();
+            }
+        }
+        let mut warnings = Vec::new();
+        if self.insecure_tcp {
+            warnings.push(
+                "TCP is served in plaintext (--insecure-tcp): anyone who can reach it acts as `insecure-tcp`, and traffic can be read and changed on the way; set [server.tls]".to_string(),
+            );
+        }
         Ok(Response::new(pb::SupervisorStatus {
+            warnings,
+            caller: caller.owner(),
+            operator: caller.operator,
             version: env!("CARGO_PKG_VERSION").into(),
             simulated: self.simulated,
             uptime: prost_types::Duration::try_from(self.broker.uptime()).ok(),
@@ -126,12 +177,7 @@ impl Supervisor for SupervisorService {
                 .into_iter()
                 .map(|w| convert::waiter(&self.broker, w))
                 .collect(),
-            returns: self
-                .broker
-                .returns()
-                .iter()
-                .map(|(ret, waited)| convert::giveback(&self.broker, ret, *waited))
-                .collect(),
+            returns,
         }))
     }
 
@@ -139,6 +185,7 @@ impl Supervisor for SupervisorService {
         &self,
         request: Request<pb::ListLeasesRequest>,
     ) -> Result<Response<pb::ListLeasesReply>, Status> {
+        let actor = actor(&Caller::of(&request)?);
         let gpu = match self.broker.resolve_gpu(&request.into_inner().gpu)? {
             crate::lease::GpuChoice::Any => None,
             crate::lease::GpuChoice::Index(i) => Some(i),
@@ -147,6 +194,8 @@ impl Supervisor for SupervisorService {
             .broker
             .leases(gpu)
             .iter()
+            // Only operators see other identities' leases (and so their ids).
+            .filter(|(lease, _)| actor.may_act_for(&lease.owner))
             .map(|(lease, process)| convert::lease(&self.broker, lease, process.as_ref()))
             .collect();
         Ok(Response::new(pb::ListLeasesReply { leases }))

@@ -9,20 +9,53 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::convert::job::{job, job_request, state_from_pb};
+use super::auth::{CallerPolicy, actor};
+use super::convert::job::{job, job_request, states_from_pb};
 use super::until::{Through, Until};
 use crate::job::jobs::Jobs;
 use crate::job::run::start;
-use crate::job::{JobRecord, JobState};
+use crate::job::{JobError, JobRecord, JobState};
+use arbiter::auth::Caller;
 
 pub struct VideoService {
     jobs: Arc<Jobs>,
+    policy: Arc<CallerPolicy>,
     shutdown: CancellationToken,
 }
 
 impl VideoService {
-    pub fn new(jobs: Arc<Jobs>, shutdown: CancellationToken) -> VideoService {
-        VideoService { jobs, shutdown }
+    pub fn new(
+        jobs: Arc<Jobs>,
+        policy: Arc<CallerPolicy>,
+        shutdown: CancellationToken,
+    ) -> VideoService {
+        VideoService {
+            jobs,
+            policy,
+            shutdown,
+        }
+    }
+
+    /// Accepts a request from the caller, as its owner, within its job quota.
+    fn submit(&self, request: Request<pb::VideoRequest>) -> Result<JobRecord, Status> {
+        let caller = Caller::of(&request)?;
+        let limits = self.policy.limits(&caller.identity);
+        Ok(self.jobs.submit(
+            job_request(request.into_inner())?,
+            caller.owner(),
+            Some(limits.queued_jobs),
+        )?)
+    }
+
+    /// The job `id`, if the caller may see it: its owner or an operator. Someone else's
+    /// job is refused as PERMISSION_DENIED (ids are random; only operators list others').
+    fn owned<T>(&self, request: &Request<T>, id: &str) -> Result<JobRecord, Status> {
+        let caller = Caller::of(request)?;
+        let record = self.jobs.get(id)?;
+        if !actor(&caller).may_act_for(&record.owner) {
+            return Err(JobError::NotOwner(id.to_string()).into());
+        }
+        Ok(record)
     }
 
     fn watch(&self, id: &str) -> Result<JobStream, Status> {
@@ -46,7 +79,7 @@ impl Video for VideoService {
         &self,
         request: Request<pb::VideoRequest>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        let record = self.jobs.submit(job_request(request.into_inner())?)?;
+        let record = self.submit(request)?;
         let queue_position = self.jobs.list(&[JobState::Queued], usize::MAX).len() as u32;
         start(&self.jobs, record.id.clone());
         Ok(Response::new(pb::SubmitReply {
@@ -56,39 +89,47 @@ impl Video for VideoService {
     }
 
     async fn get(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        Ok(Response::new(job(&self
-            .jobs
-            .get(&request.into_inner().job_id)?)))
+        let record = self.owned(&request, &request.get_ref().job_id)?;
+        Ok(Response::new(job(&record)))
     }
 
     async fn watch(
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<JobStream>, Status> {
-        Ok(Response::new(self.watch(&request.into_inner().job_id)?))
+        let record = self.owned(&request, &request.get_ref().job_id)?;
+        Ok(Response::new(self.watch(&record.id)?))
     }
 
     async fn cancel(
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        Ok(Response::new(job(&self
-            .jobs
-            .cancel(&request.into_inner().job_id)?)))
+        let record = self.owned(&request, &request.get_ref().job_id)?;
+        Ok(Response::new(job(&self.jobs.cancel(&record.id)?)))
     }
 
     async fn list(
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsReply>, Status> {
+        let actor = actor(&Caller::of(&request)?);
         let request = request.into_inner();
-        let states: Vec<JobState> = request.states().filter_map(state_from_pb).collect();
+        let states = states_from_pb(&request.states)?;
         let limit = if request.limit == 0 {
             100
         } else {
             request.limit as usize
         };
-        let jobs = self.jobs.list(&states, limit).iter().map(job).collect();
+        // Only operators see other identities' jobs (and so their ids).
+        let jobs = self
+            .jobs
+            .list(&states, usize::MAX)
+            .iter()
+            .filter(|record| actor.may_act_for(&record.owner))
+            .take(limit)
+            .map(job)
+            .collect();
         Ok(Response::new(pb::ListJobsReply { jobs }))
     }
 
@@ -96,7 +137,7 @@ impl Video for VideoService {
         &self,
         request: Request<pb::VideoRequest>,
     ) -> Result<Response<JobStream>, Status> {
-        let record = self.jobs.submit(job_request(request.into_inner())?)?;
+        let record = self.submit(request)?;
         let stream = self.watch(&record.id)?;
         start(&self.jobs, record.id);
         Ok(Response::new(stream))

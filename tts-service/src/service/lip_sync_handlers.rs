@@ -30,6 +30,7 @@ use crate::lip_sync::frames::{self, FrameFormat};
 use crate::lip_sync::model::device_name;
 use crate::lip_sync::residency::Phase;
 use crate::lip_sync::{LipSync, LipSyncRequestError, Placement};
+use crate::metrics::TtsMetrics;
 use crate::service::limits::{Limits, Streams};
 use crate::service::voices::{Voices, speak};
 use crate::service::wire::{ms, visemes_pb};
@@ -46,6 +47,8 @@ pub(super) struct LipSyncHandlers<'a> {
     pub(super) streams: &'a Streams,
     /// The lip-sync model, when one is configured.
     pub(super) lip_sync: Option<&'a Arc<LipSync>>,
+    /// Where rendered windows are counted, by device.
+    pub(super) metrics: &'a Arc<TtsMetrics>,
 }
 
 /// The speech a request is about, and its timeline.
@@ -163,6 +166,7 @@ impl LipSyncHandlers<'_> {
         };
         let spoken = self.spoken(request.input, &request.voice).await?;
         let (sender, receiver) = mpsc::channel(4);
+        let metrics = Arc::clone(self.metrics);
         tokio::spawn(async move {
             let _permit = permit;
             let timeline = spoken.timeline();
@@ -181,6 +185,7 @@ impl LipSyncHandlers<'_> {
                         face: Arc::new(face),
                         format,
                         sender,
+                        metrics,
                     };
                     frames.stream(timeline, spoken.audio).await;
                 }
@@ -246,6 +251,7 @@ struct Frames {
     face: Arc<Face>,
     format: FrameFormat,
     sender: mpsc::Sender<Result<pb::LipSyncChunk, Status>>,
+    metrics: Arc<TtsMetrics>,
 }
 
 impl Frames {
@@ -324,6 +330,7 @@ impl Frames {
                     return;
                 }
             };
+            self.metrics.render(&device_name(device));
             for image in images {
                 let chunk = pb::LipSyncChunk {
                     frame: Some(pb::MouthFrame {

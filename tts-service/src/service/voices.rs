@@ -89,7 +89,8 @@ impl Voices {
             Ok(Voice::Espeak(name.to_string()))
         } else {
             Err(Status::invalid_argument(format!(
-                "unknown voice `{name}`: call ListVoices for the names this service offers (such as {})",
+                "unknown voice `{}`: call ListVoices for the names this service offers (such as {})",
+                arbiter::echo::echo(name),
                 espeak::DEFAULT_VOICE
             )))
         }

@@ -2,7 +2,7 @@
 //! their holders.
 
 use super::*;
-use crate::lease::{Form, Priority};
+use crate::lease::{Form, Priority, Quota};
 
 const GIB: u64 = 1 << 30;
 
@@ -28,6 +28,7 @@ fn broker(capacity: u64) -> Arc<Broker> {
             max_ttl: Duration::from_secs(3600),
             max_wait: Duration::from_secs(3600),
             visible_above: None,
+            max_waiting: 1024,
         },
         EventFeed::new(64),
     )
@@ -43,6 +44,8 @@ fn ask(bytes: u64, form: Form, peer: Option<Peer>, max_wait: Option<Duration>) -
         max_wait,
         form,
         peer,
+        owner: String::new(),
+        quota: None,
     }
 }
 
@@ -121,32 +124,76 @@ async fn a_unary_lease_outlives_its_caller_until_its_ttl() {
 }
 
 #[tokio::test]
-async fn another_users_lease_cannot_be_released() {
+async fn another_identitys_lease_cannot_be_changed_but_an_operator_may() {
     let broker = broker(10 * GIB);
     let unary = Form::Unary {
         ttl: Duration::from_secs(300),
     };
-    let lease = broker
-        .acquire(ask(
-            GIB,
-            unary,
-            Some(Peer {
-                pid: std::process::id(),
-                uid: 4242,
-            }),
-            None,
-        ))
-        .await
-        .unwrap();
-    let stranger = Some(Peer { pid: 1, uid: 4343 });
-    if broker.own_uid != 4343 {
-        assert!(matches!(
-            broker.release(&lease.id, stranger),
-            Err(LeaseError::NotOwner(_))
-        ));
-    }
+    let actor = |owner: &str, operator| Actor {
+        owner: owner.into(),
+        operator,
+    };
+    let take = |owner: &str| Ask {
+        owner: owner.into(),
+        ..ask(GIB, unary, None, None)
+    };
+    let lease = broker.acquire(take("uid:4242")).await.unwrap();
+    let stranger = actor("uid:4343", false);
+    assert!(matches!(
+        broker.release(&lease.id, &stranger),
+        Err(LeaseError::NotOwner(_))
+    ));
+    assert!(matches!(
+        broker.keep_alive(&lease.id, &stranger),
+        Err(LeaseError::NotOwner(_))
+    ));
+    assert!(matches!(
+        broker.shrink(&lease.id, 1, &stranger),
+        Err(LeaseError::NotOwner(_))
+    ));
     assert_eq!(
-        broker.release(&lease.id, Some(Peer { pid: 1, uid: 4242 })),
+        broker.release(&lease.id, &actor("uid:4242", false)),
         Ok(GIB)
     );
+    let other = broker.acquire(take("token:ci")).await.unwrap();
+    assert_eq!(broker.release(&other.id, &actor("uid:0", true)), Ok(GIB));
+}
+
+#[tokio::test]
+async fn quotas_bound_each_owners_leases_bytes_and_waits() {
+    let broker = broker(10 * GIB);
+    let quota = Quota {
+        leases: 2,
+        bytes: Some(3 * GIB),
+        waiting: 1,
+    };
+    let take = |owner: &str, bytes| Ask {
+        owner: owner.into(),
+        quota: Some(quota),
+        ..ask(bytes, Form::Stream, None, None)
+    };
+    let _a = broker.hold(take("token:a", GIB)).unwrap();
+    let refused = broker.hold(take("token:a", 3 * GIB)).err();
+    assert!(
+        matches!(refused, Some(LeaseError::OverQuota { key: "bytes", .. })),
+        "{refused:?}"
+    );
+    let _b = broker.hold(take("token:a", GIB)).unwrap();
+    let refused = broker.hold(take("token:a", GIB)).err();
+    assert!(
+        matches!(refused, Some(LeaseError::OverQuota { key: "leases", .. })),
+        "{refused:?}"
+    );
+    // Another owner has its own counts: it fills the card, then waits once.
+    let _c = broker.hold(take("token:c", GIB)).unwrap();
+    let _d = broker.hold(take("token:d", 3 * GIB)).unwrap();
+    let _e = broker.hold(take("token:e", 3 * GIB)).unwrap();
+    let _wait = broker.hold(take("token:c", 2 * GIB)).unwrap();
+    let refused = broker.hold(take("token:c", GIB)).err();
+    assert!(
+        matches!(refused, Some(LeaseError::OverQuota { key: "waiting", .. })),
+        "{refused:?}"
+    );
+    // Requests without a quota (the supervisor's own, for jobs) are not counted.
+    let _job = broker.hold(ask(GIB, Form::Stream, None, None)).unwrap();
 }

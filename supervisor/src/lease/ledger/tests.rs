@@ -47,6 +47,8 @@ fn ask(holder: &str, bytes: u64, priority: Priority) -> Ask {
         // A holder the ledger cannot see (a TCP caller): counted by bytes, taken at its word,
         // so these rules are about the queue alone. `visible` below is the other kind.
         peer: None,
+        owner: String::new(),
+        quota: None,
     }
 }
 
@@ -754,6 +756,8 @@ proptest! {
                         max_wait: wait.map(Duration::from_secs),
                         form: if unary { Form::Unary { ttl: Duration::from_secs(30) } } else { Form::Stream },
                         peer: None,
+                        owner: String::new(),
+                        quota: None,
                     };
                     let limit = match request.gpu {
                         GpuChoice::Any => ledger.books().iter().map(|b| b.budget.limit()).max().unwrap(),
@@ -1012,6 +1016,8 @@ proptest! {
                         max_wait: Some(Duration::from_secs(30)),
                         form: if unary { Form::Unary { ttl: Duration::from_secs(30) } } else { Form::Stream },
                         peer: pid.map(|i| Peer { pid: PIDS[i], uid: 0 }),
+                        owner: String::new(),
+                        quota: None,
                     };
                     if let Ok((_, e)) = ledger.ask(request, now) { effects = e; }
                 }

@@ -8,20 +8,20 @@ use arbiter::pb::video::v1 as pb;
 use arbiter::pb::worker::v1 as wpb;
 use pb::media::Source;
 
-use super::{priority, priority_to_pb};
+use super::{duration as duration_from_pb, priority, priority_to_pb};
 use crate::job::{JobError, JobRecord, JobRequest, JobState, Media};
 
-/// The wire request as plain values; only the timeout can be malformed on the wire itself.
+/// The wire request as plain values; what can be malformed on the wire itself (the
+/// timeout, the priority's number) is refused here, the rest by `job::spec`.
 pub fn job_request(request: pb::VideoRequest) -> Result<JobRequest, JobError> {
-    let timeout = request
-        .timeout
-        .map(|t| {
-            Duration::try_from(t).map_err(|_| JobError::Invalid {
-                field: "timeout",
-                rule: "is negative or malformed: give a duration such as \"10m\"".into(),
-            })
-        })
-        .transpose()?;
+    let timeout = duration_from_pb(request.timeout).map_err(|rule| JobError::Invalid {
+        field: "timeout",
+        rule,
+    })?;
+    let priority = priority(request.priority).map_err(|rule| JobError::Invalid {
+        field: "priority",
+        rule,
+    })?;
     Ok(JobRequest {
         shape: (&request).into(),
         prompt: request.prompt,
@@ -30,7 +30,7 @@ pub fn job_request(request: pb::VideoRequest) -> Result<JobRequest, JobError> {
         reference_image: media(request.reference_image),
         seed: request.seed,
         pipeline: request.pipeline,
-        priority: priority(request.priority),
+        priority,
         timeout,
         placement: request.placement.into_iter().collect(),
     })
@@ -104,6 +104,25 @@ pub fn assignment(record: &JobRecord, extras: AssignmentExtras) -> wpb::Assignme
         embedding_cache_bytes: extras.embedding_cache.map_or(0, |(_, bytes)| bytes),
         frames_without_ffmpeg: extras.frames_without_ffmpeg,
     }
+}
+
+/// The states a List asks for. A number the enum does not name is refused: ignoring it
+/// would turn `states = [99]` into "every job".
+pub fn states_from_pb(states: &[i32]) -> Result<Vec<JobState>, JobError> {
+    states
+        .iter()
+        .map(|&value| {
+            pb::JobState::try_from(value)
+                .ok()
+                .and_then(state_from_pb)
+                .ok_or_else(|| JobError::Invalid {
+                    field: "states",
+                    rule: format!(
+                        "holds {value}, which is not a job state: use JOB_STATE_QUEUED (1) to JOB_STATE_CANCELLED (7), or leave states empty for every job"
+                    ),
+                })
+        })
+        .collect()
 }
 
 pub fn state_from_pb(state: pb::JobState) -> Option<JobState> {

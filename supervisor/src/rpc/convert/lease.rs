@@ -10,7 +10,7 @@ use arbiter::pb::supervisor::v1 as pb;
 use crate::lease::broker::{Broker, Note};
 use crate::lease::events::{Event, EventKind, GpuView};
 use crate::lease::ledger::{ProcessView, WaiterView, visible_pid};
-use crate::lease::{Ask, Form, GpuChoice, Lease, LeaseError, Peer, Return};
+use crate::lease::{Ask, Form, GpuChoice, Lease, LeaseError, Peer, Quota, Return};
 
 use super::{pb_duration, priority, priority_to_pb, timestamp};
 
@@ -30,6 +30,8 @@ pub fn ask(
     broker: &Broker,
     via: Via,
     peer: Option<Peer>,
+    owner: String,
+    quota: Option<Quota>,
 ) -> Result<Ask, LeaseError> {
     let holder = request.holder.trim().to_string();
     if holder.is_empty() {
@@ -44,6 +46,10 @@ pub fn ask(
     }
     let limits = broker.limits();
     let max_wait = duration("max_wait", request.max_wait)?;
+    let priority = priority(request.priority).map_err(|rule| LeaseError::BadValue {
+        field: "priority",
+        rule,
+    })?;
     if let Some(wait) = max_wait
         && wait > limits.max_wait
     {
@@ -87,11 +93,13 @@ pub fn ask(
         holder,
         gpu: broker.resolve_gpu(&request.gpu)?,
         bytes: request.bytes,
-        priority: priority(request.priority),
+        priority,
         preemptible: request.preemptible,
         max_wait,
         form,
         peer,
+        owner,
+        quota,
     })
 }
 
@@ -99,16 +107,7 @@ fn duration(
     field: &'static str,
     value: Option<prost_types::Duration>,
 ) -> Result<Option<Duration>, LeaseError> {
-    let Some(value) = value else {
-        return Ok(None);
-    };
-    Duration::try_from(value).map(Some).map_err(|_| LeaseError::BadDuration {
-        field,
-        reason: format!(
-            "{}s {}ns, which is negative or malformed: give a positive duration such as \"30s\"",
-            value.seconds, value.nanos
-        ),
-    })
+    super::duration(value).map_err(|rule| LeaseError::BadValue { field, rule })
 }
 
 fn human(d: Duration) -> String {
@@ -138,6 +137,7 @@ pub fn lease(broker: &Broker, lease: &Lease, process: Option<&ProcessView>) -> p
         used_bytes: process.map(|p| p.used),
         measured: visible_pid(lease).is_some(),
         excess_bytes: process.map(|p| p.excess()),
+        owner: lease.owner.clone(),
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod job;
 pub mod lease;
+#[cfg(test)]
+mod tests;
 
 use std::time::{Duration, SystemTime};
 
@@ -13,14 +15,44 @@ use crate::lease::Priority;
 
 pub use lease::*;
 
-/// Unknown and unspecified classes are NORMAL: a newer client's class is not an error.
-pub fn priority(value: i32) -> Priority {
-    match pb::Priority::try_from(value).unwrap_or(pb::Priority::Normal) {
-        pb::Priority::Batch => Priority::Batch,
-        pb::Priority::Interactive => Priority::Interactive,
-        pb::Priority::Critical => Priority::Critical,
-        pb::Priority::Normal | pb::Priority::Unspecified => Priority::Normal,
+/// A priority class from the wire; UNSPECIFIED (the field left out) is NORMAL. A number
+/// the enum does not name is refused rather than guessed at: granting `99` as NORMAL would
+/// hide a client bug, and a future class must be taught to this supervisor before it means
+/// anything. The error is the rule the field broke, for the caller's error to name.
+pub fn priority(value: i32) -> Result<Priority, String> {
+    Ok(match pb::Priority::try_from(value) {
+        Ok(pb::Priority::Batch) => Priority::Batch,
+        Ok(pb::Priority::Interactive) => Priority::Interactive,
+        Ok(pb::Priority::Critical) => Priority::Critical,
+        Ok(pb::Priority::Normal | pb::Priority::Unspecified) => Priority::Normal,
+        Err(_) => {
+            return Err(format!(
+                "is {value}, which is not a priority: use PRIORITY_BATCH (1), PRIORITY_NORMAL (2), PRIORITY_INTERACTIVE (3) or PRIORITY_CRITICAL (4), or leave it unset (0) for NORMAL"
+            ));
+        }
+    })
+}
+
+/// A Duration from the wire, held to protobuf's own rules instead of normalized into
+/// something the caller did not write: `nanos` within 0..=999,999,999 and not negative
+/// (no Arbiter duration may be negative). None when the field was left out; the error is
+/// the rule broken, for the caller's error to name.
+pub fn duration(value: Option<prost_types::Duration>) -> Result<Option<Duration>, String> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let (seconds, nanos) = (value.seconds, value.nanos);
+    if seconds < 0 || nanos < 0 {
+        return Err(format!(
+            "is negative ({seconds}s {nanos}ns): give a positive duration such as \"30s\""
+        ));
     }
+    if nanos > 999_999_999 {
+        return Err(format!(
+            "has nanos = {nanos}, outside 0..=999999999: carry whole seconds in `seconds`"
+        ));
+    }
+    Ok(Some(Duration::new(seconds as u64, nanos as u32)))
 }
 
 pub fn priority_to_pb(value: Priority) -> pb::Priority {

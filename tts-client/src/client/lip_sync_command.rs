@@ -10,6 +10,8 @@ use std::time::Instant;
 use arbiter::pb::tts::v1 as pb;
 use serde::Serialize;
 
+use super::ClientError;
+
 /// What to lip-sync the face to.
 pub enum Speech {
     /// A WAV file, sent as it is.
@@ -45,18 +47,26 @@ pub struct Report {
     pub status_note: String,
 }
 
+/// Renders the mouth frames of `face` following `speech` through the service on `socket`,
+/// writes them to `out` (created if need be) and reports where they were rendered.
 pub async fn lip_sync(
     socket: &Path,
     face: &Path,
     speech: Speech,
     out: &Path,
-) -> Result<Report, String> {
-    let face_image =
-        std::fs::read(face).map_err(|e| format!("cannot read the face {}: {e}", face.display()))?;
+) -> Result<Report, ClientError> {
+    let face_image = std::fs::read(face).map_err(|source| ClientError::Read {
+        what: "face",
+        path: face.to_path_buf(),
+        source,
+    })?;
     let (input, voice) = match speech {
         Speech::Audio(path) => {
-            let data = std::fs::read(&path)
-                .map_err(|e| format!("cannot read the audio {}: {e}", path.display()))?;
+            let data = std::fs::read(&path).map_err(|source| ClientError::Read {
+                what: "audio",
+                path: path.clone(),
+                source,
+            })?;
             let audio = pb::AudioInput {
                 data,
                 format: pb::AudioFormat::Wav as i32,
@@ -66,7 +76,10 @@ pub async fn lip_sync(
         }
         Speech::Text { text, voice } => (pb::lip_sync_request::Input::Text(text), voice),
     };
-    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    std::fs::create_dir_all(out).map_err(|source| ClientError::CreateDir {
+        path: out.to_path_buf(),
+        source,
+    })?;
     let mut client = super::tts(socket).await?;
     let start = Instant::now();
     let mut stream = client
@@ -76,22 +89,23 @@ pub async fn lip_sync(
             face_image,
             frame_format: pb::FrameFormat::Png as i32,
         })
-        .await
-        .map_err(super::grpc)?
+        .await?
         .into_inner();
     let mut render = None;
     let mut first = None;
     let mut frames = 0;
     let mut frames_on: Vec<(String, usize)> = Vec::new();
-    while let Some(chunk) = stream.message().await.map_err(super::grpc)? {
+    while let Some(chunk) = stream.message().await? {
         if let Some(r) = chunk.render {
             render = Some(r);
         }
         let Some(frame) = chunk.frame else { continue };
         first.get_or_insert_with(|| start.elapsed());
         let path = out.join(format!("frame-{:05}.png", frame.index));
-        std::fs::write(&path, &frame.image)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(&path, &frame.image).map_err(|source| ClientError::Write {
+            path: path.clone(),
+            source,
+        })?;
         frames += 1;
         match frames_on
             .iter_mut()
@@ -102,11 +116,10 @@ pub async fn lip_sync(
         }
     }
     let all = start.elapsed();
-    let render = render.ok_or("the service sent no render header")?;
+    let render = render.ok_or(ClientError::NoRenderHeader)?;
     let status = client
         .get_lip_sync_status(pb::GetLipSyncStatusRequest {})
-        .await
-        .map_err(super::grpc)?
+        .await?
         .into_inner();
     Ok(Report {
         frames,

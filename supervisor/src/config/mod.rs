@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::lease::Action;
 
+mod auth;
+
+pub use auth::{AuthConfig, Limits, QuotaConfig, QuotaOverride, TlsConfig};
+
 /// Where the config is looked for when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/arbiter/supervisor.toml";
 
@@ -29,6 +33,34 @@ pub struct Config {
     pub overuse: OveruseConfig,
     pub jobs: JobsConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub auth: AuthConfig,
+    pub quota: QuotaConfig,
+}
+
+/// The Prometheus endpoint (`GET /metrics`). Off unless `listen` is set.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The TCP address to serve metrics on, such as 127.0.0.1:9464. Unset: no endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Allow a `listen` address other hosts can reach (not loopback): metrics name
+    /// holders, pids and leases, and the endpoint has no authentication.
+    pub allow_remote: bool,
+}
+
+impl MetricsConfig {
+    /// The option that allows a remote address, as error messages name it.
+    pub const ALLOW_REMOTE: &'static str = "metrics.allow_remote";
+
+    /// The endpoint to serve, if one is configured.
+    pub fn endpoint(&self) -> Option<arbiter::scrape::Endpoint> {
+        self.listen.map(|address| arbiter::scrape::Endpoint {
+            address,
+            allow_remote: self.allow_remote,
+        })
+    }
 }
 
 /// What a holder whose processes use more GPU memory than their leases (by more than
@@ -62,8 +94,9 @@ impl OveruseConfig {
     }
 }
 
-/// What a worker that uses more VRAM than its lease (beyond the tolerance) gets.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// What a worker that uses more VRAM than its lease (beyond the tolerance) gets; also what
+/// `arbiter-supervisor run --on-overuse` does to its command.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum OveruseAction {
     Log,
@@ -145,9 +178,16 @@ pub struct ServerConfig {
     /// A group given the socket, so its members may ask for memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<String>,
-    /// Optional TCP address for remote clients and grpcurl (no peer identity there).
+    /// Optional TCP address for remote clients and grpcurl: TLS (`[server.tls]`), or
+    /// plaintext where `insecure_tcp` says so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// TLS for the TCP listener: the server's certificate and key, and the client CA.
+    pub tls: TlsConfig,
+    /// Serve TCP in plaintext, where every caller without a token is one identity,
+    /// `insecure-tcp`: only for a loopback address on a host whose users you trust, or
+    /// tests. Logged as a warning, and shown by `status`.
+    pub insecure_tcp: bool,
     /// How long shutdown waits for connections to drain.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -204,6 +244,8 @@ pub struct LeaseConfig {
     /// their give-backs cannot be checked. Unset: any size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub require_visible_above: Option<ByteSize>,
+    /// Callers' lease requests that may wait at once, all identities together.
+    pub max_waiting: usize,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -228,6 +270,8 @@ impl Default for ServerConfig {
             socket_mode: "0660".into(),
             socket_group: None,
             listen: None,
+            tls: TlsConfig::default(),
+            insecure_tcp: false,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -257,6 +301,7 @@ impl Default for LeaseConfig {
             max_ttl: Duration::from_secs(3600),
             max_wait: Duration::from_secs(24 * 3600),
             require_visible_above: None,
+            max_waiting: 1024,
         }
     }
 }
@@ -381,6 +426,44 @@ impl Config {
             return invalid(
                 "lease.reclaim_grace is 0: holders need time to give memory back; use 10s".into(),
             );
+        }
+        if let Some(listen) = self.server.listen {
+            let tls = &self.server.tls;
+            match (
+                tls.cert.is_some(),
+                tls.key.is_some(),
+                self.server.insecure_tcp,
+            ) {
+                (true, true, false) => {}
+                (false, false, true) => {}
+                (true, true, true) => {
+                    return invalid(
+                        "server.insecure_tcp is set, and so is server.tls: choose one (TLS, unless this is a test)".into(),
+                    );
+                }
+                (false, false, false) => {
+                    return invalid(format!(
+                        "server.listen = {listen} needs TLS: set [server.tls] cert and key (docs/security.md says how to make them), or pass --insecure-tcp to serve plaintext on purpose"
+                    ));
+                }
+                _ => {
+                    return invalid(
+                        "[server.tls] needs both cert and key (and client_ca to name callers by certificate)".into(),
+                    );
+                }
+            }
+        } else if self.server.tls.cert.is_some() || self.server.insecure_tcp {
+            return invalid(
+                "[server.tls] or server.insecure_tcp is set, but server.listen is not: set the TCP address to serve".into(),
+            );
+        }
+        if self.lease.max_waiting == 0 {
+            return invalid("lease.max_waiting is 0: no request could ever wait; use 1024".into());
+        }
+        if let Some(endpoint) = self.metrics.endpoint()
+            && let Err(error) = endpoint.check(MetricsConfig::ALLOW_REMOTE)
+        {
+            return invalid(format!("metrics.listen: {error}"));
         }
         Ok(())
     }
@@ -519,6 +602,21 @@ mod tests {
             [server]
             socket = "/tmp/a.sock"
             listen = "127.0.0.1:50051"
+            [server.tls]
+            cert = "/etc/arbiter/tls/server.pem"
+            key = "/etc/arbiter/tls/server.key"
+            client_ca = "/etc/arbiter/tls/clients-ca.pem"
+            [auth]
+            tokens_file = "/etc/arbiter/tokens"
+            operators = ["user:root", "token:admin"]
+            holders = ["unix", "cert:render-01"]
+            [quota]
+            leases = 8
+            bytes = "40GiB"
+            [[quota.for]]
+            identities = ["token:ci"]
+            leases = 2
+            rate = 0
             [gpu]
             simulated = ["80GiB", "24GiB"]
             reserve = "1GiB"
@@ -537,13 +635,41 @@ mod tests {
         assert_eq!(config.gpu.sample_interval, Duration::from_millis(500));
         assert_eq!(config.log.format, LogFormat::Json);
         config.validate().unwrap();
+        assert_eq!(config.quota.overrides[0].leases, Some(2));
+        assert_eq!(config.auth.operators.len(), 2);
         let again = Config::parse(&config.to_toml()).unwrap();
         assert_eq!(again.to_toml(), config.to_toml());
     }
 
     #[test]
+    fn tcp_is_tls_unless_plaintext_is_asked_for_and_never_both() {
+        let check = |text: &str| {
+            Config::parse(text)
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        let plain = check("[server]\nlisten = \"0.0.0.0:50051\"\n").unwrap_err();
+        assert!(
+            plain.contains("needs TLS") && plain.contains("--insecure-tcp"),
+            "{plain}"
+        );
+        check("[server]\nlisten = \"127.0.0.1:50051\"\ninsecure_tcp = true\n").unwrap();
+        let both = check(
+            "[server]\nlisten = \"127.0.0.1:1\"\ninsecure_tcp = true\n[server.tls]\ncert = \"c\"\nkey = \"k\"\n",
+        )
+        .unwrap_err();
+        assert!(both.contains("choose one"), "{both}");
+        let half =
+            check("[server]\nlisten = \"127.0.0.1:1\"\n[server.tls]\ncert = \"c\"\n").unwrap_err();
+        assert!(half.contains("both cert and key"), "{half}");
+        let unknown = Config::parse("[auth]\noperators = [\"admin\"]\n").unwrap_err();
+        assert!(unknown.contains("uid:N"), "{unknown}");
+    }
+
+    #[test]
     fn the_shipped_config_parses_with_the_default_accounting() {
-        let text = include_str!("../../deploy/config/supervisor.toml");
+        let text = include_str!("../../../deploy/config/supervisor.toml");
         let config = Config::parse(text).unwrap();
         config.validate().unwrap();
         let defaults = Config::default();
@@ -567,6 +693,25 @@ mod tests {
                 .to_string()
                 .contains("return_poll")
         );
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_a_remote_address_needs_allow_remote() {
+        assert!(Config::default().metrics.endpoint().is_none());
+        let local = Config::parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        local.validate().unwrap();
+        assert_eq!(
+            local.metrics.endpoint().map(|e| e.address.port()),
+            Some(9464)
+        );
+        let remote = Config::parse("[metrics]\nlisten = \"0.0.0.0:9464\"\n").unwrap();
+        let error = remote.validate().unwrap_err().to_string();
+        assert!(error.contains("metrics.allow_remote"), "{error}");
+        let allowed =
+            Config::parse("[metrics]\nlisten = \"0.0.0.0:9464\"\nallow_remote = true\n").unwrap();
+        allowed.validate().unwrap();
+        let again = Config::parse(&allowed.to_toml()).unwrap();
+        assert!(again.metrics.allow_remote);
     }
 
     #[test]

@@ -5,10 +5,18 @@ use std::path::Path;
 use std::time::Instant;
 
 use arbiter::pb::tts::v1 as pb;
+use arbiter::wav;
 
-use crate::wav;
+use super::ClientError;
 
-pub async fn say(socket: &Path, text: String, voice: String, out: &Path) -> Result<String, String> {
+/// Speaks `text` with `voice` (empty: the service's default) through the service on
+/// `socket`, writes the WAV to `out`, and returns the line the command prints.
+pub async fn say(
+    socket: &Path,
+    text: String,
+    voice: String,
+    out: &Path,
+) -> Result<String, ClientError> {
     let mut client = super::tts(socket).await?;
     let start = Instant::now();
     let mut stream = client
@@ -17,14 +25,13 @@ pub async fn say(socket: &Path, text: String, voice: String, out: &Path) -> Resu
             voice,
             ..Default::default()
         })
-        .await
-        .map_err(super::grpc)?
+        .await?
         .into_inner();
     let mut first = None;
     let mut samples = Vec::new();
     let mut rate = 0;
     let mut chunks = 0;
-    while let Some(chunk) = stream.message().await.map_err(super::grpc)? {
+    while let Some(chunk) = stream.message().await? {
         first.get_or_insert_with(|| start.elapsed());
         rate = chunk.sample_rate;
         chunks += 1;
@@ -36,8 +43,10 @@ pub async fn say(socket: &Path, text: String, voice: String, out: &Path) -> Resu
         );
     }
     let total = start.elapsed();
-    std::fs::write(out, wav::encode(&samples, rate, 1))
-        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    std::fs::write(out, wav::encode(&samples, rate, 1)).map_err(|source| ClientError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
     let seconds = samples.len() as f64 / f64::from(rate.max(1));
     Ok(format!(
         "wrote {} ({seconds:.2} s of audio at {rate} Hz in {chunks} chunks); first audio after {:.0} ms, all after {:.0} ms",

@@ -2,12 +2,18 @@
 //!
 //! A server listens on a Unix socket (created with a mode and optionally a group, so only
 //! the right users may ask for GPU memory) and optionally on TCP. Both carry gRPC reflection
-//! (v1 and v1alpha, since grpcurl releases differ) and grpc.health.v1.
+//! (v1 and v1alpha, since grpcurl releases differ) and grpc.health.v1. Connections on the
+//! Unix socket go through [`authority`], so that stock gRPC clients, which send the socket
+//! path as `:authority`, are served rather than reset by h2.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt as _;
+
+pub mod authority;
+pub mod tls;
 
 /// How the Unix socket is created.
 #[derive(Clone, Debug)]
@@ -59,6 +65,14 @@ pub enum ListenError {
         address: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error(
+        "TCP {0} needs TLS (a server certificate and key; docs/security.md says how to make them), or --insecure-tcp to serve plaintext on purpose"
+    )]
+    NeedsTls(String),
+    #[error("TLS and --insecure-tcp are both set: choose one")]
+    TlsAndInsecure,
 }
 
 impl UnixSocket {
@@ -147,22 +161,33 @@ pub async fn signals() {
 
 /// Serves `router` on the Unix listener and, when given, the TCP one, until `stop` fires
 /// (then both stop accepting and drain). Every Arbiter server runs its listeners this way.
+/// Unix connections are wrapped in [`authority::AuthorityFix`]; TCP clients send
+/// `host:port`, which h2 accepts, so their bytes go through untouched.
 pub async fn serve(
-    router: tonic::transport::server::Router,
+    router: Router,
     unix: UnixListener,
-    tcp: Option<tokio::net::TcpListener>,
+    tcp: Option<Tcp>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let unix_server = router.clone().serve_with_incoming_shutdown(
-        tokio_stream::wrappers::UnixListenerStream::new(unix),
+        tokio_stream::wrappers::UnixListenerStream::new(unix)
+            .map(|accepted| accepted.map(authority::AuthorityFix::new)),
         stop.clone().cancelled_owned(),
     );
     let tcp_server = async {
         match tcp {
-            Some(tcp) => {
+            Some(Tcp::Plain(tcp)) => {
                 router
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(tcp),
+                        stop.clone().cancelled_owned(),
+                    )
+                    .await
+            }
+            Some(Tcp::Tls(tcp, config)) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tls::incoming(tcp, config, stop.clone()),
                         stop.clone().cancelled_owned(),
                     )
                     .await
@@ -173,8 +198,63 @@ pub async fn serve(
     tokio::try_join!(unix_server, tcp_server).map(|_| ())
 }
 
-/// Reflection services, v1 and v1alpha, describing Arbiter's protos and health's.
-pub fn reflection() -> (
+/// A router whose every call passes the auth layer first: the only kind an Arbiter
+/// server serves, so no listener can be opened without identities.
+pub type Router = tonic::transport::server::Router<
+    tower::layer::util::Stack<crate::auth::AuthLayer, tower::layer::util::Identity>,
+>;
+
+/// A TCP listener: TLS, or plaintext where the operator asked for it.
+pub enum Tcp {
+    Plain(tokio::net::TcpListener),
+    Tls(
+        tokio::net::TcpListener,
+        std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    ),
+}
+
+/// Binds the TCP listener as the operator asked: TLS with `tls`, plaintext only with
+/// `insecure` (and never both, never neither), logging which, loudly for plaintext.
+pub async fn bind_tcp_as(
+    address: &str,
+    tls: Option<&tls::TlsFiles>,
+    insecure: bool,
+) -> Result<Tcp, ListenError> {
+    let config = match (tls, insecure) {
+        (Some(files), false) => Some(tls::server_config(files).map_err(ListenError::Tls)?),
+        (None, true) => None,
+        (Some(_), true) => return Err(ListenError::TlsAndInsecure),
+        (None, false) => return Err(ListenError::NeedsTls(address.to_string())),
+    };
+    let listener = bind_tcp(address).await?;
+    let shown = listener
+        .local_addr()
+        .map_or_else(|_| address.to_string(), |a| a.to_string());
+    Ok(match config {
+        Some(config) => {
+            tracing::info!(address = %shown, "listening on TCP with TLS");
+            Tcp::Tls(listener, config)
+        }
+        None => {
+            tracing::warn!(
+                address = %shown,
+                "listening on TCP in PLAINTEXT (--insecure-tcp): every caller there without a token acts as `insecure-tcp`, and traffic can be read on the way; use TLS for anything but a trusted loopback"
+            );
+            Tcp::Plain(listener)
+        }
+    })
+}
+
+/// The health service's name, which every Arbiter server serves.
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// Reflection services, v1 and v1alpha, that describe Arbiter's protos and health's but
+/// list only `services` (and health, and reflection itself): every proto is registered, so
+/// any message type resolves, yet a caller who lists services sees only those this process
+/// answers (the supervisor does not serve `arbiter.tts.v1.Tts`, so it does not list it).
+pub fn reflection(
+    services: &[&str],
+) -> (
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
@@ -183,9 +263,13 @@ pub fn reflection() -> (
     >,
 ) {
     let configure = || {
-        tonic_reflection::server::Builder::configure()
+        let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(HEALTH_SERVICE);
+        services
+            .iter()
+            .fold(builder, |builder, name| builder.with_service_name(*name))
     };
     // Building from our own embedded descriptors cannot fail unless the build is broken.
     let v1 = configure()

@@ -1,0 +1,172 @@
+//! Arbitrary bytes and arbitrary field values through every request decoder and validator:
+//! each answer is a value or an error, never a panic, and what is accepted obeys the rules.
+
+use std::time::Duration;
+
+use arbiter::pb::supervisor::v1 as pb;
+use arbiter::pb::video::v1 as vpb;
+use proptest::prelude::*;
+use prost::Message;
+
+use super::job::{job_request, states_from_pb};
+use super::lease::{Via, ask};
+use crate::gpu::GpuIdentity;
+use crate::job::catalog::Catalog;
+use crate::job::spec;
+use crate::lease::Action;
+use crate::lease::broker::{Broker, Limits};
+use crate::lease::events::EventFeed;
+use crate::lease::ledger::Policy;
+
+fn broker() -> std::sync::Arc<Broker> {
+    Broker::new(
+        vec![GpuIdentity {
+            index: 0,
+            uuid: "GPU-fuzz".into(),
+            name: "fuzz".into(),
+            capacity: 1 << 34,
+        }],
+        0,
+        Policy {
+            aging: Duration::from_secs(30),
+            reclaim_grace: Duration::from_secs(5),
+            fresh_within: None,
+            return_timeout: Duration::from_secs(10),
+            tolerance: 0,
+            overuse: [Action::Log; 4],
+        },
+        Limits {
+            default_ttl: Duration::from_secs(30),
+            max_ttl: Duration::from_secs(3600),
+            max_wait: Duration::from_secs(3600),
+            visible_above: None,
+            max_waiting: 1024,
+        },
+        EventFeed::new(16),
+    )
+}
+
+fn wire_duration() -> impl Strategy<Value = Option<prost_types::Duration>> {
+    prop_oneof![
+        Just(None),
+        (any::<i64>(), any::<i32>())
+            .prop_map(|(seconds, nanos)| Some(prost_types::Duration { seconds, nanos })),
+        (0i64..100_000, 0i32..1_000_000_000)
+            .prop_map(|(seconds, nanos)| Some(prost_types::Duration { seconds, nanos })),
+    ]
+}
+
+fn well_formed(d: &Option<prost_types::Duration>) -> bool {
+    d.is_none_or(|d| d.seconds >= 0 && (0..=999_999_999).contains(&d.nanos))
+}
+
+prop_compose! {
+    fn lease_request()(
+        holder in prop_oneof![Just(String::new()), "[a-z ]{1,20}", ".{0,200}"],
+        gpu in prop_oneof![Just(String::new()), Just("0".to_string()), Just("GPU-fuzz".to_string()), ".{0,80}"],
+        bytes in prop_oneof![Just(0u64), 1u64..(1 << 35), any::<u64>()],
+        priority in prop_oneof![0i32..5, any::<i32>()],
+        preemptible in any::<bool>(),
+        max_wait in wire_duration(),
+        ttl in wire_duration(),
+    ) -> pb::LeaseRequest {
+        pb::LeaseRequest { holder, gpu, bytes, priority, preemptible, max_wait, ttl }
+    }
+}
+
+prop_compose! {
+    fn video_request()(
+        prompt in prop_oneof![Just(String::new()), "[a-z ]{1,40}", ".{0,100}"],
+        width in prop_oneof![Just(0u32), any::<u32>()],
+        frames in prop_oneof![Just(0u32), 1u32..100, any::<u32>()],
+        steps in prop_oneof![Just(0u32), any::<u32>()],
+        pipeline in prop_oneof![Just(String::new()), Just("tiny".to_string()), ".{0,40}"],
+        priority in prop_oneof![0i32..5, any::<i32>()],
+        timeout in wire_duration(),
+        placement in proptest::collection::btree_map(".{0,10}", ".{0,10}", 0..3),
+        path in proptest::option::of(".{0,60}"),
+    ) -> vpb::VideoRequest {
+        vpb::VideoRequest {
+            prompt,
+            width,
+            frames,
+            steps,
+            pipeline,
+            priority,
+            timeout,
+            placement: placement.into_iter().collect(),
+            audio: path.map(|p| vpb::Media { source: Some(vpb::media::Source::Path(p)) }),
+            ..Default::default()
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_bytes_decode_to_a_message_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let broker = broker();
+        if let Ok(request) = pb::LeaseRequest::decode(bytes.as_slice()) {
+            let _ = ask(request.clone(), &broker, Via::Hold, None, String::new(), None);
+            let _ = ask(request, &broker, Via::Acquire, None, String::new(), None);
+        }
+        if let Ok(request) = vpb::VideoRequest::decode(bytes.as_slice()) {
+            let _ = job_request(request);
+        }
+        if let Ok(request) = vpb::ListJobsRequest::decode(bytes.as_slice()) {
+            let _ = states_from_pb(&request.states);
+        }
+        for decoded in [
+            pb::KeepAliveRequest::decode(bytes.as_slice()).is_ok(),
+            pb::ShrinkRequest::decode(bytes.as_slice()).is_ok(),
+            pb::ReleaseRequest::decode(bytes.as_slice()).is_ok(),
+            pb::ListLeasesRequest::decode(bytes.as_slice()).is_ok(),
+            pb::WatchEventsRequest::decode(bytes.as_slice()).is_ok(),
+            vpb::GetJobRequest::decode(bytes.as_slice()).is_ok(),
+        ] {
+            let _ = decoded;
+        }
+    }
+
+    #[test]
+    fn a_lease_request_is_accepted_only_within_the_rules(request in lease_request()) {
+        let broker = broker();
+        for via in [Via::Hold, Via::Acquire] {
+            let accepted = ask(request.clone(), &broker, via, None, String::new(), None);
+            if let Ok(ask) = accepted {
+                prop_assert!(!ask.holder.is_empty());
+                prop_assert!(ask.bytes > 0);
+                prop_assert!((0..5).contains(&request.priority), "priority {} accepted", request.priority);
+                prop_assert!(well_formed(&request.max_wait), "max_wait {:?} accepted", request.max_wait);
+                prop_assert!(well_formed(&request.ttl), "ttl {:?} accepted", request.ttl);
+            }
+        }
+    }
+
+    #[test]
+    fn a_video_request_is_accepted_only_within_the_rules(request in video_request()) {
+        let (priority, timeout) = (request.priority, request.timeout);
+        match job_request(request) {
+            Ok(plain) => {
+                prop_assert!((0..5).contains(&priority), "priority {priority} accepted");
+                prop_assert!(well_formed(&timeout), "timeout {timeout:?} accepted");
+                // The rest of the rules: a spec or a refusal, never a panic.
+                let catalog = Catalog::load(None, "tiny");
+                let _ = spec::check(plain, &catalog, &crate::config::JobsConfig::default());
+            }
+            Err(error) => prop_assert!(!error.to_string().is_empty()),
+        }
+    }
+
+    #[test]
+    fn job_states_are_known_or_refused(states in proptest::collection::vec(any::<i32>(), 0..6)) {
+        match states_from_pb(&states) {
+            Ok(known) => {
+                prop_assert_eq!(known.len(), states.len());
+                prop_assert!(states.iter().all(|s| (1..=7).contains(s)));
+            }
+            Err(error) => prop_assert!(error.to_string().contains("states")),
+        }
+    }
+}
