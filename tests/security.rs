@@ -622,3 +622,41 @@ async fn the_request_rate_and_the_queue_are_bounded() {
         &["lease.max_waiting", "1"],
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_the_token_command_names_its_caller_and_the_file_holds_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let made = arbiter_test_kit::supervisor::command()
+        .args(["token", "render-01", "--file"])
+        .arg(&tokens)
+        .output()
+        .expect("run `token`");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let token = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    let file = std::fs::read_to_string(&tokens).unwrap();
+    assert!(file.starts_with("render-01 sha256:") && !file.contains(&token), "{file}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&tokens).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let bad = arbiter_test_kit::supervisor::command()
+        .args(["token", "two words"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+
+    let pki = Pki::new(&dir.path().join("pki"));
+    let server = pki.server();
+    let supervisor = Supervisor::builder()
+        .config(&format!(
+            "[auth]\ntokens_file = {:?}\nholders = [\"token:render-01\"]\n{}",
+            tokens.display().to_string(),
+            pki.server_config(&server)
+        ))
+        .start()
+        .await;
+    let channel = pki.channel(supervisor.port(), None).await.unwrap();
+    let mut client = SupervisorClient::with_interceptor(channel, Bearer::new(&token));
+    let lease = client.acquire(unary("render", GIB)).await.unwrap().into_inner();
+    assert_eq!(lease.owner, "token:render-01");
+}

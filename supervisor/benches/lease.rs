@@ -14,8 +14,13 @@
 //! the bench used per pair, and how many CPUs' worth other processes took meanwhile.
 //!
 //! `cargo bench -p arbiter-supervisor --bench lease [-- --seconds 3 --warmup 0.5
-//! --rounds 6 --clients 1,64 --out FILE --server PATH]`; unknown arguments (cargo's
-//! `--bench`) are ignored. `--server` measures another build of the supervisor.
+//! --rounds 6 --clients 1,64 --out FILE --server PATH --tls]`; unknown arguments (cargo's
+//! `--bench`) are ignored. `--server` measures another build of the supervisor. `--tls`
+//! runs both phases over TCP with TLS instead, each client presenting its own client
+//! certificate (one CA made for the run), so the limit is a no-op call over TLS too.
+//!
+//! The server runs with quotas raised out of the way ([quota] rate and leases far above
+//! what the bench reaches): their checks run on every call, but refuse none.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -38,6 +43,8 @@ struct Options {
     out: Option<PathBuf>,
     /// Another supervisor binary to measure (a scratch build, say).
     server: Option<PathBuf>,
+    /// Over TCP with TLS and client certificates instead of the Unix socket.
+    tls: bool,
 }
 
 impl Options {
@@ -49,6 +56,7 @@ impl Options {
             clients: vec![1, 64],
             out: None,
             server: None,
+            tls: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -74,6 +82,7 @@ impl Options {
                 }
                 "--out" => options.out = Some(PathBuf::from(value("--out"))),
                 "--server" => options.server = Some(PathBuf::from(value("--server"))),
+                "--tls" => options.tls = true,
                 _ => {} // cargo bench passes --bench; ignore whatever else comes
             }
         }
@@ -86,15 +95,42 @@ struct Server {
     child: Child,
     socket: PathBuf,
     log: PathBuf,
+    /// With `--tls`: the CA and the TCP port.
+    tls: Option<(arbiter_test_kit::tls::Pki, u16)>,
     _dir: tempfile::TempDir,
 }
 
+/// Quotas out of the bench's way (its one identity makes thousands of calls a second);
+/// with `--tls`, TLS on a loopback port and the bench's certificates as holders.
+fn config(dir: &Path, tls: Option<(&arbiter_test_kit::tls::Pki, u16)>) -> PathBuf {
+    let mut text = String::from("[quota]\nrate = 1e9\nburst = 1e9\nleases = 100000\nwaiting = 100000\n");
+    if let Some((pki, port)) = tls {
+        let server = pki.server();
+        text.push_str(&format!(
+            "[auth]\nholders = [\"cert:bench\"]\n[server]\nlisten = \"127.0.0.1:{port}\"\n{}",
+            pki.server_config(&server)
+        ));
+    }
+    let path = dir.join("supervisor.toml");
+    std::fs::write(&path, text).expect("write the config");
+    path
+}
+
 impl Server {
-    fn start(binary: &Path) -> Server {
+    fn start(binary: &Path, tls: bool) -> Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let socket = dir.path().join("s.sock");
         let log = dir.path().join("supervisor.log");
+        let tls = tls.then(|| {
+            (
+                arbiter_test_kit::tls::Pki::new(&dir.path().join("pki")),
+                arbiter_test_kit::supervisor::free_port(),
+            )
+        });
+        let config = config(dir.path(), tls.as_ref().map(|(pki, port)| (pki, *port)));
         let child = Command::new(binary)
+            .arg("--config")
+            .arg(&config)
             .args(["--simulated-gpus", "80GiB", "--simulated-dir"])
             .arg(dir.path().join("gpus"))
             .arg("--socket")
@@ -113,7 +149,23 @@ impl Server {
             child,
             socket,
             log,
+            tls,
             _dir: dir,
+        }
+    }
+
+    /// A client of its own connection: over the socket, or TLS with the bench's certificate.
+    async fn client(&self) -> SupervisorClient<Channel> {
+        match &self.tls {
+            None => client(&Address::unix(&self.socket)).await,
+            Some((pki, port)) => {
+                let cert = pki.client("bench");
+                SupervisorClient::new(
+                    pki.channel(*port, Some(&cert))
+                        .await
+                        .expect("a TLS connection to the supervisor"),
+                )
+            }
         }
     }
 
@@ -422,9 +474,14 @@ fn report(rows: &[Row], options: &Options, binary: &Path) -> String {
     ));
     out.push_str(&format!(
         "Server: `{}` (release), one simulated 80 GiB GPU, RUST_LOG=warn. Clients: one tokio task \
-         and one Unix-socket connection each, in one bench process (tokio multi-thread runtime). \
+         and one {} connection each, in one bench process (tokio multi-thread runtime). \
          Each phase: {} s warm-up, then {} s measured in {} slices alternating with the other phase. Lease: unary Acquire 64 MiB, ttl 30 s, then Release.\n\n",
         binary.file_name().map_or("arbiter-supervisor".into(), |n| n.to_string_lossy()),
+        if options.tls {
+            "TCP + TLS 1.3 (client certificate)"
+        } else {
+            "Unix-socket"
+        },
         options.warmup,
         options.seconds,
         options.rounds
@@ -482,16 +539,15 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     let rows = runtime.block_on(async {
-        let mut server = Server::start(&binary);
+        let mut server = Server::start(&binary, options.tls);
         server.wait_ready().await;
-        let address = Address::unix(&server.socket);
         let warmup = Duration::from_secs_f64(options.warmup);
         let seconds = Duration::from_secs_f64(options.seconds);
         let mut rows = Vec::new();
         for &n in &options.clients {
             let mut clients = Vec::with_capacity(n);
             for _ in 0..n {
-                clients.push(client(&address).await);
+                clients.push(server.client().await);
             }
             // Short slices, alternating, so that whatever else the machine does weighs on
             // both phases alike; the first slice of each warms up longer.

@@ -106,6 +106,14 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Video jobs, newest first.
     Jobs(ClientArgs),
+    /// Make a bearer token for a TCP caller: prints the token, and stores only its hash.
+    Token {
+        /// The caller's name: its identity becomes `token:NAME`.
+        name: String,
+        /// The tokens file to append to (created with mode 0600); else the line is printed.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Release a lease by id (yours; any, for an operator).
     Release {
         #[command(flatten)]

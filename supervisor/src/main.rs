@@ -44,6 +44,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => return client::run::run(&args, &config).await,
         Command::Generate(args) => client::jobs::generate(&args, &config).await,
         Command::Jobs(args) => client::jobs::list(&args, &config).await,
+        Command::Token { name, file } => client::token::run(&name, file.as_deref()),
         Command::Release {
             client: args,
             lease_id,

@@ -165,7 +165,9 @@ class Supervisor:
             "--reserve", "0B",
             "--sample-interval", "100ms",
             "--simulated-gpus", self.gpus,
-            "--listen", f"127.0.0.1:{port}",
+            # Plaintext over loopback: the client speaks plaintext TCP (TLS is the
+            # supervisor's default for TCP; these tests opt out, as the Rust tests do).
+            "--listen", f"127.0.0.1:{port}", "--insecure-tcp",
             *self.args,
         ]  # fmt: skip
 

@@ -22,6 +22,7 @@ pub mod jobs;
 pub mod plot;
 pub mod record;
 pub mod run;
+pub mod token;
 
 /// The supervisor named by `--address`, else the configured socket.
 fn address(args: &ClientArgs, config: &Config) -> Address {

@@ -105,7 +105,7 @@ impl Default for QuotaConfig {
         QuotaConfig {
             leases: 64,
             bytes: None,
-            waiting: 16,
+            waiting: 64,
             queued_jobs: 32,
             rate: 1000.0,
             burst: 2000.0,

@@ -642,6 +642,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_tls_config_parses_and_validates() {
+        let text = include_str!("../../../deploy/config/supervisor-tls.toml");
+        let config = Config::parse(text).unwrap();
+        config.validate().unwrap();
+        assert!(config.server.tls.client_ca.is_some());
+        assert_eq!(config.quota.overrides.len(), 1);
+    }
+
+    #[test]
     fn tcp_is_tls_unless_plaintext_is_asked_for_and_never_both() {
         let check = |text: &str| {
             Config::parse(text)

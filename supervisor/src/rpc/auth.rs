@@ -216,7 +216,7 @@ mod tests {
         .unwrap();
         let policy = CallerPolicy::new(&AuthConfig::default(), &quota);
         assert_eq!(policy.limits(&Identity::Token("ci".into())).leases, 2);
-        assert_eq!(policy.limits(&Identity::Token("ci".into())).waiting, 16);
+        assert_eq!(policy.limits(&Identity::Token("ci".into())).waiting, 64);
         assert_eq!(policy.limits(&unix(5)).leases, 8);
         let ci = policy
             .authorize(Identity::Token("ci".into()), "/x.Y/Z")
