@@ -20,7 +20,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need_apt=()
-for pkg in pkg-config python3-venv ffmpeg libespeak-ng-dev espeak-ng-data espeak-ng prometheus systemd; do
+for pkg in pkg-config python3-venv ffmpeg libespeak-ng-dev espeak-ng-data espeak-ng prometheus systemd curl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then
