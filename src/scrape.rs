@@ -88,16 +88,51 @@ impl Endpoint {
                 address: self.address,
                 source,
             })?;
-        Ok(Listener { tcp })
+        Ok(Listener { tcp, readers: None })
+    }
+}
+
+/// Who may scrape, where the operator says: bearer tokens (`Authorization: Bearer`, as
+/// Prometheus sends with `authorization: credentials_file`) from the server's tokens file,
+/// whose identities one of `allowed` names. Without readers, anyone who can reach the
+/// address may scrape (loopback, unless `allow_remote`).
+#[derive(Clone, Debug)]
+pub struct Readers {
+    pub tokens: crate::auth::Tokens,
+    pub allowed: Vec<crate::auth::Pattern>,
+}
+
+impl Readers {
+    /// Whether a request with this `Authorization` header may scrape.
+    fn admit(&self, authorization: Option<&str>) -> bool {
+        let Some(token) = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+        else {
+            return false;
+        };
+        self.tokens.name_of(token).is_some_and(|name| {
+            crate::auth::pattern::any_matches(
+                &self.allowed,
+                &crate::auth::Identity::Token(name.to_string()),
+            )
+        })
     }
 }
 
 /// A bound metrics endpoint, not yet serving.
 pub struct Listener {
     tcp: TcpListener,
+    readers: Option<Arc<Readers>>,
 }
 
 impl Listener {
+    /// Serves only the scrapes `readers` admit (401 for the others).
+    pub fn with_readers(mut self, readers: Readers) -> Listener {
+        self.readers = Some(Arc::new(readers));
+        self
+    }
+
     /// The address bound (the port chosen, for port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.tcp.local_addr()
@@ -121,10 +156,12 @@ impl Listener {
                 },
             };
             let render = Arc::clone(&render);
+            let readers = self.readers.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |request| answer(request, Arc::clone(&render)));
+                let service = hyper::service::service_fn(move |request| {
+                    answer(request, Arc::clone(&render), readers.clone())
+                });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
@@ -145,12 +182,30 @@ impl Listener {
 async fn answer(
     request: Request<Incoming>,
     render: Render,
+    readers: Option<Arc<Readers>>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let response = |status: StatusCode, text: String| {
         let mut response = Response::new(Full::from(text));
         *response.status_mut() = status;
         response
     };
+    if let Some(readers) = readers {
+        let authorization = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !readers.admit(authorization) {
+            let mut refused = response(
+                StatusCode::UNAUTHORIZED,
+                "send `Authorization: Bearer <token>` with a token the operator lists in [metrics] readers\n".into(),
+            );
+            refused.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            return Ok(refused);
+        }
+    }
     if request.uri().path() != PATH {
         return Ok(response(
             StatusCode::NOT_FOUND,

@@ -223,3 +223,30 @@ fn a_taken_port_is_a_start_up_error_naming_it() {
     assert!(stderr.contains("cannot listen for metrics"), "{stderr}");
     assert!(stderr.contains(&address.to_string()), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_readers_only_their_tokens_may_scrape() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    arbiter_test_kit::tls::tokens_file(&tokens, &[("prom", "prom-secret"), ("ci", "ci-secret")]);
+    let endpoint: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _supervisor = Supervisor::builder()
+        .config(&format!(
+            "[auth]\ntokens_file = {:?}\n[metrics]\nlisten = \"{endpoint}\"\nreaders = [\"token:prom\"]\n",
+            tokens.display().to_string()
+        ))
+        .start()
+        .await;
+    let scrape =
+        |headers: &'static str| arbiter_test_kit::metrics::get_with(endpoint, "/metrics", headers);
+    let (code, body) = scrape("").await.unwrap();
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("[metrics] readers"), "{body}");
+    let (code, _) = scrape("Authorization: Bearer ci-secret\r\n").await.unwrap();
+    assert_eq!(code, 401, "a token not among the readers");
+    let (code, body) = scrape("Authorization: Bearer prom-secret\r\n")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("arbiter_gpu_budget_bytes"), "{body}");
+}

@@ -86,6 +86,9 @@ fn the_five_minutes_run_to_their_end() {
         "succeeded",
         "worker memory returned",
     ] {
-        assert!(out.contains(needle), "{needle:?} is not in:\n{out}\nstderr:\n{err}");
+        assert!(
+            out.contains(needle),
+            "{needle:?} is not in:\n{out}\nstderr:\n{err}"
+        );
     }
 }

@@ -632,10 +632,17 @@ async fn a_token_from_the_token_command_names_its_caller_and_the_file_holds_only
         .arg(&tokens)
         .output()
         .expect("run `token`");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let token = String::from_utf8(made.stdout).unwrap().trim().to_string();
     let file = std::fs::read_to_string(&tokens).unwrap();
-    assert!(file.starts_with("render-01 sha256:") && !file.contains(&token), "{file}");
+    assert!(
+        file.starts_with("render-01 sha256:") && !file.contains(&token),
+        "{file}"
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&tokens).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -657,6 +664,10 @@ async fn a_token_from_the_token_command_names_its_caller_and_the_file_holds_only
         .await;
     let channel = pki.channel(supervisor.port(), None).await.unwrap();
     let mut client = SupervisorClient::with_interceptor(channel, Bearer::new(&token));
-    let lease = client.acquire(unary("render", GIB)).await.unwrap().into_inner();
+    let lease = client
+        .acquire(unary("render", GIB))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(lease.owner, "token:render-01");
 }

@@ -103,7 +103,8 @@ struct Server {
 /// Quotas out of the bench's way (its one identity makes thousands of calls a second);
 /// with `--tls`, TLS on a loopback port and the bench's certificates as holders.
 fn config(dir: &Path, tls: Option<(&arbiter_test_kit::tls::Pki, u16)>) -> PathBuf {
-    let mut text = String::from("[quota]\nrate = 1e9\nburst = 1e9\nleases = 100000\nwaiting = 100000\n");
+    let mut text =
+        String::from("[quota]\nrate = 1e9\nburst = 1e9\nleases = 100000\nwaiting = 100000\n");
     if let Some((pki, port)) = tls {
         let server = pki.server();
         text.push_str(&format!(

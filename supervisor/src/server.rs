@@ -144,7 +144,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // Every call gets its caller's identity here, or is refused, before any handler.
-        .layer(AuthLayer::new(tokens, policy))
+        .layer(AuthLayer::new(tokens.clone(), policy))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -172,7 +172,12 @@ pub async fn run(
     // Before the socket, like TCP; and before any job or request, so the metrics' fold of
     // the event feed misses no grant.
     if let Some(endpoint) = config.metrics.endpoint() {
-        let address = crate::metrics::start(endpoint, &broker, &jobs, stop.clone()).await?;
+        let readers = (!config.metrics.readers.is_empty()).then(|| arbiter::scrape::Readers {
+            tokens: tokens.clone(),
+            allowed: config.metrics.readers.clone(),
+        });
+        let address =
+            crate::metrics::start(endpoint, readers, &broker, &jobs, stop.clone()).await?;
         tracing::info!(%address, "serving metrics at /metrics");
     }
     let unix = socket.bind()?;

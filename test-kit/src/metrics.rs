@@ -17,11 +17,20 @@ const GET_LIMIT: Duration = Duration::from_secs(10);
 /// `GET path` on `address` (HTTP/1.0, so the answer is never chunked): the status code and
 /// the body, or why there was none.
 pub async fn get(address: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    get_with(address, path, "").await
+}
+
+/// [`get`] with extra header lines (`"Authorization: Bearer x\r\n"`).
+pub async fn get_with(
+    address: SocketAddr,
+    path: &str,
+    headers: &str,
+) -> Result<(u16, String), String> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|e| format!("connect to {address}: {e}"))?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n{headers}\r\n");
         stream
             .write_all(request.as_bytes())
             .await

@@ -20,7 +20,10 @@ async fn tcp_callers_need_a_certificate_or_a_token_and_a_place_on_the_list() {
     let server = pki.server();
     let (web, other) = (pki.client("web"), pki.client("other"));
     let tokens = dir.path().join("tokens");
-    tokens_file(&tokens, &[("app", "app-token-1"), ("nobody", "nobody-token")]);
+    tokens_file(
+        &tokens,
+        &[("app", "app-token-1"), ("nobody", "nobody-token")],
+    );
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let _tts = tts::serve(
@@ -77,7 +80,9 @@ async fn tcp_callers_need_a_certificate_or_a_token_and_a_place_on_the_list() {
         pki.channel(port, None).await.unwrap(),
         Bearer::new("app-token-1"),
     );
-    app.list_voices(voices()).await.expect("token:app is on the list");
+    app.list_voices(voices())
+        .await
+        .expect("token:app is on the list");
     let mut nobody = TtsClient::with_interceptor(
         pki.channel(port, None).await.unwrap(),
         Bearer::new("nobody-token"),
@@ -99,6 +104,9 @@ async fn plaintext_tcp_without_insecure_tcp_does_not_start() {
         .expect("run arbiter-tts serve");
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{text}");
-    assert!(text.contains("needs TLS") && text.contains("--insecure-tcp"), "{text}");
+    assert!(
+        text.contains("needs TLS") && text.contains("--insecure-tcp"),
+        "{text}"
+    );
     assert!(!socket.exists(), "no socket left behind");
 }

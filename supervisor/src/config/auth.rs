@@ -64,6 +64,14 @@ fn patterns<S: Serializer>(patterns: &[Pattern], serializer: S) -> Result<S::Ok,
     serializer.collect_seq(patterns.iter().map(ToString::to_string))
 }
 
+/// Identity lists as the config file writes them (`["unix", "token:ci"]`).
+pub(super) fn serialize_patterns<S: Serializer>(
+    patterns: &[Pattern],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    self::patterns(patterns, serializer)
+}
+
 /// What one identity may have at once, and how fast it may call.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limits {

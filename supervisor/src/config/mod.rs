@@ -46,8 +46,12 @@ pub struct MetricsConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
     /// Allow a `listen` address other hosts can reach (not loopback): metrics name
-    /// holders, pids and leases, and the endpoint has no authentication.
+    /// holders, pids and leases.
     pub allow_remote: bool,
+    /// Token identities (`token:prometheus`, from `[auth] tokens_file`) that may scrape;
+    /// empty: anyone who can reach `listen`.
+    #[serde(serialize_with = "auth::serialize_patterns")]
+    pub readers: Vec<arbiter::auth::Pattern>,
 }
 
 impl MetricsConfig {
@@ -456,6 +460,23 @@ impl Config {
             return invalid(
                 "[server.tls] or server.insecure_tcp is set, but server.listen is not: set the TCP address to serve".into(),
             );
+        }
+        if !self.metrics.readers.is_empty() {
+            if self.auth.tokens_file.is_none() {
+                return invalid(
+                    "metrics.readers names token identities, but [auth] tokens_file is not set: set it (the readers' tokens are there)".into(),
+                );
+            }
+            if let Some(other) = self.metrics.readers.iter().find(|p| {
+                !matches!(
+                    p,
+                    arbiter::auth::Pattern::Token(_) | arbiter::auth::Pattern::Anyone
+                )
+            }) {
+                return invalid(format!(
+                    "metrics.readers has `{other}`: scrapers are named by token (token:NAME), since the endpoint is HTTP without TLS"
+                ));
+            }
         }
         if self.lease.max_waiting == 0 {
             return invalid("lease.max_waiting is 0: no request could ever wait; use 1024".into());

@@ -107,6 +107,7 @@ impl Metrics {
 /// address bound. Call it before the first request is served.
 pub async fn start(
     endpoint: arbiter::scrape::Endpoint,
+    readers: Option<arbiter::scrape::Readers>,
     broker: &Arc<Broker>,
     hub: &Arc<Jobs>,
     stop: CancellationToken,
@@ -124,6 +125,10 @@ pub async fn start(
     let until = stop.clone();
     tokio::spawn(async move { follower.follow(events, until).await });
     let render: arbiter::scrape::Render = Arc::new(move || metrics.render());
+    let listener = match readers {
+        Some(readers) => listener.with_readers(readers),
+        None => listener,
+    };
     tokio::spawn(listener.serve(render, stop));
     Ok(address)
 }
