@@ -12,8 +12,7 @@ pub const ECHO_CHARS: usize = 64;
 /// characters escaped, and when cut, how long the whole was.
 pub fn echo(input: &str) -> String {
     let mut out = String::new();
-    let mut kept = 0;
-    for c in input.chars() {
+    for (kept, c) in input.chars().enumerate() {
         if kept == ECHO_CHARS {
             out.push_str(&format!("… ({} bytes in all)", input.len()));
             return out;
@@ -23,7 +22,6 @@ pub fn echo(input: &str) -> String {
         } else {
             out.push(c);
         }
-        kept += 1;
     }
     out
 }

@@ -746,5 +746,37 @@ impl Drop for Holding {
     }
 }
 
+/// One simulated GPU for unit tests across the crate (the broker's own, the metrics', the
+/// wire validators'): `capacity` with `reserve` kept back, grants without waiting for a
+/// fresh reading, overuse only logged.
+#[cfg(test)]
+pub(crate) fn test_broker(capacity: u64, reserve: u64) -> Arc<Broker> {
+    Broker::new(
+        vec![GpuIdentity {
+            index: 0,
+            uuid: "GPU-test".into(),
+            name: "simulated".into(),
+            capacity,
+        }],
+        reserve,
+        Policy {
+            aging: Duration::from_secs(30),
+            reclaim_grace: Duration::from_secs(5),
+            fresh_within: None,
+            return_timeout: Duration::from_secs(10),
+            tolerance: 0,
+            overuse: [super::Action::Log; 4],
+        },
+        Limits {
+            default_ttl: Duration::from_secs(30),
+            max_ttl: Duration::from_secs(3600),
+            max_wait: Duration::from_secs(3600),
+            visible_above: None,
+            max_waiting: 1024,
+        },
+        EventFeed::new(256),
+    )
+}
+
 #[cfg(test)]
 mod tests;

@@ -9,41 +9,16 @@ use prometheus_client::registry::Registry;
 use super::feed::{Feed, Fold};
 use super::jobs::JobMetrics;
 use super::snapshot::Snapshot;
-use crate::gpu::{GpuIdentity, GpuSample, ProcessUsage};
+use crate::gpu::{GpuSample, ProcessUsage};
 use crate::job::{JobRecord, JobState};
-use crate::lease::broker::{Broker, Limits};
-use crate::lease::events::{Event, EventFeed};
-use crate::lease::ledger::Policy;
-use crate::lease::{Action, Ask, Form, GpuChoice, Peer, Priority};
+use crate::lease::broker::Broker;
+use crate::lease::events::Event;
+use crate::lease::{Ask, Form, GpuChoice, Peer, Priority};
 
 const GIB: u64 = 1 << 30;
 
 fn broker(capacity: u64) -> Arc<Broker> {
-    Broker::new(
-        vec![GpuIdentity {
-            index: 0,
-            uuid: "GPU-metrics".into(),
-            name: "simulated".into(),
-            capacity,
-        }],
-        GIB,
-        Policy {
-            aging: Duration::from_secs(30),
-            reclaim_grace: Duration::from_secs(5),
-            fresh_within: None,
-            return_timeout: Duration::from_secs(10),
-            tolerance: 0,
-            overuse: [Action::Log; 4],
-        },
-        Limits {
-            default_ttl: Duration::from_secs(30),
-            max_ttl: Duration::from_secs(3600),
-            max_wait: Duration::from_secs(3600),
-            visible_above: None,
-            max_waiting: 1024,
-        },
-        EventFeed::new(256),
-    )
+    crate::lease::broker::test_broker(capacity, GIB)
 }
 
 fn ask(holder: &str, bytes: u64, priority: Priority, peer: Option<Peer>) -> Ask {
@@ -258,7 +233,7 @@ async fn gauges_follow_the_broker_at_each_snapshot() {
     assert_eq!(
         value(
             &text,
-            r#"arbiter_gpu_info{gpu="0",uuid="GPU-metrics",name="simulated"}"#
+            r#"arbiter_gpu_info{gpu="0",uuid="GPU-test",name="simulated"}"#
         ),
         1.0
     );

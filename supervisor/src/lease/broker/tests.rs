@@ -7,31 +7,7 @@ use crate::lease::{Form, Priority, Quota};
 const GIB: u64 = 1 << 30;
 
 fn broker(capacity: u64) -> Arc<Broker> {
-    Broker::new(
-        vec![GpuIdentity {
-            index: 0,
-            uuid: "GPU-test".into(),
-            name: "test".into(),
-            capacity,
-        }],
-        0,
-        Policy {
-            aging: Duration::from_secs(30),
-            reclaim_grace: Duration::from_secs(5),
-            fresh_within: None,
-            return_timeout: Duration::from_secs(10),
-            tolerance: 0,
-            overuse: [crate::lease::Action::Log; 4],
-        },
-        Limits {
-            default_ttl: Duration::from_secs(30),
-            max_ttl: Duration::from_secs(3600),
-            max_wait: Duration::from_secs(3600),
-            visible_above: None,
-            max_waiting: 1024,
-        },
-        EventFeed::new(64),
-    )
+    test_broker(capacity, 0)
 }
 
 fn ask(bytes: u64, form: Form, peer: Option<Peer>, max_wait: Option<Duration>) -> Ask {

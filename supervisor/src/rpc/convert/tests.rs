@@ -1,8 +1,6 @@
 //! Arbitrary bytes and arbitrary field values through every request decoder and validator:
 //! each answer is a value or an error, never a panic, and what is accepted obeys the rules.
 
-use std::time::Duration;
-
 use arbiter::pb::supervisor::v1 as pb;
 use arbiter::pb::video::v1 as vpb;
 use proptest::prelude::*;
@@ -10,40 +8,12 @@ use prost::Message;
 
 use super::job::{job_request, states_from_pb};
 use super::lease::{Via, ask};
-use crate::gpu::GpuIdentity;
 use crate::job::catalog::Catalog;
 use crate::job::spec;
-use crate::lease::Action;
-use crate::lease::broker::{Broker, Limits};
-use crate::lease::events::EventFeed;
-use crate::lease::ledger::Policy;
+use crate::lease::broker::Broker;
 
 fn broker() -> std::sync::Arc<Broker> {
-    Broker::new(
-        vec![GpuIdentity {
-            index: 0,
-            uuid: "GPU-fuzz".into(),
-            name: "fuzz".into(),
-            capacity: 1 << 34,
-        }],
-        0,
-        Policy {
-            aging: Duration::from_secs(30),
-            reclaim_grace: Duration::from_secs(5),
-            fresh_within: None,
-            return_timeout: Duration::from_secs(10),
-            tolerance: 0,
-            overuse: [Action::Log; 4],
-        },
-        Limits {
-            default_ttl: Duration::from_secs(30),
-            max_ttl: Duration::from_secs(3600),
-            max_wait: Duration::from_secs(3600),
-            visible_above: None,
-            max_waiting: 1024,
-        },
-        EventFeed::new(16),
-    )
+    crate::lease::broker::test_broker(1 << 34, 0)
 }
 
 fn wire_duration() -> impl Strategy<Value = Option<prost_types::Duration>> {
@@ -63,7 +33,7 @@ fn well_formed(d: &Option<prost_types::Duration>) -> bool {
 prop_compose! {
     fn lease_request()(
         holder in prop_oneof![Just(String::new()), "[a-z ]{1,20}", ".{0,200}"],
-        gpu in prop_oneof![Just(String::new()), Just("0".to_string()), Just("GPU-fuzz".to_string()), ".{0,80}"],
+        gpu in prop_oneof![Just(String::new()), Just("0".to_string()), Just("GPU-test".to_string()), ".{0,80}"],
         bytes in prop_oneof![Just(0u64), 1u64..(1 << 35), any::<u64>()],
         priority in prop_oneof![0i32..5, any::<i32>()],
         preemptible in any::<bool>(),
