@@ -455,18 +455,38 @@ async fn plaintext_tcp_needs_the_operators_word_and_is_one_identity_that_owns_no
     );
 }
 
-/// `arbiter-supervisor ARGS --address SOCKET` run as `nobody`.
-fn as_nobody(socket: &Path, args: &[&str]) -> std::process::Output {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test runs a client as another user (nobody), which needs root: run it as root, as CI does"
-    );
-    arbiter_test_kit::supervisor::command()
+/// `arbiter-supervisor ARGS --address SOCKET` run as `nobody`, from a copy of the binary in
+/// `dir` (which every user can reach, unlike a checkout under a private home). As root the
+/// test switches user itself; otherwise through passwordless sudo, or it fails saying so.
+fn as_nobody(dir: &Path, socket: &Path, args: &[&str]) -> std::process::Output {
+    let binary = dir.join("arbiter-supervisor");
+    if !binary.exists() {
+        std::fs::copy(arbiter_test_kit::binaries::supervisor(), &binary)
+            .expect("copy the supervisor binary");
+    }
+    let mut command = if nix::unistd::geteuid().is_root() {
+        let mut command = std::process::Command::new(&binary);
+        command.uid(65534).gid(65534);
+        command
+    } else {
+        let sudo = std::process::Command::new("sudo")
+            .args(["-n", "true"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            sudo,
+            "this test runs a client as another user (nobody): run it as root or with passwordless sudo"
+        );
+        let mut command = std::process::Command::new("sudo");
+        command.args(["-n", "-u", "nobody", "--"]).arg(&binary);
+        command
+    };
+    command
         .args(args)
         .arg("--address")
         .arg(socket)
-        .uid(65534)
-        .gid(65534)
+        .env_remove("ARBITER_SOCKET")
+        .stdin(std::process::Stdio::null())
         .output()
         .expect("run the client as nobody")
 }
@@ -489,7 +509,7 @@ async fn a_second_uid_on_the_unix_socket_acts_only_on_its_own() {
         .unwrap()
         .into_inner();
 
-    let status = as_nobody(&socket, &["status"]);
+    let status = as_nobody(dir.path(), &socket, &["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
         status.status.success(),
@@ -502,7 +522,7 @@ async fn a_second_uid_on_the_unix_socket_acts_only_on_its_own() {
         "nobody does not see root's lease id:\n{text}"
     );
 
-    let release = as_nobody(&socket, &["release", &lease.lease_id]);
+    let release = as_nobody(dir.path(), &socket, &["release", &lease.lease_id]);
     let text = String::from_utf8_lossy(&release.stderr);
     assert!(!release.status.success());
     assert!(
