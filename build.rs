@@ -8,6 +8,9 @@ const PROTOS: &[&str] = &[
     "arbiter/video/v1/video.proto",
     "arbiter/worker/v1/worker.proto",
     "arbiter/tts/v1/tts.proto",
+    // The kubelet's, for the supervisor's Kubernetes mode (and the tests that play the kubelet).
+    "kubelet/dra/v1/api.proto",
+    "kubelet/pluginregistration/v1/api.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -59,6 +59,20 @@ pub mod pb {
             tonic::include_proto!("arbiter.worker.v1");
         }
     }
+    /// The kubelet's APIs, served by the supervisor's Kubernetes mode: not Arbiter's to
+    /// change (see the comment at the top of each proto).
+    pub mod kubelet {
+        /// Dynamic Resource Allocation: NodePrepareResources, NodeUnprepareResources.
+        pub mod dra {
+            pub mod v1 {
+                tonic::include_proto!("k8s.io.kubelet.pkg.apis.dra.v1");
+            }
+        }
+        /// Plugin registration: GetInfo, NotifyRegistrationStatus.
+        pub mod pluginregistration {
+            tonic::include_proto!("pluginregistration");
+        }
+    }
     /// Every proto file, encoded, for the reflection service.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("arbiter_descriptor");

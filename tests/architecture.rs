@@ -204,7 +204,7 @@ fn the_supervisors_layers_point_one_way() {
         &["budget", "gpu"],
         &["lease"],
         &["config", "sampler", "job"],
-        &["rpc", "metrics"],
+        &["rpc", "metrics", "kubernetes"],
         &["client", "cli", "logging"],
         &["server", "main"],
     ];

@@ -8,6 +8,9 @@
 //! - [`job`]: video jobs, one leased worker process each: persisted, spawned, verified;
 //! - [`rpc`]: the gRPC services, the only module that sees prost types, and the mapping of
 //!   domain errors to gRPC status codes;
+//! - [`kubernetes`]: the DRA driver for the kubelet (`[kubernetes]`): claims prepared as
+//!   leases counted by the pod's cgroup, released only once the card shows them free, and
+//!   the node's ResourceSlice;
 //! - [`metrics`]: the Prometheus metrics (`[metrics] listen`), from the event feed and
 //!   from the broker and the jobs at each scrape;
 //! - [`server`]: wiring, listeners, shutdown (and systemd's notifications, through
@@ -23,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod gpu;
 pub mod job;
+pub mod kubernetes;
 pub mod lease;
 pub mod logging;
 pub mod metrics;

@@ -49,6 +49,8 @@ pub enum ServeError {
     Jobs(#[from] crate::job::JobError),
     #[error("{0}")]
     Tokens(#[from] arbiter::auth::tokens::TokensError),
+    #[error("{0}")]
+    Kubernetes(#[from] crate::kubernetes::KubernetesError),
     #[error("{0} (the [metrics] section)")]
     Metrics(#[from] arbiter::scrape::ScrapeError),
 }
@@ -182,6 +184,12 @@ pub async fn run(
     }
     let unix = socket.bind()?;
     tracing::info!(socket = %socket.path.display(), "listening on the Unix socket");
+    // After our own socket (a second supervisor fails there first), before READY.
+    let kubelet = if config.kubernetes.enabled {
+        Some(crate::kubernetes::start(&config, &broker, &inventory, stop.clone()).await?)
+    } else {
+        None
+    };
 
     let ticker = tokio::spawn(tick(Arc::clone(&broker), stop.clone()));
     let retention = tokio::spawn(expire(Arc::clone(&jobs), stop.clone()));
@@ -222,6 +230,9 @@ pub async fn run(
     let _ = ticker.await;
     let _ = retention.await;
     let _ = sampler.await;
+    if let Some(kubelet) = kubelet {
+        let _ = kubelet.await;
+    }
     if let Err(error) = std::fs::remove_file(&socket.path) {
         tracing::debug!(%error, "socket already gone");
     }

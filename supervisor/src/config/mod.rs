@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::lease::Action;
 
 mod auth;
+mod kubernetes;
 
 pub use auth::{AuthConfig, Limits, QuotaConfig, QuotaOverride, TlsConfig};
+pub use kubernetes::KubernetesConfig;
 
 /// Where the config is looked for when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/arbiter/supervisor.toml";
@@ -36,6 +38,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub auth: AuthConfig,
     pub quota: QuotaConfig,
+    pub kubernetes: KubernetesConfig,
 }
 
 /// The Prometheus endpoint (`GET /metrics`). Off unless `listen` is set.
@@ -385,6 +388,7 @@ impl Config {
     /// Checks rules that types alone do not express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        self.kubernetes.validate().map_err(ConfigError::Invalid)?;
         if self.socket_mode().is_none() {
             return invalid(format!(
                 "server.socket_mode `{}` is not an octal mode: write it like \"0660\"",

@@ -18,6 +18,19 @@ pub fn lineage(pid: u32) -> impl Iterator<Item = u32> {
     std::iter::successors(Some(pid), |&p| parent(p)).take(64)
 }
 
+/// The cgroup paths of `pid` (one per hierarchy: `/proc/<pid>/cgroup`'s third field), empty
+/// when it is gone. A pod's processes are found by these (`lease::scope`).
+pub fn cgroups(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|text| {
+            text.lines()
+                .filter_map(|line| line.splitn(3, ':').nth(2))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// True while a process with this pid exists.
 pub fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -46,5 +59,12 @@ mod tests {
         child.wait().unwrap();
         assert_eq!(lineage[0], child.id());
         assert!(lineage.contains(&me), "{lineage:?} should reach {me}");
+    }
+
+    #[test]
+    fn a_process_has_cgroups_and_a_gone_one_none() {
+        let mine = cgroups(std::process::id());
+        assert!(!mine.is_empty() && mine.iter().all(|p| p.starts_with('/')), "{mine:?}");
+        assert!(cgroups(u32::MAX).is_empty());
     }
 }

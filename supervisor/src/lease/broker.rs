@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
 use super::ledger::{Book, Ledger, Policy, ProcessView, Reading, WaiterView};
+use super::scope::{PodScope, Scopes};
 use super::{
     Actor, Ask, Effect, GpuChoice, Lease, LeaseError, Peer, ReleaseReason, Return, Ticket, WaitEnd,
 };
@@ -83,6 +84,23 @@ struct Inner {
     /// the bytes back: polling for nobody would cost every lease call (measured: the lease
     /// bench's single client at 1.4-1.8x its ping limit instead of 1.0-1.2x).
     polling: HashSet<u32>,
+    /// Pod-scoped leases' keys (`lease::scope`): their processes are found by cgroup.
+    scopes: Scopes,
+}
+
+impl Inner {
+    /// The tracked key a process on `gpu` counts against: the nearest tracked pid in its
+    /// ancestry, else the pod scope its cgroup belongs to; None: foreign.
+    fn charged_to(&self, pid: u32, tracked: &HashSet<u32>) -> Option<u32> {
+        if let Some(holder) = procfs::lineage(pid).find(|p| tracked.contains(p)) {
+            return Some(holder);
+        }
+        if self.scopes.is_empty() {
+            return None;
+        }
+        self.scopes
+            .owner(&procfs::cgroups(pid), |key| tracked.contains(&key))
+    }
 }
 
 impl Broker {
@@ -113,6 +131,7 @@ impl Broker {
                 samples: vec![None; gpus.len()],
                 wanted: HashSet::new(),
                 polling: HashSet::new(),
+                scopes: Scopes::default(),
             }),
             feed,
             gpus,
@@ -372,7 +391,7 @@ impl Broker {
         let mut used_by: HashMap<u32, u64> = HashMap::new();
         for process in &sample.processes {
             let used = process.used.unwrap_or(0);
-            match procfs::lineage(process.pid).find(|pid| tracked.contains(pid)) {
+            match inner.charged_to(process.pid, &tracked) {
                 Some(holder) => *used_by.entry(holder).or_default() += used,
                 None => foreign += used,
             }
@@ -397,6 +416,12 @@ impl Broker {
             inner.polling.remove(&gpu);
         }
         self.dispatch(inner, effects);
+        if !inner.scopes.is_empty() {
+            let still: HashSet<u32> = (0..self.gpus.len() as u32)
+                .flat_map(|g| inner.ledger.tracked(g))
+                .collect();
+            inner.scopes.retain(|key| still.contains(&key));
+        }
         let view = self.view(inner, gpu as usize);
         drop(guard);
         self.feed.publish(EventKind::Sample(view));
@@ -429,6 +454,23 @@ impl Broker {
     pub fn bind_pid(&self, ticket: Ticket, pid: u32) {
         let mut inner = self.lock();
         inner.ledger.set_peer(ticket, pid);
+    }
+
+    /// A key for a pod-scoped lease: ask with it as the peer's pid, and the processes of
+    /// `scope`'s pods count against the lease (`lease::scope`).
+    pub fn scope(&self, scope: PodScope) -> u32 {
+        self.lock().scopes.insert(scope)
+    }
+
+    /// The pods of a scope changed (a shared claim reserved for another pod).
+    pub fn set_scope(&self, key: u32, scope: PodScope) {
+        self.lock().scopes.set(key, scope);
+    }
+
+    /// The scope's claim is unprepared: its key goes once no bytes of it are on their way
+    /// back.
+    pub fn unpin_scope(&self, key: u32) {
+        self.lock().scopes.unpin(key);
     }
 
     /// What a lease's processes used at the last sample.
@@ -543,7 +585,17 @@ impl Broker {
                 .processes
                 .iter()
                 .map(|p| {
-                    let lease = procfs::lineage(p.pid).find_map(|pid| holder_of.get(&pid).cloned());
+                    let lease = procfs::lineage(p.pid)
+                        .find_map(|pid| holder_of.get(&pid).cloned())
+                        .or_else(|| {
+                            if inner.scopes.is_empty() {
+                                return None;
+                            }
+                            inner
+                                .scopes
+                                .owner(&procfs::cgroups(p.pid), |key| holder_of.contains_key(&key))
+                                .and_then(|key| holder_of.get(&key).cloned())
+                        });
                     (p.pid, p.used.unwrap_or(0), lease)
                 })
                 .collect(),
@@ -727,6 +779,14 @@ impl Holding {
     pub fn end_verified(mut self) {
         if let Some(broker) = self.broker.take() {
             broker.end_verified(self.ticket);
+        }
+    }
+
+    /// Ends the request now for `reason`; bytes its processes still use wait for the card to
+    /// show them free, as after any give-back.
+    pub fn end(mut self, reason: ReleaseReason) {
+        if let Some(broker) = self.broker.take() {
+            broker.end(self.ticket, reason);
         }
     }
 

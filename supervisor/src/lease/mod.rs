@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod ledger;
 mod queue;
+pub mod scope;
 
 use std::time::{Duration, Instant};
 
