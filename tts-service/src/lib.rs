@@ -2,6 +2,9 @@
 //! gRPC or on a lease, so they can be tested (and benchmarked) on their own and the service
 //! binary (`main.rs`) stays a thin shell around them.
 //!
+//! - [`card`]: which GPU the service runs on, settled before CUDA starts (`--gpu`, an
+//!   inherited `CUDA_VISIBLE_DEVICES`, the supervisor's status), and `--lease-from-env`'s
+//!   claim.
 //! - [`espeak`]: the eSpeak NG voice and text front end (phonemes with timings), over
 //!   libespeak-ng, serialized through one thread because the C library is global state.
 //! - [`sentences`]: splits text into sentences, so audio can be streamed per sentence.
@@ -28,6 +31,7 @@
 
 pub mod audio;
 pub mod audio_viseme;
+pub mod card;
 pub mod espeak;
 pub mod lease;
 pub mod lip_sync;

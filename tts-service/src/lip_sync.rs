@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use model::{LipSyncModel, LipSyncModelError};
-pub use residency::{Placement, Residency, ResidencySettings, Snapshot};
+pub use residency::{Lender, Placement, Residency, ResidencySettings, Snapshot};
 
 /// Why a render has no lease when the service holds none for the model.
 const NO_LEASE: &str = "no lip-sync lease: no CUDA device here and no --lipsync-lease-bytes";

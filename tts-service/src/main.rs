@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::path::PathBuf;
 
 use arbiter::pb::supervisor::v1 as spb;
+use arbiter_tts::card::{self, CardState, Claim, GpuChoice};
 use arbiter_tts::server::{self, LipSyncSettings, Settings};
 use arbiter_tts::service::Limits;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -79,13 +80,28 @@ enum Command {
         #[arg(long, default_value = "8MiB")]
         max_face_bytes: arbiter::ByteSize,
         /// A TorchScript voice directory (voice.ts.pt and a Piper-style voice.json, as
-        /// scripts/make-test-voice.py writes); repeatable. Loaded on CUDA device 0 if libtorch
-        /// sees one, else on the CPU.
+        /// scripts/make-test-voice.py writes); repeatable. Loaded on the GPU (see --gpu) if
+        /// libtorch sees one, else on the CPU.
         #[arg(long = "voice-dir")]
         voice_dirs: Vec<PathBuf>,
         /// The supervisor: its socket or host:port (default: its default socket).
         #[arg(long, env = "ARBITER_SUPERVISOR")]
         supervisor: Option<String>,
+        /// The GPU to run on and lease on: an index as the supervisor (and nvidia-smi)
+        /// numbers its cards, a uuid (GPU-...), or any: the card the supervisor would place
+        /// the lease on (best fit for --lease-bytes, else the most available memory) when
+        /// models load on a GPU, else wherever the lease is granted. An inherited
+        /// CUDA_VISIBLE_DEVICES (a container, a claim) is respected: --gpu may then only name
+        /// its first card.
+        #[arg(long, env = "ARBITER_TTS_GPU", default_value = "any")]
+        gpu: GpuChoice,
+        /// Run under a lease a Kubernetes DRA claim holds for this pod, asking the supervisor
+        /// for none: the budget is ARBITER_LEASE_BYTES, the card the first in
+        /// CUDA_VISIBLE_DEVICES (both required), and ARBITER_LEASE_ID is reported. The voices
+        /// and the lip-sync model must fit the budget together or the service does not
+        /// start; health says SERVING at once.
+        #[arg(long, conflicts_with = "supervisor")]
+        lease_from_env: bool,
         /// Hold a lease of this size (such as 2GiB) instead of measuring what the voices
         /// hold on the GPU.
         #[arg(long)]
@@ -160,6 +176,8 @@ fn main() -> ExitCode {
             max_streams,
             voice_dirs,
             supervisor,
+            gpu,
+            lease_from_env,
             lease_bytes,
             max_audio_bytes,
             max_audio_seconds,
@@ -187,6 +205,33 @@ fn main() -> ExitCode {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .init();
+            let supervisor = supervisor
+                .map(|s| arbiter::endpoint::Address::parse(&s))
+                .unwrap_or_else(|| {
+                    arbiter::endpoint::Address::unix(arbiter::endpoint::default_supervisor_socket())
+                });
+            let claim = if lease_from_env {
+                match Claim::from_env(|name| std::env::var(name).ok()) {
+                    Ok(claim) => Some(claim),
+                    Err(error) => {
+                        eprintln!("arbiter-tts: {error}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                None
+            };
+            // The card, before anything touches CUDA (see arbiter_tts::card).
+            let gpu_work = !voice_dirs.is_empty() || lipsync_dir.is_some();
+            let Some((lease_gpu, card)) = settle_card(
+                &gpu,
+                &supervisor,
+                claim.as_ref(),
+                gpu_work,
+                lease_bytes.map(|b| b.0),
+            ) else {
+                return ExitCode::from(2);
+            };
             let settings = Settings {
                 socket: socket.unwrap_or_else(arbiter::endpoint::default_tts_socket),
                 socket_mode: 0o660,
@@ -203,14 +248,11 @@ fn main() -> ExitCode {
                         .max(1),
                 },
                 voice_dirs,
-                supervisor: supervisor
-                    .map(|s| arbiter::endpoint::Address::parse(&s))
-                    .unwrap_or_else(|| {
-                        arbiter::endpoint::Address::unix(
-                            arbiter::endpoint::default_supervisor_socket(),
-                        )
-                    }),
+                supervisor,
                 lease_bytes: lease_bytes.map(|b| b.0),
+                lease_gpu,
+                card,
+                claim,
                 lip_sync: lipsync_dir.map(|dir| LipSyncSettings {
                     dir,
                     lease_bytes: lipsync_lease_bytes.map(|b| b.0),
@@ -252,4 +294,68 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Settles the card the models run on and pins the process to it (see `arbiter_tts::card`);
+/// returns what the leases ask for and what the service reports, or None (the error printed)
+/// when the flags and the environment disagree. Runs before the runtime and before anything
+/// touches libtorch, because CUDA reads CUDA_VISIBLE_DEVICES once, when it starts.
+fn settle_card(
+    choice: &GpuChoice,
+    supervisor: &arbiter::endpoint::Address,
+    claim: Option<&Claim>,
+    gpu_work: bool,
+    lease_bytes: Option<u64>,
+) -> Option<(String, CardState)> {
+    let visible = std::env::var(card::VISIBLE_DEVICES).ok();
+    let gpus = if claim.is_none() && card::needs_status(choice, visible.as_deref(), gpu_work) {
+        match card::supervisor_gpus(supervisor) {
+            Ok(gpus) => Some(gpus),
+            Err(error) => {
+                tracing::warn!(%error, %supervisor, gpu = %choice, "cannot ask the supervisor which card to run on; picking without it");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let plan = match card::plan(card::Inputs {
+        choice,
+        visible: visible.as_deref(),
+        device_order_set: std::env::var_os(card::DEVICE_ORDER).is_some(),
+        gpu_work,
+        lease_bytes,
+        gpus: gpus.as_deref(),
+    }) {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("arbiter-tts: {error}");
+            return None;
+        }
+    };
+    for (name, value) in &plan.set_env {
+        // SAFETY: no other thread runs: the runtime is built after this returns,
+        // supervisor_gpus joined its own before returning, and nothing has touched libtorch.
+        unsafe { std::env::set_var(name, value) };
+    }
+    let state = match claim {
+        Some(claim) => CardState::claimed(claim),
+        None => CardState::new(plan.card.clone()),
+    };
+    match state.to_pb() {
+        Some(gpu) => tracing::info!(
+            uuid = %gpu.uuid,
+            index = ?gpu.index,
+            chosen_by = %gpu.chosen_by,
+            lease = %gpu.lease_id,
+            lease_gpu = %plan.lease_gpu,
+            set = ?plan.set_env,
+            "the card the models run on (CUDA device 0)"
+        ),
+        None => tracing::info!(
+            lease_gpu = %plan.lease_gpu,
+            "no card pinned: nothing loads on a GPU; a lease goes wherever it is granted"
+        ),
+    }
+    Some((plan.lease_gpu, state))
 }

@@ -1,9 +1,12 @@
 //! Serves `arbiter.tts.v1.Tts` on a Unix socket (and optional TCP), with reflection and
 //! health like every Arbiter server, until SIGTERM/SIGINT.
 //!
-//! Start-up order: voices and the lip-sync model are loaded before listening (READY means
-//! they answer), the voices' lease is held in the background, and the lip-sync model's own
-//! lease is asked for once at start (the model renders on the CPU until it is granted).
+//! Start-up order: the card is settled before this runs (`main`, [`crate::card`]), voices
+//! and the lip-sync model are loaded before listening (READY means they answer), the voices'
+//! lease is held in the background, and the lip-sync model's own lease is asked for once at
+//! start (the model renders on the CPU until it is granted). Under `--lease-from-env`
+//! ([`Settings::claim`]) neither lease is asked for: both fit in the claim's budget, checked
+//! before listening, and health says SERVING at once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,8 +22,11 @@ use tonic::transport::Server;
 pub mod callers;
 mod requests;
 
+use crate::card::{CardState, Claim, ClaimError};
 use crate::espeak::{Espeak, EspeakError};
-use crate::lip_sync::{LipSync, LipSyncModel, LipSyncModelError, Residency, ResidencySettings};
+use crate::lip_sync::{
+    Lender, LipSync, LipSyncModel, LipSyncModelError, Residency, ResidencySettings,
+};
 use crate::service::{Limits, TtsService};
 use crate::torchscript::{self, TorchVoice, TorchVoiceError};
 
@@ -46,6 +52,14 @@ pub struct Settings {
     /// The lease to hold: given explicitly, or None to size it from what the voices hold on
     /// the GPU (no lease when nothing is on a GPU).
     pub lease_bytes: Option<u64>,
+    /// What both leases ask the supervisor for: the card the models run on (a uuid or an
+    /// index), or "" for any when nothing runs on a GPU ([`crate::card::Plan::lease_gpu`]).
+    pub lease_gpu: String,
+    /// Where the service runs, as `ListVoices` reports it.
+    pub card: CardState,
+    /// `--lease-from-env`: the lease a Kubernetes claim holds for the service; None: the
+    /// service asks the supervisor for its own.
+    pub claim: Option<Claim>,
     /// The lip-sync model (`--lipsync-dir`), if any.
     pub lip_sync: Option<LipSyncSettings>,
     /// The Prometheus endpoint (`--metrics-listen`), if any.
@@ -106,6 +120,8 @@ pub enum ServeError {
     Metrics(#[from] arbiter::scrape::ScrapeError),
     #[error("{0} (--tokens-file)")]
     Tokens(#[from] arbiter::auth::tokens::TokensError),
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
 }
 
 /// Loads the lip-sync model on the CPU and sets up its lease without asking for it yet, so
@@ -113,7 +129,7 @@ pub enum ServeError {
 /// lease comes.
 fn load_lip_sync(
     settings: &LipSyncSettings,
-    supervisor: &arbiter::endpoint::Address,
+    lender: Lender,
     stop: &CancellationToken,
 ) -> Result<LipSync, ServeError> {
     let model = Arc::new(LipSyncModel::load(&settings.dir)?);
@@ -134,7 +150,7 @@ fn load_lip_sync(
     let residency = bytes.map(|bytes| {
         Residency::new(
             ResidencySettings {
-                supervisor: supervisor.clone(),
+                lender,
                 holder: format!("arbiter-tts/lipsync (pid {})", std::process::id()),
                 bytes,
                 priority: settings.priority,
@@ -161,10 +177,19 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         voices.push(Arc::new(voice));
     }
     let stop_lease = CancellationToken::new();
+    let lender = match &settings.claim {
+        Some(claim) => Lender::Claim {
+            lease_id: claim.lease_id.clone(),
+        },
+        None => Lender::Supervisor {
+            address: settings.supervisor.clone(),
+            gpu: settings.lease_gpu.clone(),
+        },
+    };
     let lip_sync = match &settings.lip_sync {
         Some(lip_sync_settings) => Some(Arc::new(load_lip_sync(
             lip_sync_settings,
-            &settings.supervisor,
+            lender,
             &stop_lease,
         )?)),
         None => None,
@@ -182,21 +207,46 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
             arbiter_torch::allocator::stats(0).map_or(0, |s| s.reserved) + CUDA_CONTEXT_BYTES
         })
     });
-    let lease = lease_bytes.map(|bytes| {
-        tokio::spawn(crate::lease::hold(
-            crate::lease::LeaseSettings {
-                supervisor: settings.supervisor.clone(),
-                holder: format!("arbiter-tts (pid {})", std::process::id()),
-                bytes,
-            },
-            health.clone(),
-            stop_lease.clone(),
-        ))
-    });
+    let lease = match &settings.claim {
+        Some(claim) => {
+            // Both out of the claim's budget, or no start: nobody would stop an overrun.
+            let voices_bytes = lease_bytes.unwrap_or(0);
+            let lip_sync_bytes = lip_sync
+                .as_ref()
+                .and_then(|l| l.residency())
+                .map_or(0, |r| r.snapshot().lease_bytes);
+            claim.check(voices_bytes, lip_sync_bytes)?;
+            tracing::info!(
+                lease = %claim.lease_ids,
+                budget = claim.bytes,
+                voices_bytes,
+                lip_sync_bytes,
+                gpu = %claim.gpu,
+                claim = claim.claim_uid.as_deref().unwrap_or(""),
+                "running under the claim's lease (--lease-from-env): no lease of its own from the supervisor"
+            );
+            None
+        }
+        None => lease_bytes.map(|bytes| {
+            tokio::spawn(crate::lease::hold(
+                crate::lease::LeaseSettings {
+                    supervisor: settings.supervisor.clone(),
+                    holder: format!("arbiter-tts (pid {})", std::process::id()),
+                    bytes,
+                    gpu: settings.lease_gpu.clone(),
+                    card: settings.card.clone(),
+                },
+                health.clone(),
+                stop_lease.clone(),
+            ))
+        }),
+    };
     if let Some(residency) = lip_sync.as_ref().and_then(|l| l.residency()) {
         residency.start();
     }
-    let mut service = TtsService::new(espeak.clone(), settings.limits)?.with_torch_voices(voices);
+    let mut service = TtsService::new(espeak.clone(), settings.limits)?
+        .with_torch_voices(voices)
+        .with_card(settings.card.clone());
     if let Some(lip_sync) = lip_sync {
         service = service.with_lip_sync(lip_sync);
     }

@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::card::CardState;
 use crate::espeak::{self, Espeak, EspeakError};
 use crate::lip_sync::LipSync;
 use crate::metrics::TtsMetrics;
@@ -55,6 +56,8 @@ pub struct TtsService {
     lip_sync: Option<Arc<LipSync>>,
     /// What the calls record for `/metrics` (served when `--metrics-listen` is set).
     metrics: Arc<TtsMetrics>,
+    /// The GPU the service runs on and its lease there, for ListVoices.
+    card: CardState,
 }
 
 impl TtsService {
@@ -66,6 +69,7 @@ impl TtsService {
             limits,
             lip_sync: None,
             metrics: Arc::new(TtsMetrics::new()),
+            card: CardState::default(),
         })
     }
 
@@ -79,6 +83,12 @@ impl TtsService {
     /// Adds TorchScript voices, loaded by the server before it listens for the same reason.
     pub fn with_torch_voices(mut self, voices: Vec<Arc<TorchVoice>>) -> TtsService {
         self.voices.add_torch(voices);
+        self
+    }
+
+    /// Where the service runs (its card and lease), which ListVoices reports.
+    pub fn with_card(mut self, card: CardState) -> TtsService {
+        self.card = card;
         self
     }
 
@@ -229,6 +239,7 @@ impl Tts for TtsService {
     ) -> Result<Response<pb::ListVoicesReply>, Status> {
         Ok(Response::new(pb::ListVoicesReply {
             voices: self.voices.list(),
+            gpu: self.card.to_pb(),
         }))
     }
 

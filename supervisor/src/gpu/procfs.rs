@@ -64,7 +64,10 @@ mod tests {
     #[test]
     fn a_process_has_cgroups_and_a_gone_one_none() {
         let mine = cgroups(std::process::id());
-        assert!(!mine.is_empty() && mine.iter().all(|p| p.starts_with('/')), "{mine:?}");
+        assert!(
+            !mine.is_empty() && mine.iter().all(|p| p.starts_with('/')),
+            "{mine:?}"
+        );
         assert!(cgroups(u32::MAX).is_empty());
     }
 }

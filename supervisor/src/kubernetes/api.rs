@@ -74,7 +74,10 @@ impl Api {
     /// The node's UID, for the slice's owner reference (so the slice goes with the node);
     /// None when the API server will not say.
     pub async fn node_uid(&self) -> Option<String> {
-        match kube::Api::<Node>::all(self.client.clone()).get(&self.node).await {
+        match kube::Api::<Node>::all(self.client.clone())
+            .get(&self.node)
+            .await
+        {
             Ok(node) => node.metadata.uid,
             Err(error) => {
                 tracing::warn!(node = %self.node, %error, "cannot read this node: its ResourceSlice gets no owner reference");

@@ -57,7 +57,10 @@ mod tests {
     #[test]
     fn a_spec_names_its_device_and_sets_the_environment() {
         let dir = tempfile::tempdir().unwrap();
-        let env = vec!["CUDA_VISIBLE_DEVICES=GPU-1".to_string(), "ARBITER_LEASE_ID=l".into()];
+        let env = vec![
+            "CUDA_VISIBLE_DEVICES=GPU-1".to_string(),
+            "ARBITER_LEASE_ID=l".into(),
+        ];
         let id = write(dir.path(), "u-1", &env).unwrap();
         assert_eq!(id, "arbiter.dev/claim=u-1");
         let spec: serde_json::Value =
@@ -65,7 +68,10 @@ mod tests {
         assert_eq!(spec["kind"], KIND);
         assert_eq!(spec["cdiVersion"], VERSION);
         assert_eq!(spec["devices"][0]["name"], "u-1");
-        assert_eq!(spec["devices"][0]["containerEdits"]["env"][1], "ARBITER_LEASE_ID=l");
+        assert_eq!(
+            spec["devices"][0]["containerEdits"]["env"][1],
+            "ARBITER_LEASE_ID=l"
+        );
         remove(dir.path(), "u-1").unwrap();
         remove(dir.path(), "u-1").unwrap();
         assert!(!spec_path(dir.path(), "u-1").exists());

@@ -59,7 +59,9 @@ pub enum ClaimError {
         device: String,
         source: quantity::BadQuantity,
     },
-    #[error("device {device} was allocated 0 bytes: ask for `capacity.requests.memory` in the claim")]
+    #[error(
+        "device {device} was allocated 0 bytes: ask for `capacity.requests.memory` in the claim"
+    )]
     Empty { device: String },
 }
 
@@ -159,7 +161,11 @@ pub(crate) mod tests {
 
     /// A claim as the scheduler leaves it: allocated `devices` (name, memory) of `driver` in
     /// pool `node`, reserved for `pods`.
-    pub(crate) fn claim(uid: &str, devices: &[(&str, Option<&str>)], pods: &[&str]) -> ResourceClaim {
+    pub(crate) fn claim(
+        uid: &str,
+        devices: &[(&str, Option<&str>)],
+        pods: &[&str],
+    ) -> ResourceClaim {
         let results: Vec<serde_json::Value> = devices
             .iter()
             .map(|(device, memory)| {
@@ -195,7 +201,11 @@ pub(crate) mod tests {
 
     #[test]
     fn an_allocated_claim_becomes_shares_of_gpus_and_its_pods() {
-        let claim = claim("u-1", &[("gpu-1", Some("8Gi")), ("gpu-0", Some("512Mi"))], &["pod-1"]);
+        let claim = claim(
+            "u-1",
+            &[("gpu-1", Some("8Gi")), ("gpu-0", Some("512Mi"))],
+            &["pod-1"],
+        );
         let allocation = read(&claim).unwrap();
         assert_eq!(allocation.namespace, "media");
         assert_eq!(allocation.name, "video");
@@ -203,21 +213,46 @@ pub(crate) mod tests {
         assert_eq!(
             allocation.shares,
             vec![
-                Share { request: "gpu".into(), device: "gpu-1".into(), gpu: 1, bytes: 8 << 30 },
-                Share { request: "gpu".into(), device: "gpu-0".into(), gpu: 0, bytes: 512 << 20 },
+                Share {
+                    request: "gpu".into(),
+                    device: "gpu-1".into(),
+                    gpu: 1,
+                    bytes: 8 << 30
+                },
+                Share {
+                    request: "gpu".into(),
+                    device: "gpu-0".into(),
+                    gpu: 0,
+                    bytes: 512 << 20
+                },
             ]
         );
     }
 
     #[test]
     fn what_cannot_be_prepared_says_why() {
-        assert!(matches!(read(&claim("u-2", &[("gpu-0", Some("1Gi"))], &[])), Err(ClaimError::Replaced { .. })));
-        assert_eq!(read(&claim("u-1", &[("gpu-7", Some("1Gi"))], &[])), Err(ClaimError::UnknownDevice("gpu-7".into())));
+        assert!(matches!(
+            read(&claim("u-2", &[("gpu-0", Some("1Gi"))], &[])),
+            Err(ClaimError::Replaced { .. })
+        ));
+        assert_eq!(
+            read(&claim("u-1", &[("gpu-7", Some("1Gi"))], &[])),
+            Err(ClaimError::UnknownDevice("gpu-7".into()))
+        );
         let err = read(&claim("u-1", &[("gpu-0", None)], &[])).unwrap_err();
         assert!(err.to_string().contains("DRAConsumableCapacity"), "{err}");
-        assert!(matches!(read(&claim("u-1", &[("gpu-0", Some("lots"))], &[])), Err(ClaimError::Quantity { .. })));
-        assert!(matches!(read(&claim("u-1", &[("gpu-0", Some("0"))], &[])), Err(ClaimError::Empty { .. })));
-        assert!(matches!(read(&claim("u-1", &[], &[])), Err(ClaimError::NoDevice { .. })));
+        assert!(matches!(
+            read(&claim("u-1", &[("gpu-0", Some("lots"))], &[])),
+            Err(ClaimError::Quantity { .. })
+        ));
+        assert!(matches!(
+            read(&claim("u-1", &[("gpu-0", Some("0"))], &[])),
+            Err(ClaimError::Empty { .. })
+        ));
+        assert!(matches!(
+            read(&claim("u-1", &[], &[])),
+            Err(ClaimError::NoDevice { .. })
+        ));
         let mut unallocated = claim("u-1", &[], &[]);
         unallocated.status = None;
         assert_eq!(read(&unallocated), Err(ClaimError::NotAllocated));

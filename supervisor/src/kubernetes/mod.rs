@@ -284,9 +284,7 @@ impl Plugin {
             }
             return Ok(live.devices.clone());
         }
-        let live = self
-            .take(allocation, self.settings.prepare_timeout)
-            .await?;
+        let live = self.take(allocation, self.settings.prepare_timeout).await?;
         let devices = live.devices.clone();
         *slot = Some(live);
         drop(slot);
@@ -404,17 +402,28 @@ impl Plugin {
             format!("CUDA_VISIBLE_DEVICES={}", uuids.join(",")),
             format!(
                 "ARBITER_LEASE_ID={}",
-                held.iter().map(|(_, l)| l.id.as_str()).collect::<Vec<_>>().join(",")
+                held.iter()
+                    .map(|(_, l)| l.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
             format!("ARBITER_LEASE_BYTES={}", held[0].1.bytes),
             format!("ARBITER_CLAIM_UID={}", allocation.uid),
         ];
         if let Some(dir) = &self.simulated_dir {
             env.push(format!("{}={}", arbiter::simulated::DIR_ENV, dir.display()));
-            env.push(format!("{}={}", arbiter::simulated::INDEX_ENV, held[0].1.gpu));
+            env.push(format!(
+                "{}={}",
+                arbiter::simulated::INDEX_ENV,
+                held[0].1.gpu
+            ));
         }
-        let ours = cdi::write(&self.settings.cdi_dir, &allocation.uid, &env)
-            .map_err(|source| PrepareError::Io { what: "CDI spec", source })?;
+        let ours = cdi::write(&self.settings.cdi_dir, &allocation.uid, &env).map_err(|source| {
+            PrepareError::Io {
+                what: "CDI spec",
+                source,
+            }
+        })?;
         self.save(allocation)?;
         let nvidia = !self.settings.nvidia_cdi_kind.is_empty() && self.simulated_dir.is_none();
         Ok(allocation
@@ -444,7 +453,10 @@ impl Plugin {
     fn save(&self, allocation: &Allocation) -> Result<(), PrepareError> {
         self.records
             .save(allocation)
-            .map_err(|source| PrepareError::Io { what: "record", source })
+            .map_err(|source| PrepareError::Io {
+                what: "record",
+                source,
+            })
     }
 
     /// A claim prepared before a restart: its leases again, as long as it takes (the pods
@@ -526,7 +538,9 @@ impl Plugin {
                 humantime::format_duration(self.settings.unprepare_timeout)
             );
             tracing::warn!(claim = %uid, "{message}");
-            self.api.warn(&live.allocation, "MemoryNotReturned", &message).await;
+            self.api
+                .warn(&live.allocation, "MemoryNotReturned", &message)
+                .await;
         }
         let _ = cdi::remove(&self.settings.cdi_dir, uid);
         if let Err(error) = self.records.remove(uid) {

@@ -53,7 +53,12 @@ pub fn bytes(text: &str) -> Result<u64, BadQuantity> {
 
 /// `bytes` in the largest binary unit that divides it (`24Gi`, `1536Mi`, `1000`).
 pub fn quantity(bytes: u64) -> String {
-    for (suffix, unit) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+    for (suffix, unit) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
         if bytes != 0 && bytes % unit == 0 {
             return format!("{}{suffix}", bytes / unit);
         }
@@ -80,7 +85,16 @@ mod tests {
 
     #[test]
     fn nonsense_is_refused_saying_how_to_write_it() {
-        for text in ["", "Gi", "-1Gi", "1.2.3", "8GB", "8 Gi", "1e99", "99999999999Ei"] {
+        for text in [
+            "",
+            "Gi",
+            "-1Gi",
+            "1.2.3",
+            "8GB",
+            "8 Gi",
+            "1e99",
+            "99999999999Ei",
+        ] {
             let err = bytes(text).unwrap_err();
             assert!(err.to_string().contains("8Gi"), "{text}: {err}");
         }

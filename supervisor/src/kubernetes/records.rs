@@ -82,7 +82,12 @@ mod tests {
             namespace: "ns".into(),
             name: "c".into(),
             pods: vec!["p".into()],
-            shares: vec![Share { request: "gpu".into(), device: "gpu-0".into(), gpu: 0, bytes: 1 << 30 }],
+            shares: vec![Share {
+                request: "gpu".into(),
+                device: "gpu-0".into(),
+                gpu: 0,
+                bytes: 1 << 30,
+            }],
         };
         records.save(&allocation).unwrap();
         std::fs::write(dir.path().join("kubernetes/claims/bad.json"), b"{").unwrap();

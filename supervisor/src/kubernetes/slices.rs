@@ -189,7 +189,14 @@ mod tests {
 
     #[test]
     fn a_slice_has_a_device_per_gpu_with_its_memory() {
-        let slice = slice("gpu.arbiter.dev", "node-a", Some("n-1"), &gpus(), &[70 << 30], 7);
+        let slice = slice(
+            "gpu.arbiter.dev",
+            "node-a",
+            Some("n-1"),
+            &gpus(),
+            &[70 << 30],
+            7,
+        );
         let json = serde_json::to_value(&slice).unwrap();
         assert_eq!(json["metadata"]["name"], "node-a-gpu.arbiter.dev");
         assert_eq!(json["metadata"]["ownerReferences"][0]["kind"], "Node");
@@ -264,10 +271,11 @@ mod tests {
         let publisher = tokio::spawn(publish(Arc::clone(&plugin), stop.clone()));
 
         let next = async |handle: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>| {
-            let (request, respond) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
-                .await
-                .expect("a request in time")
-                .expect("the client is alive");
+            let (request, respond) =
+                tokio::time::timeout(Duration::from_secs(10), handle.next_request())
+                    .await
+                    .expect("a request in time")
+                    .expect("the client is alive");
             let method = request.method().clone();
             let uri = request.uri().clone();
             let kind = request
@@ -279,26 +287,41 @@ mod tests {
         };
 
         let (method, uri, _, _, respond) = next(&mut handle).await;
-        assert_eq!((method.as_str(), uri.path()), ("GET", "/api/v1/nodes/node-a"));
+        assert_eq!(
+            (method.as_str(), uri.path()),
+            ("GET", "/api/v1/nodes/node-a")
+        );
         let missing = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "nodes \"node-a\" not found"});
         respond.send_response(
-            Response::builder().status(404).body(Body::from(serde_json::to_vec(&missing).unwrap())).unwrap(),
+            Response::builder()
+                .status(404)
+                .body(Body::from(serde_json::to_vec(&missing).unwrap()))
+                .unwrap(),
         );
 
         let mut applied = Vec::new();
         for _ in 0..2 {
             let (method, uri, kind, body, respond) = next(&mut handle).await;
             assert_eq!(method.as_str(), "PATCH");
-            assert_eq!(uri.path(), "/apis/resource.k8s.io/v1/resourceslices/node-a-gpu.arbiter.dev");
+            assert_eq!(
+                uri.path(),
+                "/apis/resource.k8s.io/v1/resourceslices/node-a-gpu.arbiter.dev"
+            );
             let query = uri.query().unwrap_or("");
-            assert!(query.contains("fieldManager=gpu.arbiter.dev") && query.contains("force=true"), "{query}");
+            assert!(
+                query.contains("fieldManager=gpu.arbiter.dev") && query.contains("force=true"),
+                "{query}"
+            );
             assert_eq!(kind.as_deref(), Some("application/apply-patch+yaml"));
             let slice: ResourceSlice = serde_json::from_slice(&body).expect("a ResourceSlice");
             respond.send_response(Response::builder().body(Body::from(body.to_vec())).unwrap());
             applied.push(slice);
             if applied.len() == 1 {
                 // A foreign process takes 2 GiB of the card.
-                let mut foreign = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+                let mut foreign = std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .unwrap();
                 arbiter::simulated::record(dir.path(), 0, foreign.id(), 2 << 30).unwrap();
                 let sample = inventory.sample(0).unwrap();
                 broker.observe(0, sample, std::time::Instant::now());
@@ -310,12 +333,21 @@ mod tests {
             }
         }
         let memory = |s: &ResourceSlice| {
-            s.spec.devices.as_ref().unwrap()[0].capacity.as_ref().unwrap()["memory"].value.0.clone()
+            s.spec.devices.as_ref().unwrap()[0]
+                .capacity
+                .as_ref()
+                .unwrap()["memory"]
+                .value
+                .0
+                .clone()
         };
         assert_eq!(memory(&applied[0]), "10Gi");
         assert_eq!(memory(&applied[1]), "8Gi");
         assert!(applied[1].spec.pool.generation > applied[0].spec.pool.generation);
-        assert!(applied[0].metadata.owner_references.is_none(), "no node, no owner");
+        assert!(
+            applied[0].metadata.owner_references.is_none(),
+            "no node, no owner"
+        );
         assert_eq!(applied[0].spec.node_name.as_deref(), Some("node-a"));
         stop.cancel();
         publisher.await.unwrap();

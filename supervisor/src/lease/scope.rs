@@ -17,6 +17,11 @@ use std::collections::HashMap;
 /// Linux's PID_MAX_LIMIT on 64-bit: every pid is below it.
 pub const FIRST_KEY: u32 = 1 << 22;
 
+/// Whether a peer's pid is a scope's key rather than a process (the wire shows no pid for it).
+pub fn is_key(pid: u32) -> bool {
+    pid >= FIRST_KEY
+}
+
 /// The pods whose processes count against one key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodScope {
@@ -114,7 +119,10 @@ mod tests {
             "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-0a1b.scope",
             UID.replace('-', "_")
         );
-        let guaranteed = format!("/kubepods.slice/kubepods-pod{}.slice", UID.replace('-', "_"));
+        let guaranteed = format!(
+            "/kubepods.slice/kubepods-pod{}.slice",
+            UID.replace('-', "_")
+        );
         for path in [cgroupfs, systemd, guaranteed] {
             assert!(scope().contains(&[path.clone()]), "{path}");
         }

@@ -27,6 +27,10 @@
 //! 4. **Lost.** A revocation, a failed stream (the supervisor restarted) or shutdown also
 //!    take the model off the GPU: no lease, no GPU memory. Back to 1 on the next render.
 //!
+//! Under `--lease-from-env` there is no supervisor to ask ([`Lender::Claim`]): the model's
+//! bytes were checked against the claim's budget at start-up, so it goes on the GPU at once
+//! and stays there, resident under the claim's lease, until the service stops.
+//!
 //! Every transition is logged, and counted in [`Snapshot`] (served by `GetLipSyncStatus`);
 //! the supervisor's `ListLeases` and `WatchEvents` show the same grants, reclaims and
 //! releases from its side.
@@ -49,9 +53,20 @@ use crate::lip_sync::model::{LipSyncModel, device_name};
 /// loading the model onto the GPU after the grant) before it renders on the CPU anyway.
 const ANSWER_MARGIN: Duration = Duration::from_millis(500);
 
+/// Who lends the model its GPU memory.
+#[derive(Clone, Debug)]
+pub enum Lender {
+    /// The supervisor, as a preemptible lease of the model's own on `gpu` (a uuid, an
+    /// index, or "" for any: the card the service's models run on).
+    Supervisor { address: Address, gpu: String },
+    /// A lease someone else holds for the service (`--lease-from-env`), whose budget the
+    /// model's bytes were checked against at start-up: nobody reclaims them.
+    Claim { lease_id: String },
+}
+
 #[derive(Clone, Debug)]
 pub struct ResidencySettings {
-    pub supervisor: Address,
+    pub lender: Lender,
     /// Shown by the supervisor, such as `arbiter-tts/lipsync (pid 42)`.
     pub holder: String,
     pub bytes: u64,
@@ -307,7 +322,11 @@ impl Inner {
     /// Holds the lease until it ends; returns why it ended (or was never granted).
     async fn hold_once(&self) -> Ending {
         let settings = &self.settings;
-        let channel = match connect(&settings.supervisor).await {
+        let (supervisor, gpu) = match &settings.lender {
+            Lender::Claim { lease_id } => return self.hold_claimed(lease_id).await,
+            Lender::Supervisor { address, gpu } => (address, gpu),
+        };
+        let channel = match connect(supervisor).await {
             Ok(channel) => channel,
             Err(error) => {
                 tracing::warn!(%error, "cannot reach the supervisor for the lip-sync lease; rendering on the CPU");
@@ -317,7 +336,7 @@ impl Inner {
         let mut client = SupervisorClient::new(channel);
         let request = spb::LeaseRequest {
             holder: settings.holder.clone(),
-            gpu: arbiter_torch::device::lease_gpu(),
+            gpu: gpu.clone(),
             bytes: settings.bytes,
             priority: settings.priority as i32,
             max_wait: prost_types::Duration::try_from(settings.wait).ok(),
@@ -412,6 +431,29 @@ impl Inner {
                 None => {}
             }
         }
+    }
+
+    /// Under a claim: on the GPU at once, resident until the service stops.
+    async fn hold_claimed(&self, lease_id: &str) -> Ending {
+        let model = Arc::clone(&self.model);
+        let device = match tokio::task::spawn_blocking(move || model.to_gpu()).await {
+            Ok(Ok(device)) => device,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot load the lip-sync model on the GPU; it renders on the CPU");
+                return Ending::Failed(format!("cannot load it on the GPU: {error}"));
+            }
+            Err(error) => return Ending::Failed(format!("loading it on the GPU failed: {error}")),
+        };
+        self.counters.leases_granted.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(lease = %lease_id, bytes = self.settings.bytes, device = %device_name(device), "the lip-sync model is resident under the claim's lease");
+        self.state.send_modify(|s| {
+            s.phase = Phase::Resident;
+            s.lease_id = (!lease_id.is_empty()).then(|| lease_id.to_string());
+            s.note.clear();
+            s.backoff = Backoff::default();
+        });
+        self.stop.cancelled().await;
+        Ending::Normal("the service is stopping".into())
     }
 
     /// Answers a reclaim: off the GPU, cache emptied, the lease released.

@@ -10,6 +10,7 @@ use arbiter::pb::supervisor::v1 as pb;
 use crate::lease::broker::{Broker, Note};
 use crate::lease::events::{Event, EventKind, GpuView};
 use crate::lease::ledger::{ProcessView, WaiterView, visible_pid};
+use crate::lease::scope;
 use crate::lease::{Ask, Form, GpuChoice, Lease, LeaseError, Peer, Quota, Return};
 
 use super::{pb_duration, priority, priority_to_pb, timestamp};
@@ -129,8 +130,9 @@ pub fn lease(broker: &Broker, lease: &Lease, process: Option<&ProcessView>) -> p
             Form::Stream => pb::LeaseForm::Stream,
             Form::Unary { .. } => pb::LeaseForm::Unary,
         } as i32,
-        pid: lease.peer.map(|p| p.pid),
-        uid: lease.peer.map(|p| p.uid),
+        // A pod-scoped lease's key is no process: it has no pid or uid to show.
+        pid: lease.peer.map(|p| p.pid).filter(|&p| !scope::is_key(p)),
+        uid: lease.peer.filter(|p| !scope::is_key(p.pid)).map(|p| p.uid),
         granted_at: Some(timestamp(broker.wall(lease.granted_at))),
         expires_at: lease.expires_at.map(|at| timestamp(broker.wall(at))),
         reclaim: lease.reclaim.as_ref().map(|_| reclaim(broker, lease)),
@@ -146,7 +148,7 @@ pub fn giveback(broker: &Broker, ret: &Return, waited: Duration) -> pb::Return {
         lease_id: ret.lease_id.clone(),
         holder: ret.holder.clone(),
         gpu_uuid: broker.gpus()[ret.gpu as usize].uuid.clone(),
-        pid: ret.pid,
+        pid: if scope::is_key(ret.pid) { 0 } else { ret.pid },
         bytes: ret.bytes,
         reason: ret.reason.as_str().into(),
         waited: Some(pb_duration(waited)),
@@ -283,7 +285,7 @@ pub fn event(broker: &Broker, event: Event) -> pb::Event {
             gpu_uuid: broker.gpus()[ret.gpu as usize].uuid.clone(),
             lease_id: ret.lease_id,
             holder: ret.holder,
-            pid: ret.pid,
+            pid: if scope::is_key(ret.pid) { 0 } else { ret.pid },
             bytes: ret.bytes,
             used_bytes: used,
             holds_bytes: holds,
