@@ -17,6 +17,7 @@
 //!   address rules as the other listeners;
 //! - [`simulated`]: the simulated GPU's process table, written by workers on a simulated GPU;
 //! - [`spawn`]: the spawn time a spawner passes to its child, so start-up is timed from it;
+//! - [`leased`]: the environment a process under someone else's lease gets;
 //! - [`systemd`]: readiness, stopping and watchdog notifications, for every service;
 //! - [`wav`]: the WAV files the tts service speaks in and its clients write (and read back).
 //!
@@ -28,6 +29,7 @@ pub mod codec;
 pub mod echo;
 pub mod endpoint;
 pub mod job;
+pub mod leased;
 pub mod listen;
 pub mod pipeline;
 pub mod scrape;

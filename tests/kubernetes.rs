@@ -552,8 +552,8 @@ async fn claims_the_node_cannot_use_are_refused_each_with_its_reason() {
     assert!(huge.contains("20 GiB") || huge.contains("20GiB"), "{huge}");
     assert!(leases(&client).await.is_empty(), "nothing half-prepared");
     assert!(!node.cdi_spec(&too_big).exists());
-    // Not root? The kubelet is: a stranger's call would be refused (checked by the policy's
-    // unit test); here the socket's mode says it.
+    // Only the kubelet (root) may call: the sockets' mode here, the policy in
+    // `kubernetes::tests`.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(node.registration_socket())
         .unwrap()

@@ -42,16 +42,9 @@ use arbiter::endpoint::{Address, connect};
 use arbiter::pb::supervisor::v1 as spb;
 use arbiter::pb::tts::v1 as pb;
 
-/// The environment variable CUDA picks its devices from.
-pub const VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
+pub use arbiter::leased::{CLAIM_UID, LEASE_BYTES, LEASE_ID, VISIBLE_DEVICES};
 /// The environment variable that orders CUDA's device indices.
 pub const DEVICE_ORDER: &str = "CUDA_DEVICE_ORDER";
-/// The claim's lease in bytes (`--lease-from-env`).
-pub const LEASE_BYTES: &str = "ARBITER_LEASE_BYTES";
-/// The claim's lease ids, comma-separated, one per GPU of the claim (`--lease-from-env`).
-pub const LEASE_ID: &str = "ARBITER_LEASE_ID";
-/// The claim's uid, shown in the logs when set.
-pub const CLAIM_UID: &str = "ARBITER_CLAIM_UID";
 
 /// How long start-up waits for the supervisor's `GetStatus` before it picks without it.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use arbiter::ByteSize;
 use arbiter::endpoint::{Address, ConnectError, connect};
+use arbiter::leased;
 use arbiter::pb::supervisor::v1 as pb;
 use nix::sys::signal::Signal;
 use pb::event::Kind;
@@ -252,9 +253,9 @@ async fn drive(args: &RunArgs, config: &Config) -> Result<u8, RunError> {
     let mut command = tokio::process::Command::new(program);
     command
         .args(program_args)
-        .env("CUDA_VISIBLE_DEVICES", &lease.gpu_uuid)
-        .env("ARBITER_LEASE_ID", &lease.lease_id)
-        .env("ARBITER_LEASE_BYTES", lease.bytes.to_string())
+        .env(leased::VISIBLE_DEVICES, &lease.gpu_uuid)
+        .env(leased::LEASE_ID, &lease.lease_id)
+        .env(leased::LEASE_BYTES, lease.bytes.to_string())
         .env("ARBITER_SUPERVISOR_SOCKET", &socket);
     let mut child = match Worker::start(command) {
         Ok(child) => child,

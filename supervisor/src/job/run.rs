@@ -238,7 +238,10 @@ fn launch(
         ),
         ("ARBITER_JOB_TOKEN".to_string(), token.to_string()),
         ("ARBITER_JOB_ID".to_string(), record.id.clone()),
-        ("ARBITER_LEASE_BYTES".to_string(), lease.bytes.to_string()),
+        (
+            arbiter::leased::LEASE_BYTES.to_string(),
+            lease.bytes.to_string(),
+        ),
         (
             "ARBITER_OUTPUT_DIR".to_string(),
             record.output_dir().display().to_string(),

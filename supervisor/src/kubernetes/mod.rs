@@ -302,17 +302,12 @@ impl Plugin {
             match self.lease(&allocation, share, key, wait).await {
                 Ok(pair) => held.push(pair),
                 Err(error) => {
-                    // Nothing half-prepared: what was granted goes back.
-                    for (holding, _) in held {
-                        holding.end(ReleaseReason::Released);
-                    }
-                    self.broker.unpin_scope(key);
+                    self.give_back(held, key);
                     return Err(error);
                 }
             }
         }
-        let result = self.write_out(&allocation, &held);
-        match result {
+        match self.write_out(&allocation, &held) {
             Ok(devices) => Ok(Live {
                 allocation,
                 key,
@@ -320,14 +315,19 @@ impl Plugin {
                 devices,
             }),
             Err(error) => {
-                for (holding, _) in held {
-                    holding.end(ReleaseReason::Released);
-                }
-                self.broker.unpin_scope(key);
+                self.give_back(held, key);
                 let _ = cdi::remove(&self.settings.cdi_dir, &allocation.uid);
                 Err(error)
             }
         }
+    }
+
+    /// Nothing half-prepared: what a failed Prepare was granted goes back.
+    fn give_back(&self, held: Vec<(Holding, Lease)>, key: u32) {
+        for (holding, _) in held {
+            holding.end(ReleaseReason::Released);
+        }
+        self.broker.unpin_scope(key);
     }
 
     async fn lease(
@@ -398,17 +398,13 @@ impl Plugin {
             .iter()
             .map(|(_, lease)| self.broker.gpus()[lease.gpu as usize].uuid.clone())
             .collect();
+        use arbiter::leased;
+        let ids: Vec<&str> = held.iter().map(|(_, l)| l.id.as_str()).collect();
         let mut env = vec![
-            format!("CUDA_VISIBLE_DEVICES={}", uuids.join(",")),
-            format!(
-                "ARBITER_LEASE_ID={}",
-                held.iter()
-                    .map(|(_, l)| l.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            format!("ARBITER_LEASE_BYTES={}", held[0].1.bytes),
-            format!("ARBITER_CLAIM_UID={}", allocation.uid),
+            format!("{}={}", leased::VISIBLE_DEVICES, uuids.join(",")),
+            format!("{}={}", leased::LEASE_ID, ids.join(",")),
+            format!("{}={}", leased::LEASE_BYTES, held[0].1.bytes),
+            format!("{}={}", leased::CLAIM_UID, allocation.uid),
         ];
         if let Some(dir) = &self.simulated_dir {
             env.push(format!("{}={}", arbiter::simulated::DIR_ENV, dir.display()));
@@ -550,5 +546,34 @@ impl Plugin {
         self.forget_entry(uid);
         self.changed.notify_one();
         Unprepared { took, complete }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_and_our_own_user_may_call_the_plugin() {
+        let unix = |uid| Identity::Unix {
+            uid,
+            gid: uid,
+            pid: Some(1),
+        };
+        let method = "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources";
+        assert!(KubeletOnly.authorize(unix(0), method).is_ok());
+        let me = nix::unistd::geteuid().as_raw();
+        assert!(KubeletOnly.authorize(unix(me), method).is_ok());
+        let stranger = if me == 4242 { 4243 } else { 4242 };
+        let refused = KubeletOnly.authorize(unix(stranger), method).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().contains("kubelet"),
+            "{}",
+            refused.message()
+        );
+        for other in [Identity::Token("ci".into()), Identity::InsecureTcp] {
+            assert!(KubeletOnly.authorize(other, method).is_err());
+        }
     }
 }

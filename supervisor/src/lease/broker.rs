@@ -556,6 +556,7 @@ impl Broker {
             .filter(|l| l.gpu as usize == g)
             .filter_map(|l| super::ledger::visible_pid(l).map(|pid| (pid, l.id.clone())))
             .collect();
+        let holders: HashSet<u32> = holder_of.keys().copied().collect();
         GpuView {
             index: gpu.index,
             uuid: gpu.uuid.clone(),
@@ -585,17 +586,9 @@ impl Broker {
                 .processes
                 .iter()
                 .map(|p| {
-                    let lease = procfs::lineage(p.pid)
-                        .find_map(|pid| holder_of.get(&pid).cloned())
-                        .or_else(|| {
-                            if inner.scopes.is_empty() {
-                                return None;
-                            }
-                            inner
-                                .scopes
-                                .owner(&procfs::cgroups(p.pid), |key| holder_of.contains_key(&key))
-                                .and_then(|key| holder_of.get(&key).cloned())
-                        });
+                    let lease = inner
+                        .charged_to(p.pid, &holders)
+                        .and_then(|key| holder_of.get(&key).cloned());
                     (p.pid, p.used.unwrap_or(0), lease)
                 })
                 .collect(),

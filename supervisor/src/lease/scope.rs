@@ -124,7 +124,7 @@ mod tests {
             UID.replace('-', "_")
         );
         for path in [cgroupfs, systemd, guaranteed] {
-            assert!(scope().contains(&[path.clone()]), "{path}");
+            assert!(scope().contains(std::slice::from_ref(&path)), "{path}");
         }
     }
 
