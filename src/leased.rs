@@ -11,3 +11,5 @@ pub const LEASE_ID: &str = "ARBITER_LEASE_ID";
 pub const CLAIM_UID: &str = "ARBITER_CLAIM_UID";
 /// CUDA's own: the leased GPU(s), by uuid.
 pub const VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
+/// The compute gate of the leased GPU ([`crate::gate`]), for a worker to yield at.
+pub const COMPUTE_GATE: &str = "ARBITER_COMPUTE_GATE";

@@ -7,6 +7,8 @@
 //! - [`bytesize`]: byte counts as operators write them (`80GiB`, `512MiB`);
 //! - [`codec`]: the generated services' codec (a request that does not decode is INVALID_ARGUMENT);
 //! - [`echo`]: input repeated in an error message, cut short;
+//! - [`gate`]: the compute gate, where a voice marks GPU work in flight and video workers
+//!   yield to it at block boundaries;
 //! - [`endpoint`]: where the supervisor listens by default and how a client connects to it;
 //! - [`job`]: a video job's request in the one shape the supervisor stores, the worker runs
 //!   and the metadata records;
@@ -28,6 +30,7 @@ pub mod bytesize;
 pub mod codec;
 pub mod echo;
 pub mod endpoint;
+pub mod gate;
 pub mod job;
 pub mod leased;
 pub mod listen;

@@ -23,6 +23,7 @@
 pub mod budget;
 pub mod cli;
 pub mod client;
+pub mod compute;
 pub mod config;
 pub mod gpu;
 pub mod job;

@@ -51,6 +51,8 @@ pub enum ServeError {
     Tokens(#[from] arbiter::auth::tokens::TokensError),
     #[error("{0}")]
     Kubernetes(#[from] crate::kubernetes::KubernetesError),
+    #[error("{0} (the [compute] section)")]
+    Gate(#[from] arbiter::gate::GateError),
     #[error("{0} (the [metrics] section)")]
     Metrics(#[from] arbiter::scrape::ScrapeError),
 }
@@ -96,10 +98,16 @@ pub async fn run(
         );
     }
 
+    let gates = Arc::new(crate::compute::Gates::open(
+        &config.compute,
+        &config.compute_gate_dir(),
+        inventory.gpus(),
+    )?);
     let jobs = Jobs::open(
         &config,
         Arc::clone(&broker),
         Arc::clone(&inventory),
+        Arc::clone(&gates),
         stop.clone(),
     )?;
 
@@ -131,6 +139,7 @@ pub async fn run(
         Arc::clone(&policy),
         inventory.simulated(),
         config.server.listen.is_some() && config.server.insecure_tcp,
+        Arc::clone(&gates),
         stop.clone(),
     ));
     health.set_serving::<VideoServer<VideoService>>().await;

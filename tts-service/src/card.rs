@@ -371,6 +371,11 @@ fn lease_entry(entry: &str) -> String {
 /// (its threads joined) when this returns, so that the caller may then set the process's
 /// environment with no other thread running.
 pub fn supervisor_gpus(supervisor: &Address) -> Result<Vec<spb::GpuStatus>, String> {
+    supervisor_status(supervisor).map(|status| status.gpus)
+}
+
+/// The supervisor's whole status, asked the same way (before the service's runtime).
+pub fn supervisor_status(supervisor: &Address) -> Result<spb::SupervisorStatus, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -381,7 +386,7 @@ pub fn supervisor_gpus(supervisor: &Address) -> Result<Vec<spb::GpuStatus>, Stri
             spb::supervisor_client::SupervisorClient::new(channel)
                 .get_status(spb::GetStatusRequest {})
                 .await
-                .map(|reply| reply.into_inner().gpus)
+                .map(|reply| reply.into_inner())
                 .map_err(|s| format!("GetStatus: {:?}: {}", s.code(), s.message()))
         };
         tokio::time::timeout(STATUS_TIMEOUT, ask)

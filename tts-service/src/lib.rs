@@ -4,7 +4,7 @@
 //!
 //! - [`card`]: which GPU the service runs on, settled before CUDA starts (`--gpu`, an
 //!   inherited `CUDA_VISIBLE_DEVICES`, the supervisor's status), and `--lease-from-env`'s
-//!   claim.
+//!   claim; [`compute`]: marking GPU work in the card's compute gate, so video jobs yield.
 //! - [`espeak`]: the eSpeak NG voice and text front end (phonemes with timings), over
 //!   libespeak-ng, serialized through one thread because the C library is global state.
 //! - [`sentences`]: splits text into sentences, so audio can be streamed per sentence.
@@ -32,6 +32,7 @@
 pub mod audio;
 pub mod audio_viseme;
 pub mod card;
+pub mod compute;
 pub mod espeak;
 pub mod lease;
 pub mod lip_sync;

@@ -102,6 +102,11 @@ enum Command {
         /// start; health says SERVING at once.
         #[arg(long, conflicts_with = "supervisor")]
         lease_from_env: bool,
+        /// The compute gate to mark GPU work in, so video jobs on the card pause between
+        /// their blocks meanwhile: a path, or `off`. Default: the gate the supervisor
+        /// reports for the service's card ([compute] yield_to_interactive), if any.
+        #[arg(long, env = "ARBITER_TTS_COMPUTE_GATE")]
+        compute_gate: Option<String>,
         /// Hold a lease of this size (such as 2GiB) instead of measuring what the voices
         /// hold on the GPU.
         #[arg(long)]
@@ -178,6 +183,7 @@ fn main() -> ExitCode {
             supervisor,
             gpu,
             lease_from_env,
+            compute_gate,
             lease_bytes,
             max_audio_bytes,
             max_audio_seconds,
@@ -232,6 +238,7 @@ fn main() -> ExitCode {
             ) else {
                 return ExitCode::from(2);
             };
+            join_gate(compute_gate.as_deref(), &supervisor, claim.is_some(), &card);
             let settings = Settings {
                 socket: socket.unwrap_or_else(arbiter::endpoint::default_tts_socket),
                 socket_mode: 0o660,
@@ -292,6 +299,45 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+/// Marks this process's GPU work in the card's compute gate (see `arbiter_tts::compute`):
+/// the one named, else the supervisor's for the card (none under a claim: the node's
+/// supervisor is not asked). A gate that cannot be used is logged, never fatal: the voice
+/// then runs as it would without one.
+fn join_gate(
+    flag: Option<&str>,
+    supervisor: &arbiter::endpoint::Address,
+    claimed: bool,
+    card: &CardState,
+) {
+    let path = match flag {
+        Some("off") => return,
+        Some(path) => Some(PathBuf::from(path)),
+        None if claimed => std::env::var_os(arbiter::leased::COMPUTE_GATE).map(PathBuf::from),
+        None => {
+            let Some(uuid) = card.to_pb().map(|gpu| gpu.uuid).filter(|u| !u.is_empty()) else {
+                return;
+            };
+            match arbiter_tts::compute::gate_of(supervisor, &uuid) {
+                Ok(path) => path,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot ask the supervisor for the card's compute gate");
+                    None
+                }
+            }
+        }
+    };
+    let Some(path) = path else {
+        tracing::info!("no compute gate: video jobs on this card do not yield to the voices");
+        return;
+    };
+    match arbiter_tts::compute::join(&path) {
+        Ok(()) => tracing::info!(gate = %path.display(), "marking GPU work in the compute gate"),
+        Err(error) => {
+            tracing::warn!(%error, "the compute gate cannot be used; video jobs will not yield")
         }
     }
 }

@@ -293,6 +293,8 @@ impl TorchVoice {
     /// Speaks `phonemes` with `length_scale` (over 1 slower, under 1 faster).
     pub fn speak_scaled(&self, phonemes: &[Phoneme], length_scale: f32) -> Result<Vec<i16>> {
         let module = self.module.lock().unwrap_or_else(|p| p.into_inner());
+        // Until the samples are on the host (the copy waits for the GPU's work).
+        let busy = self.on_gpu().then(crate::compute::work).flatten();
         let audio = tch::no_grad(|| -> Result<Tensor> {
             let inputs = self.inputs(phonemes, length_scale);
             let audio = module.forward_ts(&inputs).map_err(|e| self.run_error(e))?;
@@ -301,6 +303,7 @@ impl TorchVoice {
                 .to_kind(Kind::Float)
                 .flatten(0, -1))
         })?;
+        drop(busy);
         drop(module);
         let samples = Vec::<f32>::try_from(&audio).map_err(|e| self.run_error(e))?;
         if samples.iter().any(|s| !s.is_finite()) {

@@ -126,6 +126,12 @@ pub struct StageMetrics {
     pub cache_hit: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tiles: Option<usize>,
+    /// Under a compute gate: how often the stage paused for interactive work, and for how
+    /// long in all (what yielding cost this job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yield_pauses: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yield_paused_ms: Option<f64>,
     /// Components still loaded when the stage ended (what later stages need, and
     /// `resident` ones).
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! The staged pipeline on the CPU with a generated `tiny` pipeline (random weights, the
 //! real interfaces): placements agree, stages run in order and free what they no longer
-//! need, the embedding cache skips the encoder, and bad inputs are refused by name.
+//! need, the embedding cache skips the encoder, a job under a compute gate yields between
+//! blocks and computes the same, and bad inputs are refused by name.
 //!
 //! The pipeline is generated once per test binary with `arbiter-video make-pipeline`,
 //! which needs Python with PyTorch on PATH (`source scripts/env.sh`; scripts/test.sh does).
@@ -52,6 +53,7 @@ fn settings(cache: Option<EmbeddingCache>) -> Settings {
         load: LoadOptions::default(),
         cache,
         nvml: None,
+        gate: None,
     }
 }
 
@@ -419,4 +421,97 @@ fn weights_of_another_shape_are_refused_at_load_by_name() {
         message.contains("blocks.0.qkv") && message.contains("the code expects"),
         "{message}"
     );
+}
+
+#[test]
+fn under_a_busy_compute_gate_blocks_yield_and_compute_the_same() {
+    use arbiter::gate::{Gate, Settings as GateSettings};
+    use arbiter_video::pipeline::yielding::Yielding;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    let (dir, manifest) = pipeline();
+    let placements = all(Placement::Gpu);
+    let reference = run_with(&placements, 0, None, &mut Record::default());
+    let gates = tempfile::tempdir().unwrap();
+    let path = gates.path().join("gpu-0.gate");
+    // A holder marked busy for good: every block boundary is a pause, each as short as
+    // max_pause, within a share that allows them all.
+    let gate = Arc::new(
+        Gate::create(
+            &path,
+            GateSettings {
+                max_pause: Duration::from_millis(1),
+                max_share: 1.0,
+                stale_after: Duration::from_secs(600),
+            },
+        )
+        .unwrap(),
+    );
+    let holder = gate.holder().unwrap();
+    let work = holder.work();
+    let mut settings = settings(None);
+    settings.gate = Some(Arc::new(Mutex::new(
+        Yielding::open(&path, Device::Cpu).unwrap(),
+    )));
+    let request = Request {
+        prompt: "a red fox in the snow",
+        negative_prompt: "blurry",
+        shape: shape(manifest),
+        seed: 1234,
+        audio: None,
+        image: None,
+        placements: &placements,
+        lease_bytes: 0,
+    };
+    let mut streamed = placements.clone();
+    for (name, c) in &manifest.components {
+        if c.blocks > 0 {
+            streamed.insert(name.clone(), Placement::Stream);
+        }
+    }
+    let yielded = staged::run(manifest, dir, &settings, &request, &mut Record::default()).unwrap();
+    assert!(
+        yielded
+            .latents
+            .allclose(&reference.latents, 1e-6, 1e-6, false),
+        "block by block is the same computation as forward"
+    );
+    assert_eq!(yielded.frames.rgb, reference.frames.rgb);
+    for stage in &yielded.stages {
+        let blocks = manifest.components[&stage.component].blocks;
+        let pauses = stage.yield_pauses.expect("recorded under a gate");
+        if blocks > 0 {
+            assert!(
+                pauses >= u64::from(blocks),
+                "{}: {pauses} pauses",
+                stage.stage
+            );
+            assert!(stage.yield_paused_ms.unwrap() > 0.0);
+        } else {
+            assert_eq!(pauses, 0, "{} has no blocks to yield between", stage.stage);
+        }
+    }
+    // Streamed components yield too.
+    let request = Request {
+        placements: &streamed,
+        ..request
+    };
+    let yielded = staged::run(manifest, dir, &settings, &request, &mut Record::default()).unwrap();
+    assert!(
+        yielded
+            .latents
+            .allclose(&reference.latents, 1e-5, 1e-5, false)
+    );
+    let text = &yielded.stages[0];
+    assert_eq!(text.placement, "stream");
+    assert!(text.yield_pauses.unwrap() > 0);
+    // With the holder done, nothing pauses.
+    drop(work);
+    let request = Request {
+        placements: &placements,
+        ..request
+    };
+    let idle = staged::run(manifest, dir, &settings, &request, &mut Record::default()).unwrap();
+    assert!(idle.stages.iter().all(|s| s.yield_pauses == Some(0)));
 }

@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 use crate::lease::Action;
 
 mod auth;
+mod compute;
 mod kubernetes;
 
 pub use auth::{AuthConfig, Limits, QuotaConfig, QuotaOverride, TlsConfig};
+pub use compute::ComputeConfig;
 pub use kubernetes::KubernetesConfig;
 
 /// Where the config is looked for when none is named.
@@ -39,6 +41,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub quota: QuotaConfig,
     pub kubernetes: KubernetesConfig,
+    pub compute: ComputeConfig,
 }
 
 /// The Prometheus endpoint (`GET /metrics`). Off unless `listen` is set.
@@ -389,6 +392,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.kubernetes.validate().map_err(ConfigError::Invalid)?;
+        self.compute.validate().map_err(ConfigError::Invalid)?;
         if self.socket_mode().is_none() {
             return invalid(format!(
                 "server.socket_mode `{}` is not an octal mode: write it like \"0660\"",
@@ -540,6 +544,14 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.state_dir().join("embeddings"))
         })
+    }
+
+    /// Where the compute gates are made.
+    pub fn compute_gate_dir(&self) -> PathBuf {
+        self.compute
+            .gate_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("compute"))
     }
 
     pub fn output_dir(&self) -> PathBuf {

@@ -55,6 +55,8 @@ pub struct Settings {
     pub worker_dir: PathBuf,
     /// The workers' CUDA_CACHE_PATH.
     pub kernel_cache: PathBuf,
+    /// The GPUs' compute gates: a worker gets its GPU's, to yield at.
+    pub gates: Arc<crate::compute::Gates>,
 }
 
 pub struct Jobs {
@@ -78,6 +80,7 @@ impl Jobs {
         config: &Config,
         broker: Arc<Broker>,
         inventory: Arc<dyn Inventory>,
+        gates: Arc<crate::compute::Gates>,
         stop: CancellationToken,
     ) -> Result<Arc<Jobs>, JobError> {
         let store = Store::open(&config.state_dir().join("jobs.redb"))?;
@@ -102,6 +105,7 @@ impl Jobs {
                 embedding_cache: config.embedding_cache_dir(),
                 worker_dir: config.worker_dir(),
                 kernel_cache: config.kernel_cache_dir(),
+                gates,
             },
             inventory,
             live: Mutex::new(HashMap::new()),

@@ -27,6 +27,8 @@ pub struct SupervisorService {
     simulated: bool,
     /// TCP is served in plaintext: `status` says so, as a warning.
     insecure_tcp: bool,
+    /// The GPUs' compute gates, for interactive holders to find.
+    gates: Arc<crate::compute::Gates>,
     /// Fires at shutdown, so event feeds end and the server can drain.
     shutdown: CancellationToken,
 }
@@ -37,12 +39,14 @@ impl SupervisorService {
         policy: Arc<CallerPolicy>,
         simulated: bool,
         insecure_tcp: bool,
+        gates: Arc<crate::compute::Gates>,
         shutdown: CancellationToken,
     ) -> SupervisorService {
         SupervisorService {
             broker,
             policy,
             insecure_tcp,
+            gates,
             simulated,
             shutdown,
         }
@@ -178,6 +182,15 @@ impl Supervisor for SupervisorService {
                 .map(|w| convert::waiter(&self.broker, w))
                 .collect(),
             returns,
+            compute_gates: self
+                .gates
+                .list()
+                .into_iter()
+                .map(|(gpu_uuid, path)| pb::ComputeGate {
+                    gpu_uuid,
+                    path: path.display().to_string(),
+                })
+                .collect(),
         }))
     }
 

@@ -356,6 +356,8 @@ impl LipSyncModel {
 
     fn run(&self, module: &CModule, device: Device, face: &Face, audio: &[f32]) -> Result<Tensor> {
         let s = i64::from(self.face_size());
+        // Until the frames are on the host (the copy waits for the GPU's work).
+        let _busy = device.is_cuda().then(crate::compute::work).flatten();
         tch::no_grad(|| {
             // The fallible forms: a CUDA error is the caller's to report, not a panic.
             let face = Tensor::from_slice(&face.pixels)

@@ -17,6 +17,7 @@ use crate::metadata::StageMetrics;
 use crate::pipeline::cache::EmbeddingCache;
 use crate::pipeline::staged::{self, Request, Session, Settings};
 use crate::pipeline::tiny;
+use crate::pipeline::yielding::Yielding;
 use crate::progress::Progress;
 use crate::worker::Job;
 
@@ -85,6 +86,7 @@ fn settings(job: &Job, device: Device) -> Settings {
                 .ok()
         }),
         nvml: device.is_cuda().then(|| ProcessMemory::open(&job.gpu_uuid)),
+        gate: Yielding::from_env(device),
     }
 }
 

@@ -20,7 +20,9 @@ use arbiter::pipeline::{Component, Dtype, Placement};
 use arbiter_torch::load::{LoadOptions, load, load_pinned};
 use tch::{CModule, Device, IValue, Kind, TchError, Tensor};
 
+use super::blocks;
 use super::stream::{StreamError, Streamer};
+use super::yielding::Shared;
 
 /// Why a component could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,10 @@ pub struct Live {
     calls: u64,
     /// How long the first call took (synchronized), until a stage takes the figure.
     first_call_ms: Option<f64>,
+    /// Repeated blocks its code exposes (0: only `forward`).
+    blocks: u32,
+    /// The job's compute gate: with one, calls run block by block and yield between them.
+    yielding: Option<Shared>,
 }
 
 pub fn kind_of(dtype: Dtype) -> Kind {
@@ -241,6 +247,8 @@ impl Live {
             _weights: kept,
             calls: 0,
             first_call_ms: None,
+            blocks: spec.blocks,
+            yielding: None,
         })
     }
 
@@ -259,33 +267,52 @@ impl Live {
             .map(|t| self.prepare(t))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| self.error("inputs", source))?;
-        let output =
-            match self.streamer.as_mut() {
-                None => {
-                    let ivalues: Vec<IValue> = inputs
-                        .iter()
-                        .map(|t| IValue::Tensor(t.shallow_clone()))
-                        .collect();
-                    let out = self.module.forward_is(&ivalues).map_err(|source| {
-                        ComponentError::Call {
+        let mut gate = self
+            .yielding
+            .as_ref()
+            .map(|y| y.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let stream_error = |source: StreamError| ComponentError::Stream {
+            name: self.name.clone(),
+            source,
+        };
+        let output = match (self.streamer.as_mut(), gate.as_deref_mut()) {
+            (Some(streamer), gate) => streamer
+                .run(&self.module, &inputs, gate)
+                .map_err(stream_error)?,
+            // Under a gate, block by block, to yield between blocks; the same computation
+            // as `forward`, which composes pre, the blocks and post.
+            (None, Some(gate)) if self.blocks > 0 => {
+                let block_error = |e: blocks::CallError| stream_error(e.into());
+                let cuda_error = |e: arbiter_torch::stream::StreamError| stream_error(e.into());
+                let (mut h, c) = blocks::pre(&self.module, &inputs).map_err(block_error)?;
+                for index in 0..self.blocks as usize {
+                    gate.before_block(index).map_err(cuda_error)?;
+                    h = blocks::block(&self.module, h, &c, index).map_err(block_error)?;
+                    gate.after_block(index).map_err(cuda_error)?;
+                }
+                blocks::post(&self.module, h, c, &inputs).map_err(block_error)?
+            }
+            (None, _) => {
+                let ivalues: Vec<IValue> = inputs
+                    .iter()
+                    .map(|t| IValue::Tensor(t.shallow_clone()))
+                    .collect();
+                let out =
+                    self.module
+                        .forward_is(&ivalues)
+                        .map_err(|source| ComponentError::Call {
                             name: self.name.clone(),
                             method: "forward",
                             source,
-                        }
-                    })?;
-                    tensor_of(out).map_err(|source| ComponentError::Call {
-                        name: self.name.clone(),
-                        method: "forward",
-                        source,
-                    })?
-                }
-                Some(streamer) => streamer.run(&self.module, &inputs).map_err(|source| {
-                    ComponentError::Stream {
-                        name: self.name.clone(),
-                        source,
-                    }
-                })?,
-            };
+                        })?;
+                tensor_of(out).map_err(|source| ComponentError::Call {
+                    name: self.name.clone(),
+                    method: "forward",
+                    source,
+                })?
+            }
+        };
+        drop(gate);
         if let Some(started) = started {
             synchronize(self.compute);
             self.first_call_ms = Some(crate::metadata::ms(started.elapsed()));
@@ -294,6 +321,11 @@ impl Live {
             .f_to_kind(Kind::Float)
             .and_then(|t| t.f_to_device(self.device))
             .map_err(|source| self.error("output", source))
+    }
+
+    /// Runs later calls under the job's compute gate.
+    pub fn yield_to(&mut self, yielding: Option<Shared>) {
+        self.yielding = yielding;
     }
 
     /// The first call's time, once: a fresh process's first call of a component pays for

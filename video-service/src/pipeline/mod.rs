@@ -8,12 +8,13 @@
 //!
 //! A manifest with stages runs the staged pipeline ([`staged`]): its components
 //! ([`component`]) loaded one stage at a time with their placements (block streaming in
-//! [`stream`]), the flow-matching [`sampler`], byte-level [`tokens`], the embedding
+//! [`stream`], yielding to a voice between blocks in [`yielding`]), the flow-matching [`sampler`], byte-level [`tokens`], the embedding
 //! [`cache`] and tiled decoding ([`tiles`]). A manifest without stages or command runs the
 //! built-in seeded model ([`tiny`]) under its own rules and memory figures. Pipelines with
 //! a `command` run as external programs under the supervisor, never in this worker. Either
 //! in-process pipeline hands its video on as [`Frames`](crate::frames::Frames).
 
+pub mod blocks;
 pub mod cache;
 pub mod component;
 pub mod sampler;
@@ -22,6 +23,7 @@ pub mod stream;
 pub mod tiles;
 pub mod tiny;
 pub mod tokens;
+pub mod yielding;
 
 use std::path::Path;
 

@@ -30,12 +30,14 @@ use super::component::{ComponentError, Live, device_index};
 use super::sampler;
 use super::tiles::{self, Factors, Tiling};
 use super::tokens;
+use super::yielding::{self, Shared};
 use crate::frames::Frames;
 use crate::gpu_memory::ProcessMemory;
 use crate::input::audio::Audio;
 use crate::input::image::Image;
 use crate::metadata::{StageMetrics, millis};
 use crate::progress::{Progress, Stop};
+use arbiter::gate::YieldStats;
 
 /// Why the staged pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,9 @@ pub struct Settings {
     pub cache: Option<EmbeddingCache>,
     /// NVML, to record what the driver says this process holds after each stage.
     pub nvml: Option<ProcessMemory>,
+    /// The GPU's compute gate, when the supervisor gave one: components yield to
+    /// interactive work between their blocks.
+    pub gate: Option<Shared>,
 }
 
 /// The pipeline's result.
@@ -315,6 +320,7 @@ impl Run<'_> {
         let kind = spec.stage;
         progress.begin(kind, self.total_steps(index))?;
         let mut metrics = self.start_metrics(index);
+        let yielded = self.yield_stats();
         let started = Instant::now();
         let model = self.model().clone();
         let latent = Latent::of(&model, &self.request.shape);
@@ -343,7 +349,21 @@ impl Run<'_> {
             }
         }
         self.finish_metrics(index, started, &mut metrics);
+        if let (Some(before), Some(after)) = (yielded, self.yield_stats()) {
+            let (pauses, ms) = yielding::cost(before, after);
+            metrics.yield_pauses = Some(pauses);
+            metrics.yield_paused_ms = Some(ms);
+        }
         Ok(metrics)
+    }
+
+    fn yield_stats(&self) -> Option<YieldStats> {
+        let gate = self.settings.gate.as_ref()?;
+        Some(
+            gate.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .stats(),
+        )
     }
 
     /// The steps stage `index` reports: the request's for `denoise`, the manifest's for
@@ -684,7 +704,7 @@ impl Run<'_> {
                 placement = decide_auto(need, self.request.lease_bytes, held, spec.blocks);
                 tracing::info!(component = %name, %placement, need, held, lease = self.request.lease_bytes, "auto placement");
             }
-            let live = Live::load(
+            let mut live = Live::load(
                 self.dir,
                 &name,
                 spec,
@@ -692,6 +712,7 @@ impl Run<'_> {
                 self.settings.device,
                 &self.settings.load,
             )?;
+            live.yield_to(self.settings.gate.clone());
             metrics.load_ms = (live.load.seconds * 1e5).round() / 100.0;
             metrics.load_bytes = live.load.bytes;
             metrics.load_gb_per_s = live.load.gb_per_s();

@@ -16,7 +16,10 @@
 //! the same code runs with plain copies, so tests exercise it on the CPU.
 
 use arbiter_torch::stream::{CopyStream, Event, StreamError as CudaError};
-use tch::{CModule, Device, IValue, TchError, Tensor};
+use tch::{CModule, Device, TchError, Tensor};
+
+use super::blocks;
+use super::yielding::Yielding;
 
 /// Why a streamed call failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,8 @@ pub enum StreamError {
         method: &'static str,
         source: TchError,
     },
+    #[error(transparent)]
+    Block(#[from] blocks::CallError),
     #[error(transparent)]
     Cuda(#[from] CudaError),
 }
@@ -183,26 +188,21 @@ impl Streamer {
         Ok(())
     }
 
-    /// Runs `pre`, every block through the slots, and `post`.
-    pub fn run(&mut self, module: &CModule, inputs: &[Tensor]) -> Result<Tensor, StreamError> {
-        let ivalues: Vec<IValue> = inputs
-            .iter()
-            .map(|t| IValue::Tensor(t.shallow_clone()))
-            .collect();
-        let (mut h, c) = match module.method_is("pre", &ivalues).map_err(call("pre"))? {
-            IValue::Tuple(mut parts) if parts.len() == 2 => {
-                let c = parts.pop();
-                let h = parts.pop();
-                match (h, c) {
-                    (Some(IValue::Tensor(h)), Some(IValue::Tensor(c))) => (h, c),
-                    _ => return Err(bad_pre()),
-                }
-            }
-            _ => return Err(bad_pre()),
-        };
+    /// Runs `pre`, every block through the slots, and `post`, yielding at each block
+    /// boundary when a compute gate is given.
+    pub fn run(
+        &mut self,
+        module: &CModule,
+        inputs: &[Tensor],
+        mut yielding: Option<&mut Yielding>,
+    ) -> Result<Tensor, StreamError> {
+        let (mut h, c) = blocks::pre(module, inputs)?;
         let count = self.blocks.len();
         self.fetch(0)?;
         for index in 0..count {
+            if let Some(y) = yielding.as_deref_mut() {
+                y.before_block(index)?;
+            }
             if index + 1 < count {
                 self.fetch(index + 1)?;
             }
@@ -213,50 +213,16 @@ impl Streamer {
             for (param, weights) in self.blocks[index].params.iter_mut().zip(&self.slots[slot]) {
                 param.f_set_data(weights).map_err(call("set_data"))?;
             }
-            h = match module
-                .method_is(
-                    "block",
-                    &[
-                        IValue::Tensor(h),
-                        IValue::Tensor(c.shallow_clone()),
-                        IValue::Int(index as i64),
-                    ],
-                )
-                .map_err(call("block"))?
-            {
-                IValue::Tensor(h) => h,
-                other => {
-                    return Err(StreamError::Call {
-                        method: "block",
-                        source: TchError::Kind(format!("returned {other:?}, not a tensor")),
-                    });
-                }
-            };
+            h = blocks::block(module, h, &c, index)?;
             if let Some(cuda) = self.cuda.as_mut() {
                 cuda.computed[slot].record_current()?;
                 cuda.used[slot] = true;
             }
+            if let Some(y) = yielding.as_deref_mut() {
+                y.after_block(index)?;
+            }
         }
-        let first = inputs
-            .first()
-            .map(Tensor::shallow_clone)
-            .ok_or_else(|| StreamError::Call {
-                method: "post",
-                source: TchError::Kind("no inputs".into()),
-            })?;
-        match module
-            .method_is(
-                "post",
-                &[IValue::Tensor(h), IValue::Tensor(c), IValue::Tensor(first)],
-            )
-            .map_err(call("post"))?
-        {
-            IValue::Tensor(out) => Ok(out),
-            other => Err(StreamError::Call {
-                method: "post",
-                source: TchError::Kind(format!("returned {other:?}, not a tensor")),
-            }),
-        }
+        Ok(blocks::post(module, h, c, inputs)?)
     }
 }
 
@@ -271,12 +237,5 @@ impl Drop for Streamer {
         {
             tracing::warn!(%error, "could not wait for the block copies before freeing");
         }
-    }
-}
-
-fn bad_pre() -> StreamError {
-    StreamError::Call {
-        method: "pre",
-        source: TchError::Kind("must return a tuple (h, c) of two tensors".into()),
     }
 }
