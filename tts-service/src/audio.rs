@@ -6,6 +6,10 @@
 //! The lip-sync model takes its own sample rate, so [`Audio::resampled`] converts by linear
 //! interpolation: no low-pass filter, which aliases a little when going down; the test model
 //! and loudness-driven mouths do not mind, a real model may want a proper resampler.
+//! [`resample::Resampler`] does the same to audio that arrives in pieces (a text spoken a
+//! sentence at a time), with the same result.
+
+pub mod resample;
 
 use arbiter::wav::{self, WavError};
 
@@ -159,25 +163,13 @@ impl Audio {
     }
 
     /// The samples at `rate` Hz, by linear interpolation; the length is the original's
-    /// times `rate / sample_rate`, rounded half up.
+    /// times `rate / sample_rate`, rounded half up. The same as feeding them to a
+    /// [`resample::Resampler`] in any pieces.
     pub fn resampled(&self, rate: u32) -> Vec<f32> {
-        if rate == self.sample_rate || self.samples.is_empty() {
-            return self.samples.clone();
-        }
-        let n = self.samples.len() as u64;
-        let (from, to) = (u64::from(self.sample_rate), u64::from(rate));
-        let len = (2 * n * to + from) / (2 * from);
-        let step = from as f64 / to as f64;
-        let last = self.samples.len() - 1;
-        (0..len)
-            .map(|i| {
-                let at = i as f64 * step;
-                let k = (at.floor() as usize).min(last);
-                let frac = (at - k as f64) as f32;
-                let next = self.samples[(k + 1).min(last)];
-                self.samples[k] + (next - self.samples[k]) * frac
-            })
-            .collect()
+        let mut resampler = resample::Resampler::new(self.sample_rate, rate);
+        let mut samples = resampler.push(&self.samples);
+        samples.extend(resampler.finish());
+        samples
     }
 }
 

@@ -11,6 +11,8 @@
 //! - [`residency`]: the model's own preemptible lease: given back when the supervisor
 //!   reclaims it (the model renders on the CPU meanwhile), asked for again by the next
 //!   render.
+//! - [`windows`]: the audio of one render cut into the model's windows, also as it grows a
+//!   sentence at a time (a text's frames stream per sentence), with the frames of the whole.
 //!
 //! [`LipSync`] ties them together for the service: it renders a second of audio at a time,
 //! so a reclaim that arrives mid-stream moves the remaining windows to the CPU.
@@ -24,6 +26,7 @@ pub mod face;
 pub mod frames;
 pub mod model;
 pub mod residency;
+pub mod windows;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

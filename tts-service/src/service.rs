@@ -10,6 +10,8 @@
 //!   the lip-sync calls on;
 //! - `lip_sync_handlers`: `LipSync`, `LipSyncStream` and `GetLipSyncStatus` (viseme
 //!   timelines for text or audio, mouth frames from the optional [`crate::lip_sync`] model);
+//! - `spoken`: the speech a lip-sync request is about, a text a sentence at a time as
+//!   Synthesize speaks it, so LipSyncStream's frames follow each sentence;
 //! - `voices`: the voices a request may name, and speaking a sentence with one (which
 //!   voices there are, and how a TorchScript voice uses eSpeak NG, is told there);
 //! - `limits`: [`Limits`] on requests and the stream permits; `wire`: timings in the
@@ -20,6 +22,7 @@
 
 mod limits;
 mod lip_sync_handlers;
+mod spoken;
 mod voices;
 mod wire;
 

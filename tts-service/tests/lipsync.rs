@@ -1,6 +1,7 @@
 //! Lip-sync through the real `arbiter-tts serve` binary over its Unix socket, with the model
 //! scripts/make-test-lipsync.py writes (random weights) and no GPU lease: timelines from
-//! audio, mouth frames, the status, and refusals that name the field.
+//! audio, mouth frames, a text's frames a sentence at a time (and that they are its whole
+//! speech's), the status, and refusals that name the field.
 
 use arbiter::pb::tts::v1 as pb;
 use arbiter_test_kit::assert_refused;
@@ -245,6 +246,263 @@ async fn mouth_frames_from_the_generated_model_match_the_audio_and_the_face_size
     assert_eq!(status.device, "cpu");
     assert!(status.fallback_windows >= 3 + 2, "{status:?}");
     assert_eq!(status.leased_windows, 0);
+}
+
+/// A LipSyncStream's messages by the sentence each begins with its timeline: that share of
+/// the timeline, the `render` it carries, and the frames that follow it.
+struct Sentence {
+    timeline: pb::LipSyncReply,
+    render: Option<pb::MouthRender>,
+    frames: Vec<pb::MouthFrame>,
+}
+
+impl Sentence {
+    fn end(&self) -> f64 {
+        secs(&self.timeline.duration)
+    }
+}
+
+const FPS: f64 = 25.0;
+const FRAME: f64 = 1.0 / FPS;
+const SENTENCES: &str = "Peter picked a peck of pickled peppers. Where is the peck he picked? \
+                         Nobody knows where Peter put the peppers he picked.";
+
+/// The LipSyncStream of `SENTENCES` spoken by `voice` with a face, RGB24 frames, checked
+/// to come a sentence at a time: each sentence's timeline, then the frames its audio
+/// completes (the first sentence's before anything of the second), every frame once, in
+/// order, frame `i` at `i / fps`, as many as the last `render` says.
+async fn streamed_by_sentence(
+    client: &mut TtsClient<Channel>,
+    voice: &str,
+    face: Vec<u8>,
+) -> Vec<Sentence> {
+    let mut request = face_request(Input::Text(SENTENCES.into()), face);
+    request.voice = voice.into();
+    request.frame_format = pb::FrameFormat::Rgb24 as i32;
+    let chunks = lip_sync_stream(client, request)
+        .await
+        .expect("LipSyncStream of a text");
+    assert!(chunks[0].timeline.is_some() && chunks[0].render.is_some());
+    let mut sentences: Vec<Sentence> = Vec::new();
+    for chunk in &chunks {
+        if let Some(timeline) = &chunk.timeline {
+            assert!(chunk.frame.is_none(), "a timeline comes alone: {chunk:?}");
+            sentences.push(Sentence {
+                timeline: timeline.clone(),
+                render: chunk.render.clone(),
+                frames: Vec::new(),
+            });
+        }
+        if let Some(frame) = &chunk.frame {
+            sentences.last_mut().unwrap().frames.push(frame.clone());
+        }
+    }
+    assert_eq!(sentences.len(), 3, "one timeline a sentence");
+    let ends: Vec<f64> = sentences.iter().map(Sentence::end).collect();
+    assert!(ends.windows(2).all(|w| w[0] < w[1]), "{ends:?}");
+
+    // Each sentence's frames are those of its audio: none after its end, none missing but
+    // a last partial one (which the next sentence completes). The timeline's ends are whole
+    // milliseconds, rounded down a sentence at a time: a few ms of slack. The very last
+    // frame is rounded half up, so it may end after the audio.
+    for (k, sentence) in sentences.iter().enumerate() {
+        let before = if k == 0 { 0.0 } else { ends[k - 1] };
+        let slack = if k + 1 == sentences.len() {
+            FRAME
+        } else {
+            0.005
+        };
+        assert!(!sentence.frames.is_empty(), "frames for sentence {k}");
+        for f in &sentence.frames {
+            let (start, end) = (secs(&f.start), secs(&f.start) + secs(&f.duration));
+            assert!(
+                end <= ends[k] + slack,
+                "sentence {k} ends at {}; frame {} ends at {end}",
+                ends[k],
+                f.index
+            );
+            assert!(
+                start >= before - 2.0 * FRAME,
+                "frame {} of sentence {k} waited only for the sentence before",
+                f.index
+            );
+        }
+        let last = sentence.frames.last().unwrap();
+        let last_end = secs(&last.start) + secs(&last.duration);
+        assert!(
+            last_end > ends[k] - 2.0 * FRAME,
+            "sentence {k}'s frames go to its end ({}), not {last_end}",
+            ends[k]
+        );
+        for v in &sentence.timeline.visemes {
+            assert!(secs(&v.start) >= before - 1e-6 && secs(&v.start) < ends[k]);
+        }
+    }
+
+    let frames: Vec<&pb::MouthFrame> = sentences.iter().flat_map(|s| &s.frames).collect();
+    let counts: Vec<u32> = sentences
+        .iter()
+        .map(|s| s.render.as_ref().expect("a render a sentence").frame_count)
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    assert_eq!(
+        frames.len(),
+        counts[2] as usize,
+        "the last render counts them all"
+    );
+    assert!(
+        (f64::from(counts[2]) - ends[2] * FPS).abs() <= 1.0,
+        "{} frames for {} s",
+        counts[2],
+        ends[2]
+    );
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f.index as usize, i);
+        assert!((secs(&f.start) - i as f64 / FPS).abs() < 1e-6);
+        assert!((secs(&f.duration) - FRAME).abs() < 1e-6);
+        assert_eq!(f.image.len(), 48 * 48 * 3);
+    }
+    assert!(chunks.last().unwrap().last);
+    assert_eq!(chunks.iter().filter(|c| c.last).count(), 1);
+    sentences
+}
+
+/// The unary LipSync of `SENTENCES` spoken by `voice`.
+async fn unary_timeline(client: &mut TtsClient<Channel>, voice: &str) -> pb::LipSyncReply {
+    client
+        .lip_sync(pb::LipSyncRequest {
+            input: Some(Input::Text(SENTENCES.into())),
+            voice: voice.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("LipSync of the text")
+        .into_inner()
+}
+
+/// With eSpeak NG: a text's mouth frames and timeline stream a sentence at a time, and
+/// without a face the timeline alone does, one message a sentence. eSpeak NG speaks the
+/// same sentence a little differently from one call to the next (a few ms; it keeps state
+/// between calls), so comparisons across calls allow for that; the next test compares
+/// exactly, with a voice that does not.
+#[tokio::test]
+async fn a_texts_mouth_frames_stream_a_sentence_at_a_time() {
+    let mut served = serve_with_model(&[]).await;
+    let client = &mut served.client;
+    let face = picture(80, 80, image::ImageFormat::Png);
+    let sentences = streamed_by_sentence(client, "", face).await;
+    let end = sentences[2].end();
+
+    let unary = unary_timeline(client, "").await;
+    assert!((secs(&unary.duration) - end).abs() < 0.2, "{unary:?}");
+    let covered: f64 = unary.visemes.iter().map(|v| secs(&v.duration)).sum();
+    assert!(
+        (covered - secs(&unary.duration)).abs() < 0.005,
+        "the sentences' visemes cover the whole speech"
+    );
+
+    let timelines = lip_sync_stream(
+        client,
+        pb::LipSyncRequest {
+            input: Some(Input::Text(SENTENCES.into())),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("LipSyncStream of a text without a face");
+    assert_eq!(timelines.len(), 3, "one message a sentence");
+    assert!(
+        timelines
+            .iter()
+            .all(|c| c.timeline.is_some() && c.render.is_none() && c.frame.is_none())
+    );
+    let ends: Vec<f64> = timelines
+        .iter()
+        .map(|c| secs(&c.timeline.as_ref().unwrap().duration))
+        .collect();
+    assert!(ends.windows(2).all(|w| w[0] < w[1]), "{ends:?}");
+    assert!(timelines[2].last && !timelines[0].last && !timelines[1].last);
+}
+
+/// With a voice whose audio is the same at every call (a generated TorchScript voice at
+/// 22050 Hz, resampled for the 16 kHz model, so sentences end off frame boundaries): the
+/// streamed frames are those of the whole speech rendered at once (Synthesize's audio sent
+/// back as audio): as many, with the same indices and times, and, since the test model
+/// draws each frame from its own audio only, the same pixels. The unary LipSync's timeline
+/// ends where the streamed one does, and Synthesize's sentences end where its shares do.
+#[tokio::test]
+async fn a_texts_streamed_mouth_frames_are_those_of_its_whole_speech() {
+    let voices = tempfile::tempdir().unwrap();
+    let voice_dir = voices.path().join("tiny-vits");
+    tts::make_voice(&voice_dir, &[]);
+    let mut served = serve_with_model(&["--voice-dir", voice_dir.to_str().unwrap()]).await;
+    let client = &mut served.client;
+    let face = picture(80, 80, image::ImageFormat::Png);
+    let sentences = streamed_by_sentence(client, "tiny-vits", face.clone()).await;
+    let ends: Vec<f64> = sentences.iter().map(Sentence::end).collect();
+    let frames: Vec<&pb::MouthFrame> = sentences.iter().flat_map(|s| &s.frames).collect();
+
+    let unary = unary_timeline(client, "tiny-vits").await;
+    assert_eq!(unary.duration, sentences[2].timeline.duration);
+    let streamed: usize = sentences.iter().map(|s| s.timeline.visemes.len()).sum();
+    assert_eq!(
+        unary.visemes.len(),
+        streamed,
+        "the sentences' visemes together"
+    );
+
+    let mut stream = client
+        .synthesize(pb::SynthesizeRequest {
+            text: SENTENCES.into(),
+            voice: "tiny-vits".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("Synthesize")
+        .into_inner();
+    let (mut audio, mut rate, mut synthesized) = (Vec::new(), 0, Vec::new());
+    while let Some(chunk) = stream.message().await.expect("a chunk") {
+        audio.extend_from_slice(&chunk.audio);
+        rate = chunk.sample_rate;
+        synthesized.push(secs(&chunk.start) + secs(&chunk.duration));
+    }
+    assert_eq!(rate, 22050);
+    assert_eq!(synthesized.len(), 3, "the sentences Synthesize speaks");
+    for (synthesized, end) in synthesized.iter().zip(&ends) {
+        assert!((synthesized - end).abs() < 1e-6, "{synthesized} and {end}");
+    }
+    let mut request = face_request(
+        Input::Audio(pb::AudioInput {
+            data: audio,
+            format: pb::AudioFormat::PcmS16le as i32,
+            sample_rate: rate,
+        }),
+        face,
+    );
+    request.frame_format = pb::FrameFormat::Rgb24 as i32;
+    let whole = lip_sync_stream(client, request)
+        .await
+        .expect("LipSyncStream of the same audio");
+    assert_eq!(
+        whole[0].render.as_ref().unwrap().frame_count as usize,
+        frames.len()
+    );
+    let whole: Vec<&pb::MouthFrame> = whole.iter().filter_map(|c| c.frame.as_ref()).collect();
+    assert_eq!(whole.len(), frames.len());
+    // Sentence ends fall inside one-second windows, which are then rendered in pieces; the
+    // one such split that may change the test model's pixels (lip_sync::windows), in the
+    // last window, this text does not have.
+    assert!(
+        ends[..2].iter().all(|&end| end < ends[2].floor()),
+        "the last sentence starts before the last second: {ends:?}"
+    );
+    for (i, (streamed, whole)) in frames.iter().zip(&whole).enumerate() {
+        assert_eq!(
+            (streamed.index, streamed.start, streamed.duration),
+            (whole.index, whole.start, whole.duration)
+        );
+        assert!(streamed.image == whole.image, "frame {i} is the whole's");
+    }
 }
 
 #[tokio::test]

@@ -1,15 +1,21 @@
 //! `LipSync`, `LipSyncStream` and `GetLipSyncStatus`: viseme timelines for text or audio,
 //! and mouth frames from the lip-sync model ([`crate::lip_sync`]).
 //!
-//! Text is spoken on the way (as Synthesize would) and its visemes follow the phonemes;
-//! audio (WAV or raw PCM, such as a Synthesize result) gets visemes from its loudness
-//! ([`crate::audio_viseme`]). Everything a request carries is checked before the answer
-//! starts, so a bad field is an INVALID_ARGUMENT status, not a stream that fails.
+//! Text is spoken on the way, a sentence at a time as Synthesize speaks it, and its visemes
+//! follow the phonemes; audio (WAV or raw PCM, such as a Synthesize result) gets visemes
+//! from its loudness ([`crate::audio_viseme`]). Everything a request carries is checked, and
+//! a text's first sentence spoken, before the answer starts, so a bad field is an
+//! INVALID_ARGUMENT status, not a stream that fails.
 //!
-//! With a face image, LipSyncStream then renders the audio a second at a time
-//! ([`LipSync::render_window`]): first it brings the model back under its lease if a
-//! reclaim took it off the GPU (waiting at most the short wait, else rendering on the CPU,
-//! which the first message says), then it streams each frame as soon as its window is done.
+//! LipSyncStream sends a text a sentence at a time ([`Spoken`]): each sentence's share of
+//! the timeline, then (with a face) the mouth frames its audio completes, while the next
+//! sentence is spoken. The frames are those of the whole audio: [`Windows`] cuts the audio
+//! so far into the model's windows, carrying a sentence's last partial frame over to the
+//! next (see there for how far a window split at a sentence's end can differ). Before the first
+//! frame the stream brings the model back under its lease if a reclaim took it off the GPU
+//! (waiting at most the short wait, else rendering on the CPU, which the first message
+//! says); then it renders a window at a time ([`LipSync::render_window`]) and sends each
+//! frame as soon as its window is done.
 //!
 //! The handlers take [`LipSyncHandlers`], what they read of the service, rather than the
 //! service itself, so that this module depends only on the modules below the service.
@@ -29,15 +35,17 @@ use crate::lip_sync::face::{self, Face};
 use crate::lip_sync::frames::{self, FrameFormat};
 use crate::lip_sync::model::device_name;
 use crate::lip_sync::residency::Phase;
+use crate::lip_sync::windows::{Window, Windows};
 use crate::lip_sync::{LipSync, LipSyncRequestError, Placement};
 use crate::metrics::TtsMetrics;
 use crate::service::limits::{Limits, Streams};
-use crate::service::voices::{Voices, speak};
-use crate::service::wire::{ms, visemes_pb};
-use crate::viseme::{self, Viseme};
-use crate::{audio_viseme, espeak, status};
+use crate::service::spoken::{Part, Spoken};
+use crate::service::voices::Voices;
+use crate::{audio_viseme, status};
 
 pub type LipSyncChunkStream = Pin<Box<dyn Stream<Item = Result<pb::LipSyncChunk, Status>> + Send>>;
+
+type Sender = mpsc::Sender<Result<pb::LipSyncChunk, Status>>;
 
 /// What the lip-sync handlers read of the service, borrowed for one call.
 pub(super) struct LipSyncHandlers<'a> {
@@ -49,22 +57,6 @@ pub(super) struct LipSyncHandlers<'a> {
     pub(super) lip_sync: Option<&'a Arc<LipSync>>,
     /// Where rendered windows are counted, by device.
     pub(super) metrics: &'a Arc<TtsMetrics>,
-}
-
-/// The speech a request is about, and its timeline.
-struct Spoken {
-    audio: Audio,
-    visemes: Vec<Viseme>,
-    duration_ms: u32,
-}
-
-impl Spoken {
-    fn timeline(&self) -> pb::LipSyncReply {
-        pb::LipSyncReply {
-            visemes: visemes_pb(&self.visemes, 0),
-            duration: ms(u64::from(self.duration_ms)),
-        }
-    }
 }
 
 fn frame_format(value: i32) -> Result<FrameFormat, LipSyncRequestError> {
@@ -91,20 +83,15 @@ fn frame_time(index: u64, fps: u32) -> Option<prost_types::Duration> {
 }
 
 impl LipSyncHandlers<'_> {
-    /// The speech of a request: text spoken with its voice, or audio decoded.
+    /// The speech of a request: text, checked and then spoken a sentence at a time with its
+    /// voice (the first before this returns), or audio decoded.
     async fn spoken(&self, input: Option<Input>, voice: &str) -> Result<Spoken, Status> {
         match input {
             None => Err(LipSyncRequestError::NoInput.into()),
             Some(Input::Text(text)) => {
                 self.limits.check_text(&text)?;
                 let voice = self.voices.find(voice)?;
-                let engine = self.voices.espeak().clone();
-                let speech = speak(engine, text, voice, espeak::RATE_WPM_DEFAULT).await?;
-                Ok(Spoken {
-                    visemes: viseme::visemes(&speech.phonemes),
-                    duration_ms: speech.duration_ms(),
-                    audio: Audio::from_s16(&speech.samples, speech.sample_rate),
-                })
+                Spoken::text(self.voices.espeak().clone(), voice, &text).await
             }
             Some(Input::Audio(input)) => {
                 if !voice.trim().is_empty() {
@@ -117,11 +104,7 @@ impl LipSyncHandlers<'_> {
                     let duration_ms = audio.duration_ms();
                     let visemes =
                         audio_viseme::visemes(&audio.samples, audio.sample_rate, duration_ms);
-                    Ok::<_, AudioError>(Spoken {
-                        audio,
-                        visemes,
-                        duration_ms,
-                    })
+                    Ok::<_, AudioError>(Spoken::audio(audio, &visemes, duration_ms))
                 })
                 .await
                 .map_err(status::task)??;
@@ -130,7 +113,8 @@ impl LipSyncHandlers<'_> {
         }
     }
 
-    /// LipSync: the timeline only.
+    /// LipSync: the timeline only, all of it at once (a text's sentences concatenated, as
+    /// LipSyncStream sends them).
     pub(super) async fn reply(
         &self,
         request: pb::LipSyncRequest,
@@ -140,10 +124,14 @@ impl LipSyncHandlers<'_> {
         }
         // Decoding audio or speaking text is the expensive part: it counts as a stream.
         let _permit = self.streams.permit()?;
-        Ok(self.spoken(request.input, &request.voice).await?.timeline())
+        self.spoken(request.input, &request.voice)
+            .await?
+            .timeline()
+            .await
     }
 
-    /// LipSyncStream: the timeline, then the mouth frames when a face is sent.
+    /// LipSyncStream: the timeline, a sentence at a time for text, each followed by the
+    /// mouth frames of its audio when a face is sent.
     pub(super) async fn stream(
         &self,
         mut request: pb::LipSyncRequest,
@@ -169,16 +157,8 @@ impl LipSyncHandlers<'_> {
         let metrics = Arc::clone(self.metrics);
         tokio::spawn(async move {
             let _permit = permit;
-            let timeline = spoken.timeline();
             match face {
-                None => {
-                    let chunk = pb::LipSyncChunk {
-                        timeline: Some(timeline),
-                        last: true,
-                        ..Default::default()
-                    };
-                    let _ = sender.send(Ok(chunk)).await;
-                }
+                None => timelines(spoken, sender).await,
                 Some((lip_sync, face)) => {
                     let frames = Frames {
                         lip_sync,
@@ -187,7 +167,7 @@ impl LipSyncHandlers<'_> {
                         sender,
                         metrics,
                     };
-                    frames.stream(timeline, spoken.audio).await;
+                    frames.stream(spoken).await;
                 }
             }
         });
@@ -245,114 +225,199 @@ impl LipSyncHandlers<'_> {
     }
 }
 
+/// The next part of `spoken`, unless the client went away (then nothing more is spoken).
+async fn next_part(spoken: &mut Spoken, sender: &Sender) -> Option<Result<Part, Status>> {
+    if sender.is_closed() {
+        return None;
+    }
+    spoken.next().await
+}
+
+/// A LipSyncStream without a face: each part's timeline, one message a part.
+async fn timelines(mut spoken: Spoken, sender: Sender) {
+    while let Some(part) = next_part(&mut spoken, &sender).await {
+        let chunk = part.map(|part| pb::LipSyncChunk {
+            timeline: Some(part.timeline()),
+            last: part.last,
+            ..Default::default()
+        });
+        let failed = chunk.is_err();
+        if sender.send(chunk).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 /// One LipSyncStream's frames, on their way to the client.
 struct Frames {
     lip_sync: Arc<LipSync>,
     face: Arc<Face>,
     format: FrameFormat,
-    sender: mpsc::Sender<Result<pb::LipSyncChunk, Status>>,
+    sender: Sender,
     metrics: Arc<TtsMetrics>,
 }
 
+/// Why a stream stops early: the client went away, or it was sent an error.
+struct Stopped;
+
 impl Frames {
-    /// Sends the timeline with how frames are rendered, then every frame in order. Stops
-    /// when the client goes away.
-    async fn stream(self, timeline: pb::LipSyncReply, audio: Audio) {
+    /// For each part: its timeline with how frames are rendered (`render`, its frame count
+    /// grown to the audio so far), then every frame its audio completes, in order. Stops
+    /// when the client goes away or a part fails.
+    async fn stream(self, mut spoken: Spoken) {
         let model = Arc::clone(self.lip_sync.model());
         let placement = self.lip_sync.prepare().await;
-        let rate = model.sample_rate();
-        let samples = match tokio::task::spawn_blocking(move || audio.resampled(rate)).await {
-            Ok(samples) => Arc::new(samples),
-            Err(error) => {
-                let _ = self.sender.send(Err(status::task(error))).await;
+        let mut render = pb::MouthRender {
+            model: model.name().to_string(),
+            width: model.face_size(),
+            height: model.face_size(),
+            fps: model.fps(),
+            frame_count: 0,
+            format: match self.format {
+                FrameFormat::Png => pb::FrameFormat::Png,
+                FrameFormat::Rgb24 => pb::FrameFormat::Rgb24,
+            } as i32,
+            device: device_name(model.device()),
+            leased: placement.leased,
+            note: placement.note.clone(),
+        };
+        let mut windows: Option<Windows> = None;
+        let mut sent = 0u64;
+        while let Some(part) = next_part(&mut spoken, &self.sender).await {
+            let part = match part {
+                Ok(part) => part,
+                Err(status) => return self.fail(status).await,
+            };
+            let first = windows.is_none();
+            let feed = windows.take().unwrap_or_else(|| {
+                let rate = part.audio.sample_rate;
+                Windows::new(
+                    rate,
+                    model.fps(),
+                    model.sample_rate(),
+                    model.window_samples(),
+                )
+            });
+            let (timeline, last) = (part.timeline(), part.last);
+            let (feed, ready) = match self.cut(feed, part.audio, last).await {
+                Ok(cut) => cut,
+                Err(Stopped) => return,
+            };
+            let count = feed.frame_count() as u64;
+            windows = Some(feed);
+            if first {
+                log_placement(&placement, count);
+            }
+            render.frame_count = u32::try_from(count).unwrap_or(u32::MAX);
+            let chunk = pb::LipSyncChunk {
+                timeline: Some(timeline),
+                render: Some(render.clone()),
+                frame: None,
+                last: last && sent == count,
+            };
+            if self.sender.send(Ok(chunk)).await.is_err() {
                 return;
             }
-        };
-        let count = model.frame_count(samples.len());
-        log_placement(&placement, count);
-        let first = pb::LipSyncChunk {
-            timeline: Some(timeline),
-            render: Some(pb::MouthRender {
-                model: model.name().to_string(),
-                width: model.face_size(),
-                height: model.face_size(),
-                fps: model.fps(),
-                frame_count: u32::try_from(count).unwrap_or(u32::MAX),
-                format: match self.format {
-                    FrameFormat::Png => pb::FrameFormat::Png,
-                    FrameFormat::Rgb24 => pb::FrameFormat::Rgb24,
-                } as i32,
-                device: device_name(model.device()),
-                leased: placement.leased,
-                note: placement.note,
-            }),
-            frame: None,
-            last: count == 0,
-        };
-        if self.sender.send(Ok(first)).await.is_err() || count == 0 {
-            return;
-        }
-        let window = model.window_samples();
-        let mut index = 0u64;
-        for start in (0..samples.len()).step_by(window) {
-            if self.sender.is_closed() {
-                return; // the client went away: stop before the next window
-            }
-            let end = (start + window).min(samples.len());
-            // A tail shorter than half a frame has no frame of its own: do not run the
-            // model on it (the last frame was already sent with `last`).
-            if model.frame_count(end - start) == 0 {
-                break;
-            }
-            let (lip_sync, face, samples) = (
-                Arc::clone(&self.lip_sync),
-                Arc::clone(&self.face),
-                Arc::clone(&samples),
-            );
-            let size = model.face_size();
-            let format = self.format;
-            let rendered = tokio::task::spawn_blocking(move || {
-                let rendered = lip_sync.render_window(&face, &samples[start..end])?;
-                let images = rendered
-                    .frames
-                    .into_iter()
-                    .map(|rgb| frames::encode(rgb, size, format))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok::<_, Status>((images, rendered.device))
-            })
-            .await
-            .map_err(status::task)
-            .and_then(|r| r);
-            let (images, device) = match rendered {
-                Ok(rendered) => rendered,
-                Err(status) => {
-                    let _ = self.sender.send(Err(status)).await;
-                    return;
+            for window in ready {
+                match self.window(window, last.then_some(count)).await {
+                    Ok(next) => sent = next,
+                    Err(Stopped) => return,
                 }
-            };
-            self.metrics.render(&device_name(device));
-            for image in images {
-                let chunk = pb::LipSyncChunk {
-                    frame: Some(pb::MouthFrame {
-                        index: u32::try_from(index).unwrap_or(u32::MAX),
-                        start: frame_time(index, model.fps()),
-                        duration: frame_time(1, model.fps()),
-                        image,
-                        device: device_name(device),
-                    }),
-                    last: index + 1 == count as u64,
-                    ..Default::default()
-                };
-                if self.sender.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
-                index += 1;
             }
         }
     }
+
+    /// Adds a part's audio to the stream's and takes the windows it completes (all that are
+    /// left after the `last` part), on a blocking thread: resampling a long input takes a
+    /// while.
+    async fn cut(
+        &self,
+        mut windows: Windows,
+        audio: Audio,
+        last: bool,
+    ) -> Result<(Windows, Vec<Window>), Stopped> {
+        if audio.sample_rate != windows.from_rate() {
+            let status = Status::internal(format!(
+                "a sentence came at {} Hz after one at {} Hz: one voice speaks at one rate",
+                audio.sample_rate,
+                windows.from_rate()
+            ));
+            self.fail(status).await;
+            return Err(Stopped);
+        }
+        let cut = tokio::task::spawn_blocking(move || {
+            windows.extend(&audio.samples, last);
+            let ready = windows.take();
+            (windows, ready)
+        })
+        .await;
+        match cut {
+            Ok(cut) => Ok(cut),
+            Err(error) => {
+                self.fail(status::task(error)).await;
+                Err(Stopped)
+            }
+        }
+    }
+
+    /// Renders one window and sends its frames; `count`, once known, is the frame count of
+    /// the whole, so the last frame says it is. Returns the index after its last frame.
+    async fn window(&self, window: Window, count: Option<u64>) -> Result<u64, Stopped> {
+        if self.sender.is_closed() {
+            return Err(Stopped); // the client went away: stop before the next window
+        }
+        let model = Arc::clone(self.lip_sync.model());
+        let (lip_sync, face) = (Arc::clone(&self.lip_sync), Arc::clone(&self.face));
+        let (size, format) = (model.face_size(), self.format);
+        let first = window.first;
+        let rendered = tokio::task::spawn_blocking(move || {
+            let rendered = lip_sync.render_window(&face, &window.samples)?;
+            let images = rendered
+                .frames
+                .into_iter()
+                .map(|rgb| frames::encode(rgb, size, format))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, Status>((images, rendered.device))
+        })
+        .await
+        .map_err(status::task)
+        .and_then(|r| r);
+        let (images, device) = match rendered {
+            Ok(rendered) => rendered,
+            Err(status) => {
+                self.fail(status).await;
+                return Err(Stopped);
+            }
+        };
+        self.metrics.render(&device_name(device));
+        let mut index = first;
+        for image in images {
+            let chunk = pb::LipSyncChunk {
+                frame: Some(pb::MouthFrame {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    start: frame_time(index, model.fps()),
+                    duration: frame_time(1, model.fps()),
+                    image,
+                    device: device_name(device),
+                }),
+                last: count == Some(index + 1),
+                ..Default::default()
+            };
+            if self.sender.send(Ok(chunk)).await.is_err() {
+                return Err(Stopped);
+            }
+            index += 1;
+        }
+        Ok(index)
+    }
+
+    /// Ends the stream with `status`.
+    async fn fail(&self, status: Status) {
+        let _ = self.sender.send(Err(status)).await;
+    }
 }
 
-fn log_placement(placement: &Placement, frames: usize) {
+fn log_placement(placement: &Placement, frames: u64) {
     if placement.leased {
         tracing::debug!(frames, "rendering mouth frames under the lip-sync lease");
     } else {
