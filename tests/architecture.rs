@@ -203,7 +203,7 @@ fn the_supervisors_layers_point_one_way() {
     let layers: [&[&str]; 6] = [
         &["budget", "gpu"],
         &["lease"],
-        &["config", "sampler", "job"],
+        &["config", "compute", "sampler", "job"],
         &["rpc", "metrics", "kubernetes"],
         &["client", "cli", "logging"],
         &["server", "main"],
