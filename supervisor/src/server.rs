@@ -53,6 +53,8 @@ pub enum ServeError {
     Kubernetes(#[from] crate::kubernetes::KubernetesError),
     #[error("{0} (the [compute] section)")]
     Gate(#[from] arbiter::gate::GateError),
+    #[error("{0}")]
+    Mps(#[from] crate::compute::mps::MpsError),
     #[error("{0} (the [metrics] section)")]
     Metrics(#[from] arbiter::scrape::ScrapeError),
 }
@@ -103,11 +105,23 @@ pub async fn run(
         &config.compute_gate_dir(),
         inventory.gpus(),
     )?);
+    let mps = if config.compute.mps.enabled {
+        let (pipe, log) = config.mps_dirs();
+        Some(crate::compute::Mps::start(&config.compute.mps, &pipe, &log).await?)
+    } else {
+        None
+    };
     let jobs = Jobs::open(
         &config,
         Arc::clone(&broker),
         Arc::clone(&inventory),
-        Arc::clone(&gates),
+        crate::job::jobs::ComputeEnv {
+            gates: gates.list().into_iter().collect(),
+            mps: mps
+                .as_ref()
+                .map(crate::compute::Mps::worker_env)
+                .unwrap_or_default(),
+        },
         stop.clone(),
     )?;
 
@@ -140,6 +154,7 @@ pub async fn run(
         inventory.simulated(),
         config.server.listen.is_some() && config.server.insecure_tcp,
         Arc::clone(&gates),
+        mps.as_ref().map(|m| m.pipe_dir().to_owned()),
         stop.clone(),
     ));
     health.set_serving::<VideoServer<VideoService>>().await;
@@ -241,6 +256,10 @@ pub async fn run(
     let _ = sampler.await;
     if let Some(kubelet) = kubelet {
         let _ = kubelet.await;
+    }
+    // After the workers: MPS's servers end once their clients have.
+    if let Some(mps) = &mps {
+        mps.stop().await;
     }
     if let Err(error) = std::fs::remove_file(&socket.path) {
         tracing::debug!(%error, "socket already gone");

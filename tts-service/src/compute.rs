@@ -17,15 +17,30 @@ use arbiter::gate::{Gate, GateError, Holder, Work};
 
 static HOLDER: OnceLock<Holder> = OnceLock::new();
 
-/// Where the gate is for the card with `uuid`, from the supervisor's status; None when it
-/// runs without them (`[compute] yield_to_interactive = false`) or is not reachable.
-pub fn gate_of(supervisor: &Address, uuid: &str) -> Result<Option<PathBuf>, String> {
+/// What the supervisor runs for compute priority, as the service needs it.
+#[derive(Debug, Default)]
+pub struct Priority {
+    /// The gate of the service's card (none with `[compute] yield_to_interactive = false`).
+    pub gate: Option<PathBuf>,
+    /// MPS's pipe directory, when the supervisor runs MPS (`[compute.mps]`): set as
+    /// CUDA_MPS_PIPE_DIRECTORY before CUDA starts, the service is an MPS client at normal
+    /// priority, ahead of the video workers.
+    pub mps_pipe_dir: Option<PathBuf>,
+}
+
+/// Asks the supervisor's status for the card with `uuid` (empty: no card pinned).
+pub fn priority_of(supervisor: &Address, uuid: &str) -> Result<Priority, String> {
     let status = crate::card::supervisor_status(supervisor)?;
-    Ok(status
-        .compute_gates
-        .into_iter()
-        .find(|g| g.gpu_uuid == uuid)
-        .map(|g| PathBuf::from(g.path)))
+    Ok(Priority {
+        gate: status
+            .compute_gates
+            .into_iter()
+            .find(|g| !uuid.is_empty() && g.gpu_uuid == uuid)
+            .map(|g| PathBuf::from(g.path)),
+        mps_pipe_dir: Some(status.mps_pipe_directory)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+    })
 }
 
 /// Claims a slot in the gate at `path` for this process. Once per process; a second call

@@ -238,7 +238,7 @@ fn main() -> ExitCode {
             ) else {
                 return ExitCode::from(2);
             };
-            join_gate(compute_gate.as_deref(), &supervisor, claim.is_some(), &card);
+            join_compute_priority(compute_gate.as_deref(), &supervisor, claim.is_some(), &card);
             let settings = Settings {
                 socket: socket.unwrap_or_else(arbiter::endpoint::default_tts_socket),
                 socket_mode: 0o660,
@@ -303,32 +303,41 @@ fn main() -> ExitCode {
     }
 }
 
-/// Marks this process's GPU work in the card's compute gate (see `arbiter_tts::compute`):
+/// CUDA's variable that makes a process an MPS client.
+const MPS_PIPE_DIRECTORY: &str = "CUDA_MPS_PIPE_DIRECTORY";
+
+/// Joins the supervisor's MPS, if it runs one, and marks this process's GPU work in the card's compute gate (see `arbiter_tts::compute`):
 /// the one named, else the supervisor's for the card (none under a claim: the node's
 /// supervisor is not asked). A gate that cannot be used is logged, never fatal: the voice
 /// then runs as it would without one.
-fn join_gate(
+fn join_compute_priority(
     flag: Option<&str>,
     supervisor: &arbiter::endpoint::Address,
     claimed: bool,
     card: &CardState,
 ) {
+    let asked = if claimed {
+        arbiter_tts::compute::Priority::default()
+    } else {
+        let uuid = card.to_pb().map(|gpu| gpu.uuid).unwrap_or_default();
+        arbiter_tts::compute::priority_of(supervisor, &uuid).unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot ask the supervisor how it gives the voice the GPU's time first");
+            arbiter_tts::compute::Priority::default()
+        })
+    };
+    if let Some(dir) = &asked.mps_pipe_dir
+        && std::env::var_os(MPS_PIPE_DIRECTORY).is_none()
+    {
+        // SAFETY: as in settle_card: no other thread runs yet (priority_of joined its
+        // runtime's), and nothing has touched libtorch, whose CUDA reads the variable.
+        unsafe { std::env::set_var(MPS_PIPE_DIRECTORY, dir) };
+        tracing::info!(pipe = %dir.display(), "an MPS client at normal priority, ahead of the video workers");
+    }
     let path = match flag {
         Some("off") => return,
         Some(path) => Some(PathBuf::from(path)),
         None if claimed => std::env::var_os(arbiter::leased::COMPUTE_GATE).map(PathBuf::from),
-        None => {
-            let Some(uuid) = card.to_pb().map(|gpu| gpu.uuid).filter(|u| !u.is_empty()) else {
-                return;
-            };
-            match arbiter_tts::compute::gate_of(supervisor, &uuid) {
-                Ok(path) => path,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot ask the supervisor for the card's compute gate");
-                    None
-                }
-            }
-        }
+        None => asked.gate,
     };
     let Some(path) = path else {
         tracing::info!("no compute gate: video jobs on this card do not yield to the voices");

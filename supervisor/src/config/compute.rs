@@ -26,6 +26,49 @@ pub struct ComputeConfig {
     /// stops holding jobs back after this.
     #[serde(with = "humantime_serde")]
     pub stale_after: Duration,
+    pub mps: MpsConfig,
+}
+
+/// `[compute.mps]`: NVIDIA MPS, its control daemon started and stopped by the supervisor as
+/// a child process, and the video workers its clients at a lower client priority than the
+/// voice. Off by default: MPS puts every client of a GPU in one fault domain and serves one
+/// user (docs/compute-priority.md).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MpsConfig {
+    pub enabled: bool,
+    /// The control program (`nvidia-cuda-mps-control`), on PATH unless a path is given.
+    pub control: PathBuf,
+    /// CUDA_MPS_PIPE_DIRECTORY for the daemon and every client; None: `<state_dir>/mps/pipe`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipe_dir: Option<PathBuf>,
+    /// CUDA_MPS_LOG_DIRECTORY; None: `<state_dir>/mps/log`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<PathBuf>,
+    /// CUDA_MPS_CLIENT_PRIORITY of video workers: 0 normal, 1 below normal (the voice, a
+    /// client at the default 0, is scheduled first).
+    pub worker_priority: u8,
+    /// CUDA_MPS_ACTIVE_THREAD_PERCENTAGE of video workers (1-100); None: no limit. A limit
+    /// holds for the worker's whole life, not only while the voice speaks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_active_threads: Option<u8>,
+    /// How long start-up waits for the daemon's control pipe.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+}
+
+impl Default for MpsConfig {
+    fn default() -> Self {
+        MpsConfig {
+            enabled: false,
+            control: PathBuf::from("nvidia-cuda-mps-control"),
+            pipe_dir: None,
+            log_dir: None,
+            worker_priority: 1,
+            worker_active_threads: None,
+            start_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for ComputeConfig {
@@ -37,6 +80,7 @@ impl Default for ComputeConfig {
             max_pause: gate.max_pause,
             max_share: gate.max_share,
             stale_after: gate.stale_after,
+            mps: MpsConfig::default(),
         }
     }
 }
@@ -47,6 +91,19 @@ impl ComputeConfig {
             return Err(format!(
                 "compute.max_share is {}: give a share of a job's time between 0 and 1 (0.25 = a quarter)",
                 self.max_share
+            ));
+        }
+        if self.mps.worker_priority > 1 {
+            return Err(format!(
+                "compute.mps.worker_priority is {}: MPS knows 0 (normal) and 1 (below normal)",
+                self.mps.worker_priority
+            ));
+        }
+        if let Some(p) = self.mps.worker_active_threads
+            && !(1..=100).contains(&p)
+        {
+            return Err(format!(
+                "compute.mps.worker_active_threads is {p}: give a percentage of the GPU's threads from 1 to 100"
             ));
         }
         if self.stale_after.is_zero() {
@@ -80,5 +137,11 @@ mod tests {
         c.max_share = 0.1;
         c.stale_after = Duration::ZERO;
         assert!(c.validate().unwrap_err().contains("compute.stale_after"));
+        let mut c = ComputeConfig::default();
+        c.mps.worker_priority = 2;
+        assert!(c.validate().unwrap_err().contains("worker_priority"));
+        c.mps.worker_priority = 1;
+        c.mps.worker_active_threads = Some(0);
+        assert!(c.validate().unwrap_err().contains("worker_active_threads"));
     }
 }

@@ -18,7 +18,7 @@ mod compute;
 mod kubernetes;
 
 pub use auth::{AuthConfig, Limits, QuotaConfig, QuotaOverride, TlsConfig};
-pub use compute::ComputeConfig;
+pub use compute::{ComputeConfig, MpsConfig};
 pub use kubernetes::KubernetesConfig;
 
 /// Where the config is looked for when none is named.
@@ -544,6 +544,19 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.state_dir().join("embeddings"))
         })
+    }
+
+    /// MPS's pipe and log directories.
+    pub fn mps_dirs(&self) -> (PathBuf, PathBuf) {
+        let mps = &self.compute.mps;
+        (
+            mps.pipe_dir
+                .clone()
+                .unwrap_or_else(|| self.state_dir().join("mps/pipe")),
+            mps.log_dir
+                .clone()
+                .unwrap_or_else(|| self.state_dir().join("mps/log")),
+        )
     }
 
     /// Where the compute gates are made.

@@ -55,8 +55,18 @@ pub struct Settings {
     pub worker_dir: PathBuf,
     /// The workers' CUDA_CACHE_PATH.
     pub kernel_cache: PathBuf,
-    /// The GPUs' compute gates: a worker gets its GPU's, to yield at.
-    pub gates: Arc<crate::compute::Gates>,
+    /// What workers are told about compute priority.
+    pub compute: ComputeEnv,
+}
+
+/// What a worker is told about compute priority (set up by `compute`): its GPU's compute
+/// gate, to yield at, and MPS's environment, to be a lower-priority client.
+#[derive(Clone, Debug, Default)]
+pub struct ComputeEnv {
+    /// Gate paths by GPU uuid.
+    pub gates: std::collections::BTreeMap<String, PathBuf>,
+    /// Variables for every worker (empty without MPS).
+    pub mps: Vec<(String, String)>,
 }
 
 pub struct Jobs {
@@ -80,7 +90,7 @@ impl Jobs {
         config: &Config,
         broker: Arc<Broker>,
         inventory: Arc<dyn Inventory>,
-        gates: Arc<crate::compute::Gates>,
+        compute: ComputeEnv,
         stop: CancellationToken,
     ) -> Result<Arc<Jobs>, JobError> {
         let store = Store::open(&config.state_dir().join("jobs.redb"))?;
@@ -105,7 +115,7 @@ impl Jobs {
                 embedding_cache: config.embedding_cache_dir(),
                 worker_dir: config.worker_dir(),
                 kernel_cache: config.kernel_cache_dir(),
-                gates,
+                compute,
             },
             inventory,
             live: Mutex::new(HashMap::new()),

@@ -252,12 +252,13 @@ fn launch(
             jobs.settings.kernel_cache.display().to_string(),
         ),
     ];
-    if let Some(gate) = jobs.settings.gates.path(gpu_uuid) {
+    if let Some(gate) = jobs.settings.compute.gates.get(gpu_uuid) {
         env.push((
             arbiter::leased::COMPUTE_GATE.to_string(),
             gate.display().to_string(),
         ));
     }
+    env.extend(jobs.settings.compute.mps.iter().cloned());
     if let Some(dir) = &jobs.settings.simulated_dir {
         env.push((
             arbiter::simulated::DIR_ENV.to_string(),

@@ -29,6 +29,8 @@ pub struct SupervisorService {
     insecure_tcp: bool,
     /// The GPUs' compute gates, for interactive holders to find.
     gates: Arc<crate::compute::Gates>,
+    /// MPS's pipe directory, when the supervisor runs MPS.
+    mps_pipe_dir: Option<std::path::PathBuf>,
     /// Fires at shutdown, so event feeds end and the server can drain.
     shutdown: CancellationToken,
 }
@@ -40,6 +42,7 @@ impl SupervisorService {
         simulated: bool,
         insecure_tcp: bool,
         gates: Arc<crate::compute::Gates>,
+        mps_pipe_dir: Option<std::path::PathBuf>,
         shutdown: CancellationToken,
     ) -> SupervisorService {
         SupervisorService {
@@ -47,6 +50,7 @@ impl SupervisorService {
             policy,
             insecure_tcp,
             gates,
+            mps_pipe_dir,
             simulated,
             shutdown,
         }
@@ -191,6 +195,11 @@ impl Supervisor for SupervisorService {
                     path: path.display().to_string(),
                 })
                 .collect(),
+            mps_pipe_directory: self
+                .mps_pipe_dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
         }))
     }
 

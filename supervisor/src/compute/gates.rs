@@ -1,4 +1,4 @@
-//! Compute priority: one compute gate per GPU ([`arbiter::gate`]), made at start-up when
+//! One compute gate per GPU ([`arbiter::gate`]), made at start-up when
 //! `[compute] yield_to_interactive` is on. The supervisor only makes the files and says
 //! where they are: video workers get their GPU's gate in `ARBITER_COMPUTE_GATE`, and
 //! interactive holders find it in `GetStatus` (`compute_gates`). It never reads or writes
