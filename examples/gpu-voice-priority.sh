@@ -14,6 +14,11 @@
 #   mps-limit   MPS, the video client at CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=$MPS_VIDEO_PCT (50)
 #   mps-prio    MPS, the video client at CUDA_MPS_CLIENT_PRIORITY=1 (below normal)
 #   mps-yield   MPS and the gate together
+#   managed-idle, managed
+#               the shipped configuration: a second supervisor with [compute.mps] enabled
+#               (its own MPS control daemon as its child, workers at client priority 1) and
+#               yielding off; the voice alone, then beside video jobs submitted to that
+#               supervisor (`arbiter-supervisor generate`: spawned, leased and verified by it)
 # The driver's compute time-slice (`nvidia-smi compute-policy --set-timeslice`) is a change
 # to the GPU's settings, which this host's rules forbid; it is not run here.
 #
@@ -28,6 +33,7 @@ preset="${PRESET:-ltx-half}"
 rounds="${ROUNDS:-100}"
 interval="${INTERVAL:-200}"
 approaches="${APPROACHES:-idle none yield mps mps-limit mps-prio mps-yield}"
+managed="${MANAGED:-managed-idle managed}"
 pipeline="$work/$preset"
 mkdir -p "$out" "$work"
 pids=()
@@ -66,7 +72,7 @@ if times.get("none"):
     vbase = sorted(times["none"])[len(times["none"]) // 2]
 print("| lever | first audio p50 | p95 | p99 | p95 / idle p95 | video jobs | video job p50 | / none |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
-for name in ["idle", "none", "yield", "mps", "mps-limit", "mps-prio", "mps-yield"]:
+for name in ["idle", "none", "yield", "mps", "mps-limit", "mps-prio", "mps-yield", "managed-idle", "managed"]:
     if name not in rows:
         continue
     v = rows[name]
@@ -193,4 +199,68 @@ for lever in $approaches; do
     case "$lever" in mps*) mps_stop ;; esac
     "$ship/arbiter-supervisor" status --address "$sup" >"$out/status-after-$lever.txt" 2>&1 || true
 done
+
+# The shipped configuration, managed by a supervisor of its own.
+if [ -n "$managed" ]; then
+    kill "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+    pids=()
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ARBITER_TTS_COMPUTE_GATE
+    printf '[jobs]\nframes_without_ffmpeg = true\n[compute]\nyield_to_interactive = false\n[compute.mps]\nenabled = true\nworker_priority = 1\n' >"$work/managed.toml"
+    sup="$work/managed.sock"
+    rm -rf "$work/managed-state" "$sup"
+    "$ship/arbiter-supervisor" --config "$work/managed.toml" --socket "$sup" --state-dir "$work/managed-state" \
+        --pipelines-dir "$work/pipelines" --worker "$PWD/$video" --sample-interval 100ms ${SUPERVISOR_ARGS:-} \
+        >"$out/supervisor-managed.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do [ -S "$sup" ] && break; sleep 0.1; done
+    "$ship/arbiter-supervisor" events --address "$sup" --record "$out/samples-managed.csv" >/dev/null 2>&1 &
+    pids+=($!)
+    "$ship/arbiter-supervisor" status --address "$sup" >"$out/status-managed.txt" 2>&1 || true
+    for lever in $managed; do
+        echo "== $lever" >&2
+        loop=""
+        if [ "$lever" = managed ]; then
+            (
+                n=0
+                while true; do
+                    started=$(date +%s%N)
+                    if "$ship/arbiter-supervisor" generate --address "$sup" --pipeline "$preset" \
+                        --prompt "$seed_prompt" >>"$out/video-$lever.log" 2>&1; then
+                        ended=$(date +%s%N)
+                        echo $(((ended - started) / 1000000)) >>"$out/video-$lever.times"
+                        n=$((n + 1))
+                        if [ "$n" -le 2 ]; then
+                            m=$(ls -t "$work"/managed-state/outputs/*/metadata.json 2>/dev/null | head -1)
+                            [ -n "$m" ] && cp "$m" "$out/metadata-$lever-$n.json"
+                        fi
+                    else
+                        sleep 1
+                    fi
+                done
+            ) &
+            loop=$!
+            sleep "${SETTLE:-5}"
+        fi
+        echo "$lever $(date +%s%N)" >>"$out/marks.txt"
+        "$ship/tts-speech-bench" --server "$PWD/$ship/arbiter-tts" --voice-dir "$voice" \
+            --supervisor "$sup" "${gpu[@]}" --rounds "$rounds" --interval "$interval" --warmup 3 --label "$lever" \
+            --server-log "$out/tts-server-$lever.log" --json "$out/tts-$lever.json" >"$out/tts-$lever.txt" 2>&1 ||
+            echo "$lever: the speech bench failed" >>"$out/failures.txt"
+        {
+            echo "== $lever"
+            nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv
+        } >>"$out/mps-processes.txt" 2>&1 || true
+        "$ship/arbiter-supervisor" status --address "$sup" >"$out/status-during-$lever.txt" 2>&1 || true
+        if [ -n "$loop" ]; then
+            kill "$loop" 2>/dev/null || true
+            wait "$loop" 2>/dev/null || true
+        fi
+    done
+    "$ship/arbiter-supervisor" jobs --address "$sup" >"$out/jobs-managed.txt" 2>&1 || true
+    # The supervisor's shutdown tells its MPS daemon to quit.
+    kill -TERM "${pids[0]}" 2>/dev/null || true
+    wait "${pids[0]}" 2>/dev/null || true
+    pgrep -af nvidia-cuda-mps >"$out/mps-left-after-shutdown.txt" 2>&1 || echo "none" >"$out/mps-left-after-shutdown.txt"
+fi
 echo "done $(date +%s%N)" >>"$out/marks.txt"
