@@ -231,7 +231,7 @@ if [ -n "$managed" ]; then
                         echo $(((ended - started) / 1000000)) >>"$out/video-$lever.times"
                         n=$((n + 1))
                         if [ "$n" -le 2 ]; then
-                            m=$(ls -t "$work"/managed-state/outputs/*/metadata.json 2>/dev/null | head -1)
+                            m=$(ls -t "$work"/managed-state/outputs/*/output/metadata.json 2>/dev/null | head -1)
                             [ -n "$m" ] && cp "$m" "$out/metadata-$lever-$n.json"
                         fi
                     else
