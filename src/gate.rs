@@ -207,7 +207,7 @@ impl Gate {
 
     /// The u64 at byte `offset` (8-aligned, inside the page).
     fn word(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset % 8 == 0 && offset + 8 <= LEN);
+        debug_assert!(offset.is_multiple_of(8) && offset + 8 <= LEN);
         // SAFETY: inside the mapping, aligned (the mapping is page-aligned), and only ever
         // accessed atomically by every process.
         unsafe { &*(self.map.as_ptr().add(offset) as *const AtomicU64) }
