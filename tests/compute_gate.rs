@@ -35,6 +35,15 @@ async fn gates(supervisor: &Supervisor) -> Vec<spb::ComputeGate> {
         .compute_gates
 }
 
+/// A job on the staged test pipeline, submitted and followed until it succeeded.
+async fn a_finished_job(supervisor: &Supervisor) -> vpb::Job {
+    let video = supervisor.video_client().await;
+    let id = submit(&video, request("tiny-staged", "a fox", 2)).await;
+    let job = final_job(&video, &id).await;
+    assert_state(&job, JobState::Succeeded);
+    job
+}
+
 fn stages(job: &vpb::Job) -> Vec<serde_json::Value> {
     let path = &job.result.as_ref().expect("a result").metadata_path;
     let metadata: serde_json::Value =
@@ -68,13 +77,7 @@ async fn a_job_yields_between_blocks_while_an_interactive_holder_works() {
     // Busy for the whole job: every block boundary of the text encoder and the transformer
     // is a pause.
     let work = holder.work();
-    let id = submit(
-        &supervisor.video_client().await,
-        request("tiny-staged", "a fox", 2),
-    )
-    .await;
-    let job = final_job(&supervisor.video_client().await, &id).await;
-    assert_state(&job, JobState::Succeeded);
+    let job = a_finished_job(&supervisor).await;
     let mut yielded = 0;
     for stage in stages(&job) {
         let name = stage["stage"].as_str().unwrap().to_string();
@@ -94,13 +97,7 @@ async fn a_job_yields_between_blocks_while_an_interactive_holder_works() {
 
     // The holder is done: the next job runs through without a pause.
     drop(work);
-    let id = submit(
-        &supervisor.video_client().await,
-        request("tiny-staged", "a fox", 2),
-    )
-    .await;
-    let job = final_job(&supervisor.video_client().await, &id).await;
-    assert_state(&job, JobState::Succeeded);
+    let job = a_finished_job(&supervisor).await;
     for stage in stages(&job) {
         assert_eq!(stage["yield_pauses"].as_u64(), Some(0), "{stage}");
     }
@@ -116,13 +113,7 @@ async fn without_yielding_there_is_no_gate_and_jobs_record_none() {
         .start()
         .await;
     assert!(gates(&supervisor).await.is_empty());
-    let id = submit(
-        &supervisor.video_client().await,
-        request("tiny-staged", "a fox", 2),
-    )
-    .await;
-    let job = final_job(&supervisor.video_client().await, &id).await;
-    assert_state(&job, JobState::Succeeded);
+    let job = a_finished_job(&supervisor).await;
     for stage in stages(&job) {
         assert!(stage.get("yield_pauses").is_none(), "{stage}");
     }

@@ -62,7 +62,7 @@ impl Yielding {
         }
         match Yielding::open(Path::new(&path), device) {
             Ok(y) => {
-                let s = y.yielder_settings();
+                let s = y.yielder.settings();
                 tracing::info!(
                     gate = %Path::new(&path).display(),
                     max_pause_ms = s.max_pause.as_secs_f64() * 1e3,
@@ -76,10 +76,6 @@ impl Yielding {
                 None
             }
         }
-    }
-
-    fn yielder_settings(&self) -> arbiter::gate::Settings {
-        self.yielder.settings()
     }
 
     /// Before block `index` is launched: bound the queue, and pause if a holder is busy.
