@@ -15,6 +15,9 @@
 //!   mono; [`audio_viseme`]: a viseme timeline from audio alone (its loudness).
 //! - [`lip_sync`]: the optional TorchScript lip-sync model (face and audio in, mouth frames
 //!   out) and its own preemptible lease, given back when the supervisor reclaims it.
+//! - [`voice_residency`]: a TorchScript voice loaded on first use under a lease of its own
+//!   ([`model_lease`]) and unloaded after its [`keep_alive`]; [`model_sizes`]: what each
+//!   model was measured to need on the GPU, which sizes its next lease.
 //! - [`service`]: `arbiter.tts.v1.Tts`, streaming a sentence at a time; [`server`]: the
 //!   listeners, reflection and health around it; [`status`]: errors to gRPC codes;
 //!   [`lease`]: holding the GPU memory from the supervisor, re-acquired after a loss;
@@ -34,15 +37,19 @@ pub mod audio_viseme;
 pub mod card;
 pub mod compute;
 pub mod espeak;
+pub mod keep_alive;
 pub mod lease;
 pub mod lip_sync;
 pub mod metrics;
+pub mod model_lease;
+pub mod model_sizes;
 pub mod sentences;
 pub mod server;
 pub mod service;
 pub mod status;
 pub mod torchscript;
 pub mod viseme;
+pub mod voice_residency;
 
 /// The module's old spelling, kept only because `tests/lipsync_model.rs` still imports
 /// `arbiter_tts::lipsync::…`; drop it once those tests import [`lip_sync`].

@@ -32,7 +32,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use model::{LipSyncModel, LipSyncModelError};
-pub use residency::{Lender, Placement, Residency, ResidencySettings, Snapshot};
+pub use residency::{Lender, Placement, RenderUse, Residency, ResidencySettings, Sizing, Snapshot};
+
+use crate::keep_alive::KeepAlive;
+use crate::model_sizes::peak_during;
 
 /// Why a render has no lease when the service holds none for the model.
 const NO_LEASE: &str = "no lip-sync lease: no CUDA device here and no --lipsync-lease-bytes";
@@ -89,14 +92,23 @@ impl LipSync {
     }
 
     /// Before a render: brings the model back under its lease if it left (waiting at most
-    /// the short wait) and says where the render stands.
-    pub async fn prepare(&self) -> Placement {
+    /// the short wait) and says where the render stands. The model stays on the GPU while
+    /// the returned use is held, and `keep` after (the request's keep-alive, or the
+    /// service's default).
+    pub async fn prepare(&self, keep: Option<KeepAlive>) -> (Placement, Option<RenderUse>) {
         match &self.residency {
-            Some(residency) => residency.ensure().await,
-            None => Placement {
-                leased: false,
-                note: NO_LEASE.into(),
-            },
+            Some(residency) => {
+                let keep = keep.unwrap_or_else(|| residency.keep_alive());
+                let (placement, held) = residency.ensure_for(keep).await;
+                (placement, Some(held))
+            }
+            None => (
+                Placement {
+                    leased: false,
+                    note: NO_LEASE.into(),
+                },
+                None,
+            ),
         }
     }
 
@@ -117,7 +129,20 @@ impl LipSync {
             &self.fallback_windows
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.model.render(face, audio)
+        match &self.residency {
+            // A render's activations are what parameter counts miss: its peak sizes the
+            // next lease.
+            Some(residency) if leased => {
+                let (rendered, peak) = peak_during(|| self.model.render(face, audio));
+                if let (Ok(r), Some(peak)) = (&rendered, peak)
+                    && r.device.is_cuda()
+                {
+                    residency.learn_render(peak.peak);
+                }
+                rendered
+            }
+            _ => self.model.render(face, audio),
+        }
     }
 
     /// Windows rendered under the lease and without it.

@@ -107,10 +107,32 @@ enum Command {
         /// reports for the service's card ([compute] yield_to_interactive), if any.
         #[arg(long, env = "ARBITER_TTS_COMPUTE_GATE")]
         compute_gate: Option<String>,
-        /// Hold a lease of this size (such as 2GiB) instead of measuring what the voices
-        /// hold on the GPU.
+        /// The service's own lease (such as 1GiB) instead of its CUDA context's 768 MiB;
+        /// the models' weights and work are under leases of their own while loaded.
         #[arg(long)]
         lease_bytes: Option<arbiter::ByteSize>,
+        /// How long a TorchScript voice or the lip-sync model stays on the GPU after its
+        /// last request: seconds or 30s / 5m / 1h; 0 unloads at once, -1 keeps. A request's
+        /// keep_alive overrides it.
+        #[arg(long, env = "ARBITER_TTS_KEEP_ALIVE", default_value = "5m", allow_hyphen_values = true)]
+        keep_alive: arbiter_tts::keep_alive::KeepAlive,
+        /// How long a voice's first request waits for GPU memory for it, in seconds, before
+        /// it fails with RESOURCE_EXHAUSTED.
+        #[arg(long, default_value_t = 30.0)]
+        lease_wait: f64,
+        /// A voice's first lease, before its need was measured: its model file plus this.
+        #[arg(long, default_value = "256MiB")]
+        lease_margin: arbiter::ByteSize,
+        /// Every TorchScript voice's lease, whatever was measured; given, the leases are
+        /// held (for the accounting) even without CUDA, where voices run on the CPU.
+        #[arg(long)]
+        voice_lease_bytes: Option<arbiter::ByteSize>,
+        /// Where the models' measured GPU memory is kept across restarts (model-sizes.json).
+        /// Default: $STATE_DIRECTORY (systemd's StateDirectory=), else
+        /// $XDG_STATE_HOME/arbiter/tts, else ~/.local/state/arbiter/tts (root:
+        /// /var/lib/arbiter/tts); `none` keeps nothing.
+        #[arg(long, env = "ARBITER_TTS_STATE_DIR")]
+        state_dir: Option<PathBuf>,
         // The `lipsync_*` fields are spelled as their flags (`--lipsync-dir`, ...), which
         // scripts and docs use; the library spells the concept `lip_sync`.
         /// A TorchScript lip-sync model directory (lipsync.ts.pt and lipsync.json, as
@@ -185,6 +207,11 @@ fn main() -> ExitCode {
             lease_from_env,
             compute_gate,
             lease_bytes,
+            keep_alive,
+            lease_wait,
+            lease_margin,
+            voice_lease_bytes,
+            state_dir,
             max_audio_bytes,
             max_audio_seconds,
             max_face_bytes,
@@ -239,7 +266,23 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             join_compute_priority(compute_gate.as_deref(), &supervisor, claim.is_some(), &card);
+            if !(lease_wait.is_finite() && (0.0..=3600.0).contains(&lease_wait)) {
+                eprintln!("arbiter-tts: --lease-wait {lease_wait} is not 0 to 3600 seconds");
+                return ExitCode::from(2);
+            }
+            let models = server::ModelSettings {
+                keep_alive,
+                lease_wait: std::time::Duration::from_secs_f64(lease_wait),
+                lease_margin: lease_margin.0,
+                voice_lease_bytes: voice_lease_bytes.map(|b| b.0),
+                state_dir: match state_dir {
+                    Some(dir) if dir.as_os_str() == "none" => None,
+                    Some(dir) => Some(dir),
+                    None => default_state_dir(),
+                },
+            };
             let settings = Settings {
+                models,
                 socket: socket.unwrap_or_else(arbiter::endpoint::default_tts_socket),
                 socket_mode: 0o660,
                 listen,
@@ -301,6 +344,26 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Where the models' measured sizes are kept when `--state-dir` is not given (see its
+/// help); None when there is nowhere sensible (no HOME, not root).
+fn default_state_dir() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = var("STATE_DIRECTORY") {
+        // systemd may list several, separated by colons: the first is ours.
+        let first = dir.to_string_lossy().split(':').next().map(PathBuf::from);
+        return first;
+    }
+    if let Some(dir) = var("XDG_STATE_HOME") {
+        return Some(dir.join("arbiter/tts"));
+    }
+    if nix::unistd::getuid().is_root() {
+        return Some(PathBuf::from("/var/lib/arbiter/tts"));
+    }
+    var("HOME")
+        .filter(|h| h.as_os_str() != "/")
+        .map(|h| h.join(".local/state/arbiter/tts"))
 }
 
 /// CUDA's variable that makes a process an MPS client.

@@ -1,12 +1,14 @@
 //! Serves `arbiter.tts.v1.Tts` on a Unix socket (and optional TCP), with reflection and
 //! health like every Arbiter server, until SIGTERM/SIGINT.
 //!
-//! Start-up order: the card is settled before this runs (`main`, [`crate::card`]), voices
-//! and the lip-sync model are loaded before listening (READY means they answer), the voices'
-//! lease is held in the background, and the lip-sync model's own lease is asked for once at
-//! start (the model renders on the CPU until it is granted). Under `--lease-from-env`
-//! ([`Settings::claim`]) neither lease is asked for: both fit in the claim's budget, checked
-//! before listening, and health says SERVING at once.
+//! Start-up order: the card is settled before this runs (`main`, [`crate::card`]); the
+//! voices' configs are read and the lip-sync model loaded on the CPU before listening (a bad
+//! one stops start-up); the service's own lease (the CUDA context) is held in the
+//! background. Nothing goes on the GPU until a request wants it: each TorchScript voice and
+//! the lip-sync model then asks for a lease of its own, loads, and gives both back after its
+//! keep-alive ([`crate::voice_residency`], [`crate::lip_sync::residency`]). Under
+//! `--lease-from-env` ([`Settings::claim`]) no lease is asked for: everything fits the
+//! claim's budget, checked before listening, and health says SERVING at once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,8 +29,12 @@ use crate::espeak::{Espeak, EspeakError};
 use crate::lip_sync::{
     Lender, LipSync, LipSyncModel, LipSyncModelError, Residency, ResidencySettings,
 };
+use crate::keep_alive::KeepAlive;
+use crate::lip_sync::Sizing;
+use crate::model_sizes::ModelSizes;
 use crate::service::{Limits, TtsService};
-use crate::torchscript::{self, TorchVoice, TorchVoiceError};
+use crate::torchscript::{self, TorchVoiceError, VoiceSpec};
+use crate::voice_residency::{self, Lifecycle, VoiceSlot};
 
 /// GPU memory a lip-sync model needs beyond its parameters when no size is configured:
 /// the activations of a one-second window (the test model's need a few MiB; a real model's
@@ -66,6 +72,36 @@ pub struct Settings {
     pub metrics: Option<arbiter::scrape::Endpoint>,
     /// Who may call, and how TCP callers prove who they are.
     pub security: Security,
+    /// How models load and leave.
+    pub models: ModelSettings,
+}
+
+/// How the voices and the lip-sync model live on the GPU.
+#[derive(Clone, Debug)]
+pub struct ModelSettings {
+    /// How long a model stays loaded after its last request (`--keep-alive`).
+    pub keep_alive: KeepAlive,
+    /// How long a load waits in the supervisor's queue for its lease (`--lease-wait`).
+    pub lease_wait: Duration,
+    /// A voice's first lease, before it was measured: its file plus this (`--lease-margin`).
+    pub lease_margin: u64,
+    /// Every voice lease this size (`--voice-lease-bytes`), measured or not; also held
+    /// without CUDA.
+    pub voice_lease_bytes: Option<u64>,
+    /// Where measured sizes are kept (`--state-dir`); None: measured for this run only.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for ModelSettings {
+    fn default() -> ModelSettings {
+        ModelSettings {
+            keep_alive: crate::keep_alive::DEFAULT,
+            lease_wait: Duration::from_secs(30),
+            lease_margin: 256 << 20,
+            voice_lease_bytes: None,
+            state_dir: None,
+        }
+    }
 }
 
 /// TLS, tokens and the callers allowed, as `arbiter::auth` applies them.
@@ -130,10 +166,16 @@ pub enum ServeError {
 fn load_lip_sync(
     settings: &LipSyncSettings,
     lender: Lender,
-    stop: &CancellationToken,
+    life: &Lifecycle,
 ) -> Result<LipSync, ServeError> {
     let model = Arc::new(LipSyncModel::load(&settings.dir)?);
     let cuda = tch::Cuda::is_available();
+    // A configured size is the size; else the first lease is an estimate, replaced by what
+    // renders are measured to need (model_sizes).
+    let sizing = settings.lease_bytes.is_none().then(|| Sizing {
+        sizes: Arc::clone(&life.sizes),
+        key: ModelSizes::key(&settings.dir.join(crate::lip_sync::model::MODEL_FILE)),
+    });
     let bytes = settings.lease_bytes.or_else(|| {
         cuda.then(|| (model.parameter_bytes() + LIP_SYNC_WORKSPACE_BYTES).next_multiple_of(1 << 20))
     });
@@ -153,11 +195,13 @@ fn load_lip_sync(
                 lender,
                 holder: format!("arbiter-tts/lipsync (pid {})", std::process::id()),
                 bytes,
+                sizing,
+                keep_alive: life.keep_alive,
                 priority: settings.priority,
                 wait: settings.wait,
             },
             Arc::clone(&model),
-            stop.clone(),
+            life.stop.clone(),
         )
     });
     Ok(LipSync::new(model, residency))
@@ -167,16 +211,37 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     // Start the voice before listening, so READY means it can speak.
     let espeak = Espeak::get()?;
     let device = torchscript::default_device();
-    let mut voices: Vec<Arc<TorchVoice>> = Vec::new();
+    let mut specs: Vec<VoiceSpec> = Vec::new();
     for dir in &settings.voice_dirs {
-        let voice = TorchVoice::load(dir, device)?;
-        if voices.iter().any(|v| v.name() == voice.name()) {
-            return Err(ServeError::DuplicateVoice(voice.name().to_string()));
+        let spec = VoiceSpec::read(dir)?;
+        if specs.iter().any(|v| v.name == spec.name) {
+            return Err(ServeError::DuplicateVoice(spec.name));
         }
-        tracing::info!(voice = voice.name(), dir = %dir.display(), ?device, "loaded a TorchScript voice");
-        voices.push(Arc::new(voice));
+        tracing::info!(voice = %spec.name, dir = %dir.display(), ?device, "a TorchScript voice, loaded on its first request");
+        specs.push(spec);
     }
     let stop_lease = CancellationToken::new();
+    let models = &settings.models;
+    let life = Arc::new(Lifecycle {
+        lender: match &settings.claim {
+            Some(_) => None,
+            None => Some(voice_residency::Lender {
+                supervisor: settings.supervisor.clone(),
+                gpu: settings.lease_gpu.clone(),
+            }),
+        },
+        device,
+        keep_alive: models.keep_alive,
+        lease_wait: models.lease_wait,
+        lease_margin: models.lease_margin,
+        voice_lease_bytes: models.voice_lease_bytes,
+        sizes: Arc::new(ModelSizes::open(models.state_dir.as_deref())),
+        stop: stop_lease.clone(),
+    });
+    let voices: Vec<Arc<VoiceSlot>> = specs
+        .into_iter()
+        .map(|spec| VoiceSlot::new(spec, Arc::clone(&life)))
+        .collect();
     let lender = match &settings.claim {
         Some(claim) => Lender::Claim {
             lease_id: claim.lease_id.clone(),
@@ -190,27 +255,25 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         Some(lip_sync_settings) => Some(Arc::new(load_lip_sync(
             lip_sync_settings,
             lender,
-            &stop_lease,
+            &life,
         )?)),
         None => None,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TtsServer<TtsService>>().await;
-    // GPU memory the voices hold: what libtorch's allocator reserved plus the CUDA context,
-    // unless the operator says otherwise. The context stays for the process's life, so it
-    // is counted here also when only the lip-sync model will use the GPU (its own lease
-    // covers its weights and work, which it can give back).
-    let on_gpu = voices.iter().any(|v| v.on_gpu())
-        || (lip_sync.is_some() && torchscript::default_device().is_cuda());
-    let lease_bytes = settings.lease_bytes.or_else(|| {
-        on_gpu.then(|| {
-            arbiter_torch::allocator::stats(0).map_or(0, |s| s.reserved) + CUDA_CONTEXT_BYTES
-        })
-    });
+    // The service's own lease: the CUDA context, which stays for the process's life once a
+    // model has used the GPU, unless the operator says otherwise. Each model's weights and
+    // work are under a lease of its own while it is loaded.
+    let on_gpu = device.is_cuda() && (!voices.is_empty() || lip_sync.is_some());
+    let lease_bytes = settings
+        .lease_bytes
+        .or_else(|| on_gpu.then_some(CUDA_CONTEXT_BYTES));
     let lease = match &settings.claim {
         Some(claim) => {
-            // Both out of the claim's budget, or no start: nobody would stop an overrun.
-            let voices_bytes = lease_bytes.unwrap_or(0);
+            // Everything out of the claim's budget, or no start: nobody would stop an
+            // overrun. The voices count by the leases they would ask for.
+            let voices_bytes = lease_bytes.unwrap_or(0)
+                + voices.iter().map(|v| v.lease_bytes()).sum::<u64>();
             let lip_sync_bytes = lip_sync
                 .as_ref()
                 .and_then(|l| l.residency())
@@ -241,11 +304,8 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
             ))
         }),
     };
-    if let Some(residency) = lip_sync.as_ref().and_then(|l| l.residency()) {
-        residency.start();
-    }
     let mut service = TtsService::new(espeak.clone(), settings.limits)?
-        .with_torch_voices(voices)
+        .with_torch_voices(voices, models.keep_alive)
         .with_card(settings.card.clone());
     if let Some(lip_sync) = lip_sync {
         service = service.with_lip_sync(lip_sync);

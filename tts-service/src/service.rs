@@ -47,7 +47,8 @@ use crate::service::limits::Streams;
 use crate::service::lip_sync_handlers::{LipSyncChunkStream, LipSyncHandlers};
 use crate::service::voices::{Voices, speak};
 use crate::service::wire::{ms, visemes_pb};
-use crate::torchscript::TorchVoice;
+use crate::keep_alive::KeepAlive;
+use crate::voice_residency::VoiceSlot;
 use crate::viseme;
 use arbiter::wav;
 
@@ -83,9 +84,15 @@ impl TtsService {
         self
     }
 
-    /// Adds TorchScript voices, loaded by the server before it listens for the same reason.
-    pub fn with_torch_voices(mut self, voices: Vec<Arc<TorchVoice>>) -> TtsService {
-        self.voices.add_torch(voices);
+    /// Adds TorchScript voices, read by the server before it listens for the same reason;
+    /// each loads on its first request and unloads after `keep_alive` idle (a request's own
+    /// keep-alive overrides it).
+    pub fn with_torch_voices(
+        mut self,
+        voices: Vec<Arc<VoiceSlot>>,
+        keep_alive: KeepAlive,
+    ) -> TtsService {
+        self.voices.add_torch(voices, keep_alive);
         self
     }
 
@@ -142,9 +149,10 @@ impl Tts for TtsService {
         }
         let rate_wpm = ((espeak::RATE_WPM_DEFAULT as f32) * rate).round() as u32;
         let rate_wpm = rate_wpm.clamp(espeak::RATE_WPM_MIN, espeak::RATE_WPM_MAX);
-        let voice = self.voices.find(&request.voice)?;
+        let keep = self.voices.keep_alive(request.keep_alive.as_ref())?;
+        let named = self.voices.find(&request.voice)?;
         let espeak = self.voices.espeak().clone();
-        let sample_rate = voice.sample_rate(&espeak);
+        let sample_rate = named.sample_rate(&espeak);
         if request.sample_rate != 0 && request.sample_rate != sample_rate {
             return Err(Status::invalid_argument(format!(
                 "sample_rate {} is not offered: this voice speaks at {sample_rate} Hz; leave it 0",
@@ -161,6 +169,7 @@ impl Tts for TtsService {
                 )));
             }
         };
+        let voice = named.acquire(keep).await?;
         let sentences: Vec<String> = sentences::split(&request.text)
             .into_iter()
             .map(str::to_string)

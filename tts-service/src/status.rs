@@ -16,7 +16,9 @@ use crate::lip_sync::LipSyncRequestError;
 use crate::lip_sync::face::FaceError;
 use crate::lip_sync::frames::FrameError;
 use crate::lip_sync::model::LipSyncModelError;
+use crate::model_lease::LeaseAskError;
 use crate::torchscript::TorchVoiceError;
+use crate::voice_residency::VoiceLoadError;
 
 /// A blocking task that panicked or was cancelled. A function, not a `From`, because both
 /// `JoinError` and `Status` are other crates' types.
@@ -74,6 +76,26 @@ codes!(TorchVoiceError {
 codes!(FrameError {
     internal: Size | Png;
 });
+
+// A voice that cannot load for want of GPU memory is the card's state, worth a retry: a
+// full card is RESOURCE_EXHAUSTED, a supervisor away is UNAVAILABLE, a lease the supervisor
+// will never grant (larger than the card) FAILED_PRECONDITION.
+impl From<VoiceLoadError> for Status {
+    fn from(error: VoiceLoadError) -> Status {
+        let message = arbiter::echo::cap_message(error.to_string());
+        match error {
+            VoiceLoadError::Lease { source, .. } => match source {
+                LeaseAskError::NoRoom { .. } => Status::resource_exhausted(message),
+                LeaseAskError::Unreachable { .. } | LeaseAskError::Ended => {
+                    Status::unavailable(message)
+                }
+                LeaseAskError::Refused { .. } => Status::failed_precondition(message),
+            },
+            VoiceLoadError::Load(error) => Status::from(error),
+            VoiceLoadError::Task { .. } => Status::internal(message),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -144,9 +144,19 @@ impl std::fmt::Debug for TorchVoice {
     }
 }
 
-impl TorchVoice {
-    /// Reads `dir/voice.json` and loads `dir/voice.ts.pt` onto `device`.
-    pub fn load(dir: &Path, device: Device) -> Result<TorchVoice> {
+/// A voice as its directory describes it, read and checked without loading the model: the
+/// service lists its voices at start and loads each on first use.
+#[derive(Clone, Debug)]
+pub struct VoiceSpec {
+    pub name: String,
+    pub config: Config,
+    /// `voice.ts.pt`.
+    pub model: PathBuf,
+}
+
+impl VoiceSpec {
+    /// Reads and checks `dir/voice.json`.
+    pub fn read(dir: &Path) -> Result<VoiceSpec> {
         let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|source| TorchVoiceError::Read {
             path: path.clone(),
@@ -198,16 +208,50 @@ impl TorchVoice {
                     invalid("no name: give the directory a name or set `name`".into())
                 })?,
         };
+        // Only read on first use, but checked now: a voice without a model stops start-up
+        // rather than failing its first request.
         let model = dir.join(MODEL_FILE);
-        let mut module =
-            CModule::load_on_device(&model, device).map_err(|source| TorchVoiceError::Load {
-                path: model.clone(),
+        if let Err(source) = std::fs::metadata(&model) {
+            return Err(TorchVoiceError::Read {
+                path: model,
                 source,
-            })?;
-        module.set_eval();
-        Ok(TorchVoice {
+            });
+        }
+        Ok(VoiceSpec {
             name,
             config,
+            model,
+        })
+    }
+
+    /// The eSpeak NG voice of its text front end.
+    pub fn espeak_voice(&self) -> &str {
+        &self.config.espeak.voice
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.config.audio.sample_rate
+    }
+}
+
+impl TorchVoice {
+    /// Reads `dir/voice.json` and loads `dir/voice.ts.pt` onto `device`.
+    pub fn load(dir: &Path, device: Device) -> Result<TorchVoice> {
+        TorchVoice::from_spec(&VoiceSpec::read(dir)?, device)
+    }
+
+    /// Loads the voice's model onto `device`.
+    pub fn from_spec(spec: &VoiceSpec, device: Device) -> Result<TorchVoice> {
+        let mut module = CModule::load_on_device(&spec.model, device).map_err(|source| {
+            TorchVoiceError::Load {
+                path: spec.model.clone(),
+                source,
+            }
+        })?;
+        module.set_eval();
+        Ok(TorchVoice {
+            name: spec.name.clone(),
+            config: spec.config.clone(),
             device,
             module: Mutex::new(module),
         })

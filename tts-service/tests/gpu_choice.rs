@@ -94,7 +94,7 @@ async fn gpu_by_index_leases_there_and_says_so() {
 
 /// No --gpu, models to load: the card is picked before they load, as the ledger would place
 /// the lease (best fit: the 4 GiB card fits 2 GiB and keeps the 10 GiB one free), and both
-/// the voices' lease and the lip-sync model's are asked for that card.
+/// the voices' lease and (at the first render) the lip-sync model's are asked for that card.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_gpu_is_the_best_fit_and_both_leases_follow_it() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -120,6 +120,19 @@ async fn any_gpu_is_the_best_fit_and_both_leases_follow_it() {
     );
 
     let voices = lease_of(&client, "arbiter-tts").await;
+    // The lip-sync model asks for its lease when a render first wants it.
+    let mut tts_client = arbiter_test_kit::tts::connected(&socket).await;
+    let face = arbiter_test_kit::media::picture(64, 64, image::ImageFormat::Png);
+    let audio = arbiter_test_kit::tts::pcm(&arbiter_test_kit::media::tone(0.3, 16000), 16000);
+    arbiter_test_kit::tts::lip_sync_stream(
+        &mut tts_client,
+        arbiter_test_kit::tts::face_request(
+            arbiter::pb::tts::v1::lip_sync_request::Input::Audio(audio),
+            face,
+        ),
+    )
+    .await
+    .expect("a render");
     let lip_sync = lease_of(&client, "arbiter-tts/lipsync").await;
     assert_eq!(voices.gpu_index, 1, "best fit for 2 GiB");
     assert_eq!(

@@ -156,7 +156,7 @@ fn a_missing_or_garbled_budget_stops_it_with_a_clear_message() {
 }
 
 /// The lip-sync model's bytes come out of the same budget: a model that does not fit beside
-/// the voices stops start-up; one that fits is resident under the claim's lease at once.
+/// the voices stops start-up; one that fits loads under the claim's lease at its first render.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lip_sync_model_shares_the_claims_budget() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -196,6 +196,15 @@ async fn the_lip_sync_model_shares_the_claims_budget() {
     );
     let (mut client, health) = tts::answering(&socket).await;
     assert_eq!(health, SERVING);
+    // The model loads when a render first wants it, under the claim's lease.
+    let face = arbiter_test_kit::media::picture(64, 64, image::ImageFormat::Png);
+    let audio = tts::pcm(&arbiter_test_kit::media::tone(0.3, 16000), 16000);
+    tts::lip_sync_stream(
+        &mut client,
+        tts::face_request(pb::lip_sync_request::Input::Audio(audio), face),
+    )
+    .await
+    .expect("a render");
     let status = arbiter_test_kit::waiting::eventually(SOON, "the model resident", || {
         let mut client = client.clone();
         async move {

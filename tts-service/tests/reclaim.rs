@@ -1,5 +1,5 @@
 //! The lip-sync model's preemptible lease against the real supervisor binary on a simulated
-//! 10 GiB GPU: the service holds 2 GiB for its voices and 1 GiB for the lip-sync model; a
+//! 10 GiB GPU: the service holds 2 GiB for its voices and, once a render wants the model, 1 GiB for the lip-sync model; a
 //! non-preemptible 8 GiB request of a higher class cannot fit, the supervisor asks the
 //! lip-sync lease to give back, the service releases it before the deadline (voices
 //! untouched) and the waiter is granted; renders fall back to the CPU while the memory is
@@ -80,29 +80,15 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
         tts_with_lipsync(dir.path(), supervisor.socket(), &["--lease-bytes", "2GiB"]);
     let mut tts = connected(&tts_socket).await;
 
-    // Both leases held: the voices' (not preemptible) and the lip-sync model's.
-    let (voices, lipsync) = eventually(SOON, "both of the service's leases", || async {
-        let leases = leases(&client).await;
-        Some((
-            find(&leases, "arbiter-tts")?.clone(),
-            find(&leases, "arbiter-tts/lipsync")?.clone(),
-        ))
+    // The voices' lease (not preemptible) is held from the start; the lip-sync model's
+    // only once a render wants the model (it loads on first use).
+    let voices = eventually(SOON, "the service's lease", || async {
+        find(&leases(&client).await, "arbiter-tts").cloned()
     })
     .await;
-    assert_eq!((voices.bytes, voices.preemptible), (2 * GIB, false));
-    assert_eq!((lipsync.bytes, lipsync.preemptible), (GIB, true));
-    assert_eq!(lipsync.priority, spb::Priority::Batch as i32);
-    assert_eq!(lipsync.form, spb::LeaseForm::Stream as i32);
-    // The supervisor lists the grant a moment before the service has taken it in.
-    let status = eventually(SOON, "the service to see its lip-sync lease", || async {
-        let status = lip_sync_status(&tts).await?;
-        (status.residency == pb::LipSyncResidency::Resident as i32).then_some(status)
-    })
-    .await;
-    assert_eq!(status.lease_id, lipsync.lease_id);
-    assert_eq!(status.leases_granted, 1);
+    assert!(find(&leases(&client).await, "arbiter-tts/lipsync").is_none());
 
-    // A render while resident runs under the lease.
+    // The first render brings the model onto the GPU and runs under its lease.
     let face = picture(64, 64, image::ImageFormat::Png);
     let audio = || Input::Audio(pcm(&tone(1.2, 16000), 16000));
     let chunks = lip_sync_stream(&mut tts, face_request(audio(), face.clone()))
@@ -111,6 +97,17 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
     let render = chunks[0].render.clone().unwrap();
     assert!(render.leased, "{render:?}");
     assert_eq!(chunks.iter().filter(|c| c.frame.is_some()).count(), 30);
+    let lipsync = find(&leases(&client).await, "arbiter-tts/lipsync")
+        .expect("the lip-sync lease")
+        .clone();
+    assert_eq!((voices.bytes, voices.preemptible), (2 * GIB, false));
+    assert_eq!((lipsync.bytes, lipsync.preemptible), (GIB, true));
+    assert_eq!(lipsync.priority, spb::Priority::Batch as i32);
+    assert_eq!(lipsync.form, spb::LeaseForm::Stream as i32);
+    let status = lip_sync_status(&tts).await.expect("GetLipSyncStatus");
+    assert_eq!(status.residency, pb::LipSyncResidency::Resident as i32);
+    assert_eq!(status.lease_id, lipsync.lease_id);
+    assert_eq!(status.leases_granted, 1);
 
     // Watch the supervisor's feed from here on.
     let mut events = client
@@ -264,11 +261,23 @@ async fn a_failed_ask_holds_the_next_one_back() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let nobody = dir.path().join("no-supervisor.sock");
     let (_tts, tts_socket) = tts_with_lipsync(dir.path(), &nobody, &[]);
-    let mut tts = connected(&tts_socket).await;
+    let tts = connected(&tts_socket).await;
     let client = tts.clone();
     let status = || async { lip_sync_status(&client).await.expect("GetLipSyncStatus") };
 
-    // The ask made at start fails.
+    // The first render asks, fails, and renders on the CPU saying why.
+    let face = picture(64, 64, image::ImageFormat::Png);
+    let render = || async {
+        let chunks = lip_sync_stream(
+            &mut tts.clone(),
+            face_request(Input::Audio(pcm(&tone(0.5, 16000), 16000)), face.clone()),
+        )
+        .await
+        .expect("a render on the CPU");
+        chunks[0].render.clone().unwrap()
+    };
+    let first = render().await;
+    assert!(!first.leased, "{first:?}");
     let failed = eventually(SOON, "the first ask to fail", || async {
         let status = status().await;
         (status.failures == 1).then_some(status)
@@ -284,15 +293,8 @@ async fn a_failed_ask_holds_the_next_one_back() {
     assert!(wait > 0.0 && wait <= 5.0, "{failed:?}");
 
     // Renders meanwhile go to the CPU, saying why, without asking again.
-    let face = picture(64, 64, image::ImageFormat::Png);
     for _ in 0..3 {
-        let chunks = lip_sync_stream(
-            &mut tts,
-            face_request(Input::Audio(pcm(&tone(0.5, 16000), 16000)), face.clone()),
-        )
-        .await
-        .expect("a render on the CPU");
-        let render = chunks[0].render.clone().unwrap();
+        let render = render().await;
         assert!(!render.leased, "{render:?}");
         assert!(
             render.note.contains("cannot reach the supervisor"),

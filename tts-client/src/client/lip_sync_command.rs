@@ -88,6 +88,8 @@ pub async fn lip_sync(
             voice,
             face_image,
             frame_format: pb::FrameFormat::Png as i32,
+            // The service's default (--keep-alive).
+            keep_alive: None,
         })
         .await?
         .into_inner();

@@ -47,7 +47,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::keep_alive::{Clock, KeepAlive};
 use crate::lip_sync::model::{LipSyncModel, device_name};
+use crate::model_sizes::{ModelSizes, peak_during};
 
 /// How long past the short wait a render waits for the supervisor's answer (connecting,
 /// loading the model onto the GPU after the grant) before it renders on the CPU anyway.
@@ -69,11 +71,24 @@ pub struct ResidencySettings {
     pub lender: Lender,
     /// Shown by the supervisor, such as `arbiter-tts/lipsync (pid 42)`.
     pub holder: String,
+    /// The lease: `--lipsync-lease-bytes`, or the first estimate until `sizing` has a
+    /// measurement.
     pub bytes: u64,
+    /// Where the model's measured need is kept; None: `bytes` is the size, always.
+    pub sizing: Option<Sizing>,
+    /// How long the model stays on the GPU after its last render, unless a request says.
+    pub keep_alive: KeepAlive,
     pub priority: spb::Priority,
     /// How long a render waits for a grant before rendering on the CPU; also the Hold's
     /// `max_wait`.
     pub wait: Duration,
+}
+
+/// The model's measured need, and its key among the measured sizes.
+#[derive(Clone, Debug)]
+pub struct Sizing {
+    pub sizes: Arc<ModelSizes>,
+    pub key: String,
 }
 
 /// Where the model is in the cycle (see the module docs).
@@ -83,6 +98,8 @@ pub enum Phase {
     Acquiring,
     Resident,
     Reclaiming,
+    /// Off the GPU after sitting idle past its keep-alive; like Offloaded otherwise.
+    Unloaded,
 }
 
 #[derive(Clone, Debug)]
@@ -131,6 +148,8 @@ impl Backoff {
 enum Ending {
     Normal(String),
     Failed(String),
+    /// Idle past its keep-alive: unloaded and the lease released.
+    Idle(String),
 }
 
 /// What a render is told before it starts.
@@ -158,6 +177,15 @@ pub struct Snapshot {
     /// Failed asks in a row, and how long until a render may ask again.
     pub failures: u32,
     pub retry_in: Option<Duration>,
+    /// Renders using the model now, and when it unloads if none comes.
+    pub in_use: u32,
+    pub unload_at: Option<tokio::time::Instant>,
+    pub keep_forever: bool,
+    /// What the model was measured to need (its weights on the GPU and a render's peak).
+    pub measured_bytes: Option<u64>,
+    /// Unloads after an idle keep-alive, and how long the last load onto the GPU took.
+    pub idle_unloads: u64,
+    pub last_load: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -168,6 +196,11 @@ struct Counters {
     last_reclaim_answer: AtomicU64,
     leases_granted: AtomicU64,
     lease_timeouts: AtomicU64,
+    idle_unloads: AtomicU64,
+    /// Microseconds, plus one (0: never).
+    last_load: AtomicU64,
+    /// What the GPU copy keeps reserved, measured at its last load.
+    weights: AtomicU64,
 }
 
 /// The lease of the lip-sync model; cheap to clone.
@@ -181,7 +214,28 @@ struct Inner {
     model: Arc<LipSyncModel>,
     state: watch::Sender<State>,
     counters: Counters,
+    /// The renders using the model, for the keep-alive.
+    clock: Clock,
     stop: CancellationToken,
+}
+
+/// A render's hold on the model; the keep-alive counts from when the last one drops.
+pub struct RenderUse {
+    inner: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for RenderUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RenderUse")
+    }
+}
+
+impl Drop for RenderUse {
+    fn drop(&mut self) {
+        if let Some(inner) = &self.inner {
+            inner.clock.end();
+        }
+    }
 }
 
 impl std::fmt::Debug for Residency {
@@ -206,28 +260,40 @@ impl Residency {
             note: "not asked for yet".into(),
             backoff: Backoff::default(),
         });
+        let clock = Clock::new(settings.keep_alive);
         Residency {
             inner: Arc::new(Inner {
                 settings,
                 model,
                 state,
                 counters: Counters::default(),
+                clock,
                 stop,
             }),
         }
     }
 
-    /// Asks for the lease in the background, so the model starts resident when there is
-    /// room (and renders on the CPU until then).
-    pub fn start(&self) {
-        self.begin_acquire();
+    /// The keep-alive a render gets when its request gives none.
+    pub fn keep_alive(&self) -> KeepAlive {
+        self.inner.settings.keep_alive
+    }
+
+    /// The lease the next ask is for: the measured need once there is one.
+    pub fn lease_bytes(&self) -> u64 {
+        self.inner.lease_bytes()
+    }
+
+    /// Keeps a render's measured peak: with the weights, what the model needs on the GPU.
+    pub fn learn_render(&self, peak: u64) {
+        let need = self.inner.counters.weights.load(Ordering::Relaxed) + peak;
+        self.inner.learn(need);
     }
 
     /// Starts an acquisition unless one is running, the lease is held, or failed asks hold
     /// the next one back ([`Backoff`]).
     fn begin_acquire(&self) {
         let begun = self.inner.state.send_if_modified(|s| {
-            if s.phase != Phase::Offloaded
+            if !matches!(s.phase, Phase::Offloaded | Phase::Unloaded)
                 || self.inner.stop.is_cancelled()
                 || s.backoff.remaining(Instant::now()).is_some()
             {
@@ -247,6 +313,20 @@ impl Residency {
     /// is not resident, waiting at most the short wait, and says where the render stands.
     /// A model being reclaimed is not waited for: the render goes to the CPU.
     pub async fn ensure(&self) -> Placement {
+        self.ensure_for(self.inner.settings.keep_alive).await.0
+    }
+
+    /// [`Self::ensure`] for a render that keeps the model `keep` after it; the model
+    /// stays (and its keep-alive waits) while the returned use is held.
+    pub async fn ensure_for(&self, keep: KeepAlive) -> (Placement, RenderUse) {
+        self.inner.clock.begin(keep);
+        let held = RenderUse {
+            inner: Some(Arc::clone(&self.inner)),
+        };
+        (self.settle().await, held)
+    }
+
+    async fn settle(&self) -> Placement {
         let mut state = self.inner.state.subscribe();
         self.begin_acquire();
         let phase = state.borrow_and_update().phase;
@@ -277,10 +357,24 @@ impl Residency {
         let state = self.inner.state.borrow().clone();
         let c = &self.inner.counters;
         let answer = c.last_reclaim_answer.load(Ordering::Relaxed);
+        let load = c.last_load.load(Ordering::Relaxed);
+        let clock = self.inner.clock.state();
+        let resident = state.phase == Phase::Resident;
         Snapshot {
             phase: Some(state.phase),
             lease_id: state.lease_id,
-            lease_bytes: self.inner.settings.bytes,
+            lease_bytes: self.inner.lease_bytes(),
+            in_use: clock.in_use,
+            unload_at: clock.unload_at.filter(|_| resident),
+            keep_forever: clock.keep == KeepAlive::Forever,
+            measured_bytes: self
+                .inner
+                .settings
+                .sizing
+                .as_ref()
+                .and_then(|s| s.sizes.get(&s.key)),
+            idle_unloads: c.idle_unloads.load(Ordering::Relaxed),
+            last_load: (load > 0).then(|| Duration::from_micros(load - 1)),
             reclaims: c.reclaims.load(Ordering::Relaxed),
             bytes_given_back: c.bytes_given_back.load(Ordering::Relaxed),
             last_reclaim_answer: (answer > 0).then(|| Duration::from_micros(answer - 1)),
@@ -306,6 +400,10 @@ impl Inner {
             s.phase = Phase::Offloaded;
             s.lease_id = None;
             s.note = match ending {
+                Ending::Idle(why) => {
+                    s.phase = Phase::Unloaded;
+                    why
+                }
                 Ending::Normal(why) => why,
                 Ending::Failed(why) => {
                     let wait = s.backoff.failed(Instant::now());
@@ -334,10 +432,11 @@ impl Inner {
             }
         };
         let mut client = SupervisorClient::new(channel);
+        let bytes = self.lease_bytes();
         let request = spb::LeaseRequest {
             holder: settings.holder.clone(),
             gpu: gpu.clone(),
-            bytes: settings.bytes,
+            bytes,
             priority: settings.priority as i32,
             max_wait: prost_types::Duration::try_from(settings.wait).ok(),
             preemptible: true,
@@ -355,8 +454,20 @@ impl Inner {
         };
         let mut held: Option<spb::Lease> = None;
         loop {
+            let idle = async {
+                match &held {
+                    Some(_) => self.clock.idle_past_keep_alive().await,
+                    None => std::future::pending().await,
+                }
+            };
             let message = tokio::select! {
                 () = self.stop.cancelled() => return Ending::Normal("the service is stopping".into()),
+                () = idle => {
+                    if let Some(lease) = held.as_ref() {
+                        return self.unload_idle(&mut client, lease).await;
+                    }
+                    continue;
+                }
                 message = stream.message() => message,
             };
             let update = match message {
@@ -364,7 +475,7 @@ impl Inner {
                 Ok(None) => return Ending::Normal("the supervisor ended the lease stream".into()),
                 Err(status) if held.is_none() && status.code() == tonic::Code::DeadlineExceeded => {
                     self.counters.lease_timeouts.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(wait = ?settings.wait, bytes = settings.bytes, "no GPU memory for the lip-sync model within the wait; rendering on the CPU");
+                    tracing::info!(wait = ?settings.wait, bytes, "no GPU memory for the lip-sync model within the wait; rendering on the CPU");
                     return Ending::Normal(format!(
                         "no GPU memory for it within {} ms",
                         settings.wait.as_millis()
@@ -391,9 +502,21 @@ impl Inner {
                 }
                 Some(Update::Granted(lease)) if held.is_none() => {
                     let model = Arc::clone(&self.model);
-                    let moved = tokio::task::spawn_blocking(move || model.to_gpu()).await;
+                    let began = Instant::now();
+                    let moved = tokio::task::spawn_blocking(move || {
+                        let (moved, peak) = peak_during(|| model.to_gpu());
+                        moved.map(|device| (device, peak))
+                    })
+                    .await;
                     let device = match moved {
-                        Ok(Ok(device)) => device,
+                        Ok(Ok((device, peak))) => {
+                            self.counters.last_load.store(began.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
+                            if let Some(peak) = peak {
+                                self.counters.weights.store(peak.kept, Ordering::Relaxed);
+                                self.learn(peak.peak);
+                            }
+                            device
+                        }
                         Ok(Err(error)) => {
                             tracing::error!(%error, "cannot load the lip-sync model on the GPU; giving its lease back");
                             release(&mut client, &lease.lease_id).await;
@@ -436,8 +559,19 @@ impl Inner {
     /// Under a claim: on the GPU at once, resident until the service stops.
     async fn hold_claimed(&self, lease_id: &str) -> Ending {
         let model = Arc::clone(&self.model);
-        let device = match tokio::task::spawn_blocking(move || model.to_gpu()).await {
-            Ok(Ok(device)) => device,
+        let loaded = tokio::task::spawn_blocking(move || {
+            let (moved, peak) = peak_during(|| model.to_gpu());
+            moved.map(|device| (device, peak))
+        })
+        .await;
+        let device = match loaded {
+            Ok(Ok((device, peak))) => {
+                if let Some(peak) = peak {
+                    self.counters.weights.store(peak.kept, Ordering::Relaxed);
+                    self.learn(peak.peak);
+                }
+                device
+            }
             Ok(Err(error)) => {
                 tracing::error!(%error, "cannot load the lip-sync model on the GPU; it renders on the CPU");
                 return Ending::Failed(format!("cannot load it on the GPU: {error}"));
@@ -445,15 +579,65 @@ impl Inner {
             Err(error) => return Ending::Failed(format!("loading it on the GPU failed: {error}")),
         };
         self.counters.leases_granted.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(lease = %lease_id, bytes = self.settings.bytes, device = %device_name(device), "the lip-sync model is resident under the claim's lease");
+        tracing::info!(lease = %lease_id, bytes = self.lease_bytes(), device = %device_name(device), "the lip-sync model is resident under the claim's lease");
         self.state.send_modify(|s| {
             s.phase = Phase::Resident;
             s.lease_id = (!lease_id.is_empty()).then(|| lease_id.to_string());
             s.note.clear();
             s.backoff = Backoff::default();
         });
-        self.stop.cancelled().await;
-        Ending::Normal("the service is stopping".into())
+        tokio::select! {
+            () = self.stop.cancelled() => Ending::Normal("the service is stopping".into()),
+            () = self.clock.idle_past_keep_alive() => {
+                let keep = self.clock.state().keep;
+                self.state.send_modify(|s| {
+                    s.phase = Phase::Reclaiming;
+                    s.note = "unloading after its keep-alive".into();
+                });
+                let model = Arc::clone(&self.model);
+                let _ = tokio::task::spawn_blocking(move || model.offload()).await;
+                self.counters.idle_unloads.fetch_add(1, Ordering::Relaxed);
+                Ending::Idle(format!("unloaded after {keep} idle (its keep-alive); the next render loads it again"))
+            }
+        }
+    }
+
+    fn lease_bytes(&self) -> u64 {
+        let measured = self
+            .settings
+            .sizing
+            .as_ref()
+            .and_then(|s| s.sizes.get(&s.key));
+        measured
+            .map_or(self.settings.bytes, |m| m.next_multiple_of(1 << 20))
+    }
+
+    fn learn(&self, need: u64) {
+        if let Some(sizing) = &self.settings.sizing
+            && sizing.sizes.record(&sizing.key, need)
+        {
+            tracing::info!(need, "measured the lip-sync model's GPU memory; its next lease asks for it");
+        }
+    }
+
+    /// Past the keep-alive with no render: off the GPU, cache emptied, the lease released.
+    async fn unload_idle(
+        &self,
+        client: &mut SupervisorClient<Channel>,
+        lease: &spb::Lease,
+    ) -> Ending {
+        let keep = self.clock.state().keep;
+        self.state.send_modify(|s| {
+            s.phase = Phase::Reclaiming;
+            s.note = "unloading after its keep-alive".into();
+        });
+        let model = Arc::clone(&self.model);
+        let _ = tokio::task::spawn_blocking(move || model.offload()).await;
+        release(client, &lease.lease_id).await;
+        self.counters.idle_unloads.fetch_add(1, Ordering::Relaxed);
+        let why = format!("unloaded after {keep} idle (its keep-alive); the next render loads it again");
+        tracing::info!(lease = %lease.lease_id, bytes = lease.bytes, "{why}");
+        Ending::Idle(why)
     }
 
     /// Answers a reclaim: off the GPU, cache emptied, the lease released.

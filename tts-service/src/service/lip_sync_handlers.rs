@@ -31,6 +31,7 @@ use tokio_stream::Stream;
 use tonic::Status;
 
 use crate::audio::{Audio, AudioError, Encoding};
+use crate::keep_alive::KeepAlive;
 use crate::lip_sync::face::{self, Face};
 use crate::lip_sync::frames::{self, FrameFormat};
 use crate::lip_sync::model::device_name;
@@ -85,12 +86,17 @@ fn frame_time(index: u64, fps: u32) -> Option<prost_types::Duration> {
 impl LipSyncHandlers<'_> {
     /// The speech of a request: text, checked and then spoken a sentence at a time with its
     /// voice (the first before this returns), or audio decoded.
-    async fn spoken(&self, input: Option<Input>, voice: &str) -> Result<Spoken, Status> {
+    async fn spoken(
+        &self,
+        input: Option<Input>,
+        voice: &str,
+        keep: KeepAlive,
+    ) -> Result<Spoken, Status> {
         match input {
             None => Err(LipSyncRequestError::NoInput.into()),
             Some(Input::Text(text)) => {
                 self.limits.check_text(&text)?;
-                let voice = self.voices.find(voice)?;
+                let voice = self.voices.find(voice)?.acquire(keep).await?;
                 Spoken::text(self.voices.espeak().clone(), voice, &text).await
             }
             Some(Input::Audio(input)) => {
@@ -122,9 +128,10 @@ impl LipSyncHandlers<'_> {
         if !request.face_image.is_empty() {
             return Err(LipSyncRequestError::FaceOnUnary.into());
         }
+        let keep = self.voices.keep_alive(request.keep_alive.as_ref())?;
         // Decoding audio or speaking text is the expensive part: it counts as a stream.
         let _permit = self.streams.permit()?;
-        self.spoken(request.input, &request.voice)
+        self.spoken(request.input, &request.voice, keep)
             .await?
             .timeline()
             .await
@@ -137,6 +144,9 @@ impl LipSyncHandlers<'_> {
         mut request: pb::LipSyncRequest,
     ) -> Result<LipSyncChunkStream, Status> {
         let format = frame_format(request.frame_format)?;
+        let keep = self.voices.keep_alive(request.keep_alive.as_ref())?;
+        // The lip-sync model's own default applies unless the request gives one.
+        let model_keep = request.keep_alive.is_some().then_some(keep);
         // Taken before any decoding, so that the limit on streams also bounds the memory and
         // CPU that clients' faces and audio can cost at once.
         let permit = self.streams.permit()?;
@@ -152,7 +162,7 @@ impl LipSyncHandlers<'_> {
                 .map_err(status::task)??;
             Some((lip_sync, face))
         };
-        let spoken = self.spoken(request.input, &request.voice).await?;
+        let spoken = self.spoken(request.input, &request.voice, keep).await?;
         let (sender, receiver) = mpsc::channel(4);
         let metrics = Arc::clone(self.metrics);
         tokio::spawn(async move {
@@ -162,6 +172,7 @@ impl LipSyncHandlers<'_> {
                 Some((lip_sync, face)) => {
                     let frames = Frames {
                         lip_sync,
+                        keep: model_keep,
                         face: Arc::new(face),
                         format,
                         sender,
@@ -205,7 +216,27 @@ impl LipSyncHandlers<'_> {
                 Some(Phase::Acquiring) => pb::LipSyncResidency::Acquiring,
                 Some(Phase::Resident) => pb::LipSyncResidency::Resident,
                 Some(Phase::Reclaiming) => pb::LipSyncResidency::Reclaiming,
+                Some(Phase::Unloaded) => pb::LipSyncResidency::Unloaded,
             } as i32;
+            let resident = snapshot.phase == Some(Phase::Resident);
+            status.model_residency = Some(pb::ModelResidency {
+                loaded: resident,
+                device: if resident { device_name(model.device()) } else { String::new() },
+                lease_id: snapshot.lease_id.clone().unwrap_or_default(),
+                lease_bytes: snapshot.lease_bytes,
+                unload_at: snapshot
+                    .unload_at
+                    .map(|at| crate::keep_alive::wall_clock(at).into()),
+                keep_forever: snapshot.keep_forever,
+                in_use: snapshot.in_use,
+                measured_bytes: snapshot.measured_bytes.unwrap_or(0),
+                loads: snapshot.leases_granted,
+                unloads: snapshot.idle_unloads + snapshot.reclaims,
+                last_load: snapshot
+                    .last_load
+                    .and_then(|d| prost_types::Duration::try_from(d).ok()),
+                note: snapshot.note.clone(),
+            });
             status.lease_id = snapshot.lease_id.unwrap_or_default();
             status.lease_bytes = snapshot.lease_bytes;
             status.reclaims = snapshot.reclaims;
@@ -251,6 +282,8 @@ async fn timelines(mut spoken: Spoken, sender: Sender) {
 /// One LipSyncStream's frames, on their way to the client.
 struct Frames {
     lip_sync: Arc<LipSync>,
+    /// The request's keep-alive for the model; None: the model's default.
+    keep: Option<KeepAlive>,
     face: Arc<Face>,
     format: FrameFormat,
     sender: Sender,
@@ -266,7 +299,8 @@ impl Frames {
     /// when the client goes away or a part fails.
     async fn stream(self, mut spoken: Spoken) {
         let model = Arc::clone(self.lip_sync.model());
-        let placement = self.lip_sync.prepare().await;
+        // Held to the end of the stream: the model's keep-alive counts from then.
+        let (placement, _use) = self.lip_sync.prepare(self.keep).await;
         let mut render = pb::MouthRender {
             model: model.name().to_string(),
             width: model.face_size(),

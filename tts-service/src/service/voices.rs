@@ -3,7 +3,8 @@
 //! either.
 //!
 //! Voices: eSpeak NG's, on the CPU (no lease needed), and TorchScript voices
-//! ([`crate::torchscript`], from `--voice-dir`) on CUDA device 0 when there is one. A
+//! ([`crate::torchscript`], from `--voice-dir`) on CUDA device 0 when there is one, each
+//! loaded on first use and unloaded after its keep-alive ([`crate::voice_residency`]). A
 //! TorchScript voice uses eSpeak NG as its text front end (phonemes and timings), makes the
 //! audio from those phonemes, and takes its visemes from the eSpeak NG timings stretched to
 //! the model audio's length. A TorchScript voice's name wins over an eSpeak NG voice of the
@@ -15,8 +16,10 @@ use arbiter::pb::tts::v1 as pb;
 use tonic::Status;
 
 use crate::espeak::{self, Espeak, EspeakError, Speech, VoiceInfo};
+use crate::keep_alive::KeepAlive;
 use crate::status;
-use crate::torchscript::{self, TorchVoice};
+use crate::torchscript;
+use crate::voice_residency::{VoiceSlot, VoiceUse};
 
 /// Every voice the service offers.
 pub(super) struct Voices {
@@ -25,26 +28,46 @@ pub(super) struct Voices {
     /// process runs, and asking per request would queue behind synthesis on eSpeak NG's one
     /// thread.
     known: Vec<VoiceInfo>,
-    torch: Vec<Arc<TorchVoice>>,
+    torch: Vec<Arc<VoiceSlot>>,
+    /// What a request that gives no keep-alive gets (`--keep-alive`).
+    keep_alive: KeepAlive,
+}
+
+/// A voice a request named, before it is loaded: enough to check the request against.
+#[derive(Clone, Debug)]
+pub(super) enum Named {
+    Espeak(String),
+    Torch(Arc<VoiceSlot>),
+}
+
+impl Named {
+    pub(super) fn sample_rate(&self, espeak: &Espeak) -> u32 {
+        match self {
+            Named::Espeak(_) => espeak.sample_rate(),
+            Named::Torch(slot) => slot.spec().sample_rate(),
+        }
+    }
+
+    /// The voice itself: a TorchScript voice is loaded if it is not (the request waits for
+    /// a load already under way rather than starting another).
+    pub(super) async fn acquire(self, keep: KeepAlive) -> Result<Voice, Status> {
+        match self {
+            Named::Espeak(name) => Ok(Voice::Espeak(name)),
+            Named::Torch(slot) => Ok(Voice::Torch(Arc::new(
+                slot.acquire(keep).await.map_err(Status::from)?,
+            ))),
+        }
+    }
 }
 
 /// A voice a request speaks with, resolved once per request so that every sentence of it
-/// speaks with the same one.
+/// speaks with the same one (and a TorchScript voice stays loaded until the last).
 #[derive(Clone, Debug)]
 pub(super) enum Voice {
     /// eSpeak NG, by the language or identifier to pass it.
     Espeak(String),
     /// A TorchScript voice, with eSpeak NG as its text front end.
-    Torch(Arc<TorchVoice>),
-}
-
-impl Voice {
-    pub(super) fn sample_rate(&self, espeak: &Espeak) -> u32 {
-        match self {
-            Voice::Espeak(_) => espeak.sample_rate(),
-            Voice::Torch(voice) => voice.sample_rate(),
-        }
-    }
+    Torch(Arc<VoiceUse>),
 }
 
 impl Voices {
@@ -54,13 +77,24 @@ impl Voices {
             espeak,
             known,
             torch: Vec::new(),
+            keep_alive: crate::keep_alive::DEFAULT,
         })
     }
 
-    /// TorchScript voices are loaded by the server before it listens, so a bad one stops
-    /// start-up instead of failing requests.
-    pub(super) fn add_torch(&mut self, voices: Vec<Arc<TorchVoice>>) {
+    /// TorchScript voices, whose configs the server read before it listens (so a bad one
+    /// stops start-up); each loads on its first request.
+    pub(super) fn add_torch(&mut self, voices: Vec<Arc<VoiceSlot>>, keep_alive: KeepAlive) {
         self.torch.extend(voices);
+        self.keep_alive = keep_alive;
+    }
+
+    /// A request's keep-alive, or the service's default when it gives none.
+    pub(super) fn keep_alive(
+        &self,
+        asked: Option<&prost_types::Duration>,
+    ) -> Result<KeepAlive, Status> {
+        KeepAlive::from_request(asked, self.keep_alive)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
     pub(super) fn espeak(&self) -> &Espeak {
@@ -69,13 +103,13 @@ impl Voices {
 
     /// The voice to use: the default for an empty name; an unknown name is refused with
     /// a pointer to ListVoices (eSpeak NG itself would quietly fall back to another voice).
-    pub(super) fn find(&self, name: &str) -> Result<Voice, Status> {
+    pub(super) fn find(&self, name: &str) -> Result<Named, Status> {
         let name = name.trim();
         if name.is_empty() {
-            return Ok(Voice::Espeak(espeak::DEFAULT_VOICE.to_string()));
+            return Ok(Named::Espeak(espeak::DEFAULT_VOICE.to_string()));
         }
         if let Some(voice) = self.torch.iter().find(|v| v.name() == name) {
-            return Ok(Voice::Torch(Arc::clone(voice)));
+            return Ok(Named::Torch(Arc::clone(voice)));
         }
         let lower = name.to_ascii_lowercase();
         // A language ("en-us"), its family ("en"), or a voice file ("gmw/en-US").
@@ -86,7 +120,7 @@ impl Voices {
                 || v.identifier.eq_ignore_ascii_case(name)
         });
         if known {
-            Ok(Voice::Espeak(name.to_string()))
+            Ok(Named::Espeak(name.to_string()))
         } else {
             Err(Status::invalid_argument(format!(
                 "unknown voice `{}`: call ListVoices for the names this service offers (such as {})",
@@ -102,10 +136,11 @@ impl Voices {
         let sample_rate = self.espeak.sample_rate();
         let torch = self.torch.iter().map(|v| pb::Voice {
             name: v.name().to_string(),
-            language: v.espeak_voice().to_string(),
-            sample_rate: v.sample_rate(),
+            language: v.spec().espeak_voice().to_string(),
+            sample_rate: v.spec().sample_rate(),
             backend: "torchscript".into(),
             on_gpu: v.on_gpu(),
+            residency: Some(v.residency()),
         });
         torch
             .chain(self.known.iter().map(|v| pb::Voice {
@@ -114,6 +149,7 @@ impl Voices {
                 sample_rate,
                 backend: "espeak-ng".into(),
                 on_gpu: false,
+                residency: None,
             }))
             .collect()
     }
@@ -141,7 +177,7 @@ pub(super) async fn speak(
                 * espeak::RATE_WPM_DEFAULT as f32
                 / rate_wpm as f32;
             let samples = voice
-                .speak_scaled(&front.phonemes, length_scale)
+                .measured(|v| v.speak_scaled(&front.phonemes, length_scale))
                 .map_err(Status::from)?;
             let mut speech = Speech {
                 sample_rate: voice.sample_rate(),
