@@ -64,10 +64,13 @@ struct Args {
     /// Size of each tensor --make writes, in GiB.
     #[arg(long, default_value_t = 1.0)]
     tensor_gib: f64,
-    /// Instead of measuring: load the files once (see the module's documentation).
+    /// Instead of measuring: load the files once, with the worker's settings and without
+    /// reading them first, timed from the call to the last tensor on the device; prints one
+    /// JSON line.
     #[arg(long, conflicts_with = "make")]
     once: bool,
-    /// With --once: tensors whose bytes to checksum after the load (`checksum`).
+    /// With --once: tensors whose bytes to checksum after the load, the sum of b_i * (i % 65521
+    /// + 1) over their bytes b_i.
     #[arg(long, value_delimiter = ',', requires = "once")]
     checksum: Vec<String>,
 }
