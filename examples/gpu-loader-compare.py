@@ -9,7 +9,8 @@ only way it can use the page cache) and Arbiter's loader (`arbiter-loadbench --o
 (examples/gpu-loader-compare.sh runs it on the GPU host.) Steps:
 1. The file: `arbiter-loadbench --make` writes SIZE GiB of bf16 tensors of TENSOR_MIB each
    (kept and reused when one of that shape is there).
-2. Reference checksums of a few tensors (first, last, some between), of the file's bytes.
+2. Reference checksums of a few tensors (first, last, some between), of the file's bytes, on
+   the CPU.
 3. Limits: the file dropped from the page cache (posix_fadvise DONTNEED, as
    `arbiter-video prewarm --evict` does: no root, no system setting), then `arbiter-loadbench
    FILE` (its first read of the file is the cold buffered disk rate, 16 threads; then the
@@ -88,7 +89,9 @@ def checksum(t):
     return total
 
 
-def reference_checksums(path, names, device):
+def reference_checksums(path, names):
+    """On the CPU, from the file's bytes: apart from every loader, and no CUDA context held by
+    this process while the runs go."""
     import torch
 
     data_start, entries = read_header(path)
@@ -102,7 +105,7 @@ def reference_checksums(path, names, device):
             got = os.preadv(fd, [buf], data_start + begin)
             assert got == len(buf), f"short read of {name}"
             t = torch.frombuffer(buf, dtype=torch.uint8)
-            sums[name] = checksum(t.to(device) if device != "cpu" else t)
+            sums[name] = checksum(t)
     finally:
         os.close(fd)
     return sums
@@ -503,7 +506,7 @@ def run(args):
     log(f"file: {results['file_info']}")
     _, entries = read_header(args.file)
     names = verify_names(entries, args.verify)
-    results["reference_checksums"] = reference_checksums(args.file, names, args.device)
+    results["reference_checksums"] = reference_checksums(args.file, names)
     log(f"reference checksums of {len(names)} tensors")
     results["limits"] = limits(args)
     log(f"limits: {json.dumps({k: v for k, v in results['limits'].items() if k != 'loadbench_in_process_load'})}")
