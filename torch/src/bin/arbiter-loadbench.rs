@@ -7,6 +7,11 @@
 //!
 //! `arbiter-loadbench DIR_OR_FILES... [--json OUT]` measures; `arbiter-loadbench --make 16
 //! --out FILE` writes a safetensors file of random bf16 tensors to measure with.
+//!
+//! `arbiter-loadbench --once FILES... [--checksum NAME,...]` only loads: once, with the
+//! worker's settings, without reading the files first (so a file dropped from the page cache
+//! loads cold), timed from the call to the last tensor on the device, and prints one JSON
+//! line. examples/gpu-loader-compare.py runs it beside other loaders, each in a fresh process.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,8 +35,8 @@ struct Args {
     /// Thread counts for the page-cache read rate.
     #[arg(long, value_delimiter = ',', default_value = "1,8,16")]
     read_threads: Vec<usize>,
-    /// Thread counts for load().
-    #[arg(long, value_delimiter = ',', default_value = "4,8,16")]
+    /// Thread counts for load() [default: 4,8,16; with --once, one count, default 16].
+    #[arg(long, value_delimiter = ',')]
     load_threads: Vec<usize>,
     /// Load chunk (and staging slot) size in MiB [default: LoadOptions's].
     #[arg(long)]
@@ -59,12 +64,33 @@ struct Args {
     /// Size of each tensor --make writes, in GiB.
     #[arg(long, default_value_t = 1.0)]
     tensor_gib: f64,
+    /// Instead of measuring: load the files once, with the worker's settings and without
+    /// reading them first, timed from the call to the last tensor on the device; prints one
+    /// JSON line.
+    #[arg(long, conflicts_with = "make")]
+    once: bool,
+    /// With --once: tensors whose bytes to checksum after the load, the sum of b_i * (i % 65521
+    /// + 1) over their bytes b_i.
+    #[arg(long, value_delimiter = ',', requires = "once")]
+    checksum: Vec<String>,
 }
+
+/// The reader threads of a worker's loads (video-service's job settings).
+const WORKER_THREADS: usize = 16;
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match (args.make, &args.out) {
         (Some(gib), Some(out)) => make(gib, args.tensor_gib, out),
+        _ if args.once => once(&args).and_then(|report| {
+            let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+            println!("{line}");
+            match &args.json {
+                Some(path) => std::fs::write(path, line + "\n")
+                    .map_err(|e| format!("{}: {e}", path.display())),
+                None => Ok(()),
+            }
+        }),
         _ => bench(&args),
     };
     match result {
@@ -76,24 +102,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes `gib` GiB of bf16 tensors of `tensor_gib` each. They all hold the same random
-/// values (one tensor's worth of memory, whatever the file's size): rates do not depend on
-/// the values.
+/// Writes `gib` GiB of bf16 tensors of `tensor_gib` each. They are views of one random
+/// tensor (one tensor's worth of memory, whatever the file's size: rates do not depend on
+/// the values), tensor `i` starting at its element `i`, so that no two tensors hold the same
+/// bytes and a load that swaps them fails its checksums.
 fn make(gib: f64, tensor_gib: f64, out: &Path) -> Result<(), String> {
     if !(gib > 0.0 && tensor_gib > 0.0) {
         return Err("--make and --tensor-gib must be positive".into());
     }
     let total = (gib * GIB / 2.0) as i64;
     let per_tensor = ((tensor_gib * GIB / 2.0) as i64).clamp(1, total.max(1));
-    let base =
-        Tensor::f_randn([per_tensor], (Kind::BFloat16, Device::Cpu)).map_err(|e| e.to_string())?;
+    let count = (total + per_tensor - 1) / per_tensor;
+    let base = Tensor::f_randn([per_tensor + count], (Kind::BFloat16, Device::Cpu))
+        .map_err(|e| e.to_string())?;
     let mut parts = Vec::new();
     let mut left = total;
     while left > 0 {
         let n = left.min(per_tensor);
+        let index = parts.len();
         parts.push((
-            format!("blocks.{:04}.weight", parts.len()),
-            base.narrow(0, 0, n),
+            format!("blocks.{index:04}.weight"),
+            base.narrow(0, index as i64, n),
         ));
         left -= n;
     }
@@ -132,6 +161,109 @@ fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
         return Err("no safetensors files given (files or directories)".into());
     }
     Ok(files)
+}
+
+/// The `--once` load: the files onto the GPU (the CPU with --cpu or without one) with the
+/// worker's options, every tensor held until the checksums are taken. The CUDA context is
+/// made first and timed apart, as a worker has one before its first load.
+fn once(args: &Args) -> Result<serde_json::Value, String> {
+    let files = files(&args.paths)?;
+    let threads = match args.load_threads[..] {
+        [] => WORKER_THREADS,
+        [threads] => threads,
+        _ => return Err("--once loads with one --load-threads count".into()),
+    };
+    let defaults = LoadOptions::default();
+    let options = LoadOptions {
+        threads,
+        chunk_bytes: args
+            .chunk_mib
+            .map_or(defaults.chunk_bytes, |mib| mib.max(1) << 20),
+        staging_slots: args.slots.unwrap_or(defaults.staging_slots),
+    };
+    let device = if !args.cpu && tch::Cuda::is_available() {
+        Device::Cuda(0)
+    } else {
+        Device::Cpu
+    };
+    let context = Instant::now();
+    if device.is_cuda() {
+        let _warm = Tensor::f_zeros([1], (Kind::Float, device)).map_err(|e| e.to_string())?;
+        tch::Cuda::synchronize(0);
+    }
+    let context_ms = context.elapsed().as_secs_f64() * 1e3;
+
+    let started = Instant::now();
+    let mut loaded = Vec::new();
+    for file in &files {
+        loaded.push(load(file, device, &options).map_err(|e| e.to_string())?);
+    }
+    if device.is_cuda() {
+        tch::Cuda::synchronize(0);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    let bytes: u64 = loaded.iter().map(|l| l.stats.bytes).sum();
+    let mut checksums = serde_json::Map::new();
+    for name in &args.checksum {
+        let tensor = loaded
+            .iter()
+            .flat_map(|l| &l.tensors)
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| format!("--checksum {name}: no such tensor in the files"))?;
+        checksums.insert(name.clone(), json!(checksum(tensor)?));
+    }
+    Ok(json!({
+        "loader": "arbiter",
+        "version": env!("CARGO_PKG_VERSION"),
+        "files": files,
+        "device": format!("{device:?}"),
+        "threads": options.threads,
+        "chunk_bytes": options.chunk_bytes,
+        "staging_slots": options.staging_slots,
+        "context_ms": context_ms,
+        "bytes": bytes,
+        "tensors": loaded.iter().map(|l| l.tensors.len()).sum::<usize>(),
+        "seconds": seconds,
+        "gb_per_s": bytes as f64 / seconds / 1e9,
+        "loads": loaded.iter().map(|l| &l.stats).collect::<Vec<_>>(),
+        "checksums": checksums,
+    }))
+}
+
+/// A position-weighted sum of a tensor's bytes `b_i`: the sum of `b_i * (i % 65521 + 1)`,
+/// exact in an i64 for tensors up to ~500 GB. Unlike a plain sum it changes when pieces of
+/// the tensor trade places. examples/gpu-loader-compare.py computes the same, of the file's
+/// bytes and of what other loaders loaded. Computed on the tensor's device, in pieces.
+fn checksum(tensor: &Tensor) -> Result<i64, String> {
+    const PIECE: i64 = 16 << 20;
+    let torch = |e: tch::TchError| e.to_string();
+    let bytes = tensor
+        .f_contiguous()
+        .and_then(|t| t.f_flatten(0, -1))
+        .and_then(|t| t.f_view_dtype(Kind::Uint8))
+        .map_err(torch)?;
+    let len = bytes.size()[0];
+    let mut sum = 0i64;
+    let mut start = 0;
+    while start < len {
+        let n = PIECE.min(len - start);
+        let weights = Tensor::f_arange_start(start, start + n, (Kind::Int64, bytes.device()))
+            .and_then(|w| w.f_remainder(65521))
+            .and_then(|w| w.f_add_scalar(1))
+            .map_err(torch)?;
+        let piece = bytes
+            .f_narrow(0, start, n)
+            .and_then(|b| b.f_to_kind(Kind::Int64))
+            .and_then(|b| b.f_mul(&weights))
+            .and_then(|p| p.f_sum(Kind::Int64))
+            .and_then(|s| s.f_int64_value(&[]))
+            .map_err(torch)?;
+        sum += piece;
+        start += n;
+    }
+    Ok(sum)
 }
 
 fn bench(args: &Args) -> Result<(), String> {
@@ -208,7 +340,11 @@ fn bench(args: &Args) -> Result<(), String> {
         _ => None,
     };
     let mut loads = Vec::new();
-    for &threads in &args.load_threads {
+    let load_threads = match &args.load_threads[..] {
+        [] => &[4, 8, 16][..],
+        given => given,
+    };
+    for &threads in load_threads {
         let options = LoadOptions {
             threads,
             chunk_bytes,
@@ -297,4 +433,97 @@ fn copy_rate(bytes: i64, device: Device, pinned: bool, repeat: usize) -> Result<
         tch::Cuda::synchronize(0);
         Ok(bytes as f64 / started.elapsed().as_secs_f64() / 1e9)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checksum as the Python side computes it, by hand over the file's bytes.
+    fn reference(bytes: &[u8]) -> i64 {
+        bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| i64::from(b) * (i as i64 % 65521 + 1))
+            .sum()
+    }
+
+    #[test]
+    fn the_checksum_weighs_each_byte_by_its_place() {
+        let t = Tensor::from_slice(&[1u8, 2, 3]);
+        assert_eq!(checksum(&t).unwrap(), 1 + 2 * 2 + 3 * 3);
+        // Bytes of a wider dtype, little-endian: 0x0201 is [1, 2].
+        let t = Tensor::from_slice(&[0x0201i16, 0x0003]).view([2, 1]);
+        assert_eq!(checksum(&t).unwrap(), 1 + 2 * 2 + 3 * 3);
+        // Past the modulus, the weights start again at 1.
+        let mut long = vec![0u8; 65523];
+        long[65521] = 5;
+        assert_eq!(checksum(&Tensor::from_slice(&long)).unwrap(), 5);
+    }
+
+    #[test]
+    fn once_loads_a_made_file_and_its_checksums_match_the_files_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("made.safetensors");
+        // 1 MiB in tensors of 256 KiB: four of them, each shifted by one element.
+        make(1.0 / 1024.0, 1.0 / 4096.0, &path).unwrap();
+        let header = safetensors::read_header(&path).unwrap();
+        assert_eq!(header.entries.len(), 4);
+        let data = std::fs::read(&path).unwrap();
+        let of = |entry: &safetensors::Entry| {
+            let start = (header.data_start + entry.begin) as usize;
+            reference(&data[start..start + entry.byte_len() as usize])
+        };
+        let names: Vec<String> = header.entries.iter().map(|e| e.name.clone()).collect();
+        let args = Args::parse_from(
+            [
+                "arbiter-loadbench",
+                "--once",
+                "--cpu",
+                "--load-threads",
+                "3",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                path.display().to_string(),
+                "--checksum".into(),
+                names.join(","),
+            ]),
+        );
+        let report = once(&args).unwrap();
+        assert_eq!(report["bytes"], json!(header.data_len()));
+        assert_eq!(report["tensors"], json!(4));
+        assert_eq!(report["threads"], json!(3));
+        assert_eq!(report["device"], json!("Cpu"));
+        assert!(report["gb_per_s"].as_f64().unwrap() > 0.0);
+        let mut seen = std::collections::HashSet::new();
+        for entry in &header.entries {
+            let sum = report["checksums"][&entry.name].as_i64().unwrap();
+            assert_eq!(sum, of(entry), "{}", entry.name);
+            assert!(
+                seen.insert(sum),
+                "{} holds another tensor's bytes",
+                entry.name
+            );
+        }
+
+        let two = Args::parse_from([
+            "arbiter-loadbench",
+            "--once",
+            "--load-threads",
+            "4,8",
+            &path.display().to_string(),
+        ]);
+        assert!(once(&two).unwrap_err().contains("one --load-threads"));
+        let missing = Args::parse_from([
+            "arbiter-loadbench",
+            "--once",
+            "--cpu",
+            &path.display().to_string(),
+            "--checksum",
+            "nope",
+        ]);
+        assert!(once(&missing).unwrap_err().contains("nope"));
+    }
 }
