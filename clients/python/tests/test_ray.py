@@ -237,6 +237,10 @@ def nodes() -> Iterator[Nodes]:
     supervisors: List[Supervisor] = []
     cluster: Optional[Cluster] = None
     ray_dir = Path(tempfile.mkdtemp(prefix="arbiter-ray-"))
+    # Ray writes the head's address to <tmp>/ray/ray_current_cluster whatever temp_dir says,
+    # and creates that directory only when temp_dir is its default: on a machine where no
+    # Ray ran before, the head would fail to start without it.
+    Path(tempfile.gettempdir(), "ray").mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as env:
         # Ray's processes inherit this environment: nothing of the caller's Arbiter.
         for name in list(os.environ):
