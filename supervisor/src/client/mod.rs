@@ -425,6 +425,7 @@ pub async fn hold(args: &HoldArgs, config: &Config) -> Result<(), ClientError> {
             .and_then(|d| prost_types::Duration::try_from(d).ok()),
         preemptible: args.preemptible,
         ttl: None,
+        reload: None,
     };
     let mut stream = client
         .hold(request)

@@ -213,6 +213,7 @@ async fn drive(args: &RunArgs, config: &Config) -> Result<u8, RunError> {
             .and_then(|d| prost_types::Duration::try_from(d).ok()),
         preemptible: args.preemptible,
         ttl: None,
+        reload: None,
     };
     let mut stream = client
         .hold(request)
