@@ -27,6 +27,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Undecodable requests are the caller's mistake: INVALID_ARGUMENT, not INTERNAL.
         .codec_path("crate::codec::StrictCodec")
+        // A holder gets one update per change of its lease, so a Granted that restates the
+        // whole Lease costs nothing worth boxing it for (and boxing would change the type
+        // every holder matches on).
+        .enum_attribute(
+            "arbiter.supervisor.v1.LeaseUpdate.update",
+            "#[allow(clippy::large_enum_variant)]",
+        )
         .compile_fds(compiler.file_descriptor_set())?;
     // tonic-prost-build 0.14 does not pass its own rerun-if-changed on: say it here.
     println!("cargo:rerun-if-changed=proto");

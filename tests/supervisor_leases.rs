@@ -1,7 +1,8 @@
 //! Leases over gRPC on the real `arbiter-supervisor` binary: unary and streaming grants over
 //! the Unix socket (with the caller's pid and uid) and TCP (without), the queue, `max_wait`,
-//! holders that die or are asked to give memory back, foreign processes that shrink the
-//! budget, TTLs and KeepAlive, and refusals that name the rule.
+//! holders that die or are asked to give memory back (the cheapest to bring back first),
+//! foreign processes that shrink the budget, TTLs and KeepAlive, and refusals that name the
+//! rule.
 //!
 //! Each test starts its own supervisor (GPU 0: 10GiB, GPU 1: 4GiB, no reserve, sampled every
 //! 100ms unless the test says otherwise) from `arbiter_test_kit::supervisor`, on a
@@ -271,6 +272,61 @@ async fn a_preemptible_holder_shrinks_for_a_critical_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaim_asks_the_pooled_holder_before_the_one_that_reloads_from_disk() {
+    let supervisor = Supervisor::start().await;
+    let mut client = supervisor.unix_client().await;
+    let holder = |name: &str, reload: &[&'static str]| {
+        let mut args = vec![
+            "--preemptible",
+            "--priority",
+            "batch",
+            "--bytes",
+            "4GiB",
+            "--gpu",
+            "0",
+        ];
+        args.extend_from_slice(reload);
+        supervisor.spawn_hold(name, &args)
+    };
+    let _pooled = holder(
+        "pooled",
+        &["--reload", "host-pool", "--reload-rate", "24GB"],
+    );
+    lease_held_by(&client, "pooled").await;
+    // Granted later: by recency alone it would be asked first.
+    let _disk = holder("from-disk", &["--reload", "disk"]);
+    lease_held_by(&client, "from-disk").await;
+
+    let listed = leases(&client).await;
+    let reload_of = |name: &str| {
+        listed
+            .iter()
+            .find(|l| l.holder == name)
+            .and_then(|l| l.reload)
+            .unwrap_or_else(|| panic!("{name}'s reload in ListLeases: {listed:?}"))
+    };
+    assert_eq!(
+        reload_of("pooled"),
+        pb::ReloadCost {
+            source: pb::ReloadSource::HostPool as i32,
+            bytes_per_second: Some(24_000_000_000),
+        }
+    );
+    assert_eq!(reload_of("from-disk").source, pb::ReloadSource::Disk as i32);
+
+    let mut request = ask("urgent", "0", 4 * GIB);
+    request.priority = pb::Priority::Critical as i32;
+    within(SOON, "for the critical Acquire", client.acquire(request))
+        .await
+        .expect("the critical Acquire is granted");
+    // 10GiB, 8 held: the 2GiB lacking came from the pooled holder alone.
+    let listed = leases(&client).await;
+    let bytes_of = |name: &str| listed.iter().find(|l| l.holder == name).map(|l| l.bytes);
+    assert_eq!(bytes_of("pooled"), Some(2 * GIB), "{listed:?}");
+    assert_eq!(bytes_of("from-disk"), Some(4 * GIB), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_ignores_reclaim_is_revoked_after_the_grace() {
     let supervisor = Supervisor::builder()
         .config("[lease]\nreclaim_grace = \"1s\"\n")
@@ -455,6 +511,19 @@ async fn bad_requests_are_refused_with_a_specific_message() {
             client.hold(unknown).await,
             Code::InvalidArgument,
             &["priority"],
+        );
+    }
+    // A reload rate of 0, or one sent in GB/s, is refused saying what to send.
+    for rate in [0, 25] {
+        let mut bad = ask("reloader", "", GIB);
+        bad.reload = Some(pb::ReloadCost {
+            source: pb::ReloadSource::HostPool as i32,
+            bytes_per_second: Some(rate),
+        });
+        assert_refused(
+            client.acquire(bad).await,
+            Code::InvalidArgument,
+            &["reload.bytes_per_second", "bytes per second"],
         );
     }
     // Echoed input is cut short: a megabyte where a GPU or a lease id belongs comes back as

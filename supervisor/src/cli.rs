@@ -200,12 +200,37 @@ pub struct HoldArgs {
     /// Agree to give memory back when a higher class needs it.
     #[arg(long)]
     pub preemptible: bool,
+    #[command(flatten)]
+    pub reload: ReloadArgs,
     /// Ignore reclaim requests (and be revoked at the deadline) instead of giving memory back.
     #[arg(long)]
     pub ignore_reclaim: bool,
     /// Give up waiting after this long, such as 30s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub max_wait: Option<Duration>,
+}
+
+/// What a preemptible holder's bytes cost to bring back: within its class, a reclaim asks
+/// the holders that reload fastest first, and those that say nothing last.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Where the bytes come back from once given back: host-pool (pinned host memory),
+    /// page-cache, disk or recompute (default: not said, the slowest).
+    #[arg(long, value_enum, requires = "preemptible")]
+    pub reload: Option<ReloadFrom>,
+    /// The reload rate measured, per second, such as 24GB (default: the source's typical
+    /// rate).
+    #[arg(long, value_name = "BYTES", requires = "preemptible")]
+    pub reload_rate: Option<ByteSize>,
+}
+
+/// `--reload`'s sources, the wire's ReloadSource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReloadFrom {
+    HostPool,
+    PageCache,
+    Disk,
+    Recompute,
 }
 
 /// `run`'s flags. Exit status: the command's own (128+N when a signal N ended it, as
@@ -249,6 +274,8 @@ pub struct RunArgs {
     /// command cannot shrink its lease.
     #[arg(long, requires = "on_reclaim")]
     pub preemptible: bool,
+    #[command(flatten)]
+    pub reload: ReloadArgs,
     /// When asked to give memory back: `kill` stops the command and releases the lease;
     /// `signal:NAME` (such as signal:USR1) sends NAME to the command's process group and
     /// lets it free memory or exit; `ignore` (the default) lets the supervisor revoke the

@@ -45,7 +45,7 @@ use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use super::{UnknownPriority, address, priority_by_name};
+use super::{UnknownPriority, address, priority_by_name, reload_request};
 use crate::cli::{OnReclaim, RunArgs};
 use crate::config::{Config, OveruseAction};
 use crate::job::spawn::Worker;
@@ -213,6 +213,7 @@ async fn drive(args: &RunArgs, config: &Config) -> Result<u8, RunError> {
             .and_then(|d| prost_types::Duration::try_from(d).ok()),
         preemptible: args.preemptible,
         ttl: None,
+        reload: reload_request(&args.reload),
     };
     let mut stream = client
         .hold(request)

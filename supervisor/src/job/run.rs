@@ -18,7 +18,7 @@ use super::spawn::{Launch, Worker, log_tail};
 use super::{JobRecord, JobResult, JobState, verify};
 use crate::config::OveruseAction;
 use crate::lease::broker::{Holding, Note};
-use crate::lease::{Ask, Form, GpuChoice, Lease, Peer};
+use crate::lease::{Ask, Form, GpuChoice, Lease, Peer, ReloadCost};
 
 /// How a worker's run ended, before the memory check.
 enum Ending {
@@ -121,6 +121,7 @@ async fn lease(
         bytes: record.spec.lease_bytes,
         priority: record.spec.priority,
         preemptible: false,
+        reload: ReloadCost::default(),
         max_wait: None,
         form: Form::Stream,
         peer: Some(Peer {

@@ -44,7 +44,9 @@ use crate::config::{Config, KubernetesConfig};
 use crate::gpu::Inventory;
 use crate::lease::broker::{Broker, Holding, Note};
 use crate::lease::scope::PodScope;
-use crate::lease::{Ask, Form, GpuChoice, Lease, Peer, Priority, ReleaseReason, WaitEnd};
+use crate::lease::{
+    Ask, Form, GpuChoice, Lease, Peer, Priority, ReleaseReason, ReloadCost, WaitEnd,
+};
 
 /// Why the Kubernetes mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -350,6 +352,7 @@ impl Plugin {
             priority: Priority::Interactive,
             // A pod cannot give memory back on request.
             preemptible: false,
+            reload: ReloadCost::default(),
             max_wait: Some(wait),
             form: Form::Stream,
             peer: Some(Peer { pid: key, uid: 0 }),

@@ -222,6 +222,7 @@ mod tests {
             bytes,
             priority: crate::lease::Priority::Normal,
             preemptible: false,
+            reload: crate::lease::ReloadCost::default(),
             max_wait: None,
             form: crate::lease::Form::Stream,
             peer: None,

@@ -672,7 +672,15 @@ impl Broker {
                     if let Some(route) = inner.routes.get(&lease.ticket) {
                         let _ = route.send(Note::Reclaim(lease.clone()));
                     }
-                    tracing::info!(lease = %lease.id, holder = %lease.holder, bytes = lease.reclaim.as_ref().map_or(0, |r| r.bytes), "reclaim requested");
+                    let bytes = lease.reclaim.as_ref().map_or(0, |r| r.bytes);
+                    tracing::info!(
+                        lease = %lease.id,
+                        holder = %lease.holder,
+                        bytes,
+                        reload = lease.reload.source.as_str(),
+                        reload_secs = lease.reload.seconds(bytes),
+                        "reclaim requested"
+                    );
                     self.feed.publish(EventKind::Reclaim(lease));
                 }
                 Effect::Revoked {

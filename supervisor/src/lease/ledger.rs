@@ -10,6 +10,9 @@
 //!   request is never starved by a stream of small ones slipping past it.
 //! - A blocked waiter that outranks preemptible holders on its GPU (by priority class) asks
 //!   them to give bytes back before a deadline; a holder that has not by then is revoked.
+//!   It asks for no more than it lacks, from the lowest class first, within a class from
+//!   the holders whose bytes are cheapest to bring back (see `reload`), then the most
+//!   recently granted.
 //! - A process the supervisor can see (its pid is known) is charged the larger of its leases
 //!   and its measured use: use above a lease shrinks what can be granted exactly as a
 //!   foreign process does. Leases of holders it cannot see (TCP callers) count by bytes.
@@ -171,6 +174,18 @@ pub struct Ledger {
     /// Keyed by (gpu, pid).
     processes: BTreeMap<(u32, u32), Process>,
     next_ticket: Ticket,
+}
+
+/// The order in which a reclaim asks holders for bytes. The lowest class first: a class is
+/// a promise, and cost never outweighs it. Within a class the holders whose bytes are
+/// cheapest to bring back (fastest reload first, those that did not say last), since a
+/// reload is what a reclaim really costs its holder. Then the most recently granted: it
+/// has had the least use of its memory.
+fn reclaim_order(a: &Lease, b: &Lease) -> std::cmp::Ordering {
+    a.priority
+        .cmp(&b.priority)
+        .then(a.reload.cheaper_first(b.reload))
+        .then(b.granted_at.cmp(&a.granted_at))
 }
 
 /// The pid whose use counts against a lease; None where the supervisor cannot see it (a
@@ -975,6 +990,7 @@ impl Ledger {
                 bytes: waiter.ask.bytes,
                 priority: waiter.ask.priority,
                 preemptible: waiter.ask.preemptible,
+                reload: waiter.ask.reload,
                 form: waiter.ask.form,
                 peer: waiter.ask.peer,
                 owner: waiter.ask.owner,
@@ -1079,12 +1095,7 @@ impl Ledger {
         if reclaimable < shortfall {
             return;
         }
-        // Lowest class first, then the most recently granted (it has had the least use).
-        victims.sort_by(|a, b| {
-            a.priority
-                .cmp(&b.priority)
-                .then(b.granted_at.cmp(&a.granted_at))
-        });
+        victims.sort_by(|a, b| reclaim_order(a, b));
         let chosen: Vec<(Ticket, u64)> = victims
             .iter()
             .map_while(|l| {

@@ -4,7 +4,8 @@
 //! its own (callers pass `now`), so property tests can drive it through any sequence of
 //! events. [`broker`] wraps it for the server: a lock, the holders' notification channels,
 //! timers and the event feed ([`events`], the operators' view of what the broker did).
-//! [`error`] says why a request was refused.
+//! [`error`] says why a request was refused. [`reload`] is what a holder's bytes cost to
+//! bring back, which decides whom a reclaim asks first within a class.
 //!
 //! The books follow the card, not the holders' word: a process the supervisor can see counts
 //! as the larger of its leases and its measured use, and bytes it gives back (release,
@@ -16,11 +17,13 @@ pub mod error;
 pub mod events;
 pub mod ledger;
 mod queue;
+pub mod reload;
 pub mod scope;
 
 use std::time::{Duration, Instant};
 
 pub use error::LeaseError;
+pub use reload::{ReloadCost, ReloadSource};
 
 /// Identifies one request from its arrival to its end: first as a waiter, then as a lease.
 /// Internal only; the wire carries [`Lease::id`], which cannot be guessed.
@@ -82,6 +85,8 @@ pub struct Ask {
     pub bytes: u64,
     pub priority: Priority,
     pub preemptible: bool,
+    /// What its bytes cost to bring back: whom a reclaim asks first within a class.
+    pub reload: ReloadCost,
     pub max_wait: Option<Duration>,
     pub form: Form,
     pub peer: Option<Peer>,
@@ -187,6 +192,8 @@ pub struct Lease {
     pub bytes: u64,
     pub priority: Priority,
     pub preemptible: bool,
+    /// See [`Ask::reload`].
+    pub reload: ReloadCost,
     pub form: Form,
     pub peer: Option<Peer>,
     /// The identity that asked for it (see [`Ask::owner`]).

@@ -28,6 +28,7 @@ fn ask(holder: &str, bytes: u64, priority: Priority, peer: Option<Peer>) -> Ask 
         bytes,
         priority,
         preemptible: false,
+        reload: Default::default(),
         max_wait: None,
         form: Form::Stream,
         peer,

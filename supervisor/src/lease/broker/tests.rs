@@ -17,6 +17,7 @@ fn ask(bytes: u64, form: Form, peer: Option<Peer>, max_wait: Option<Duration>) -
         bytes,
         priority: Priority::Normal,
         preemptible: false,
+        reload: Default::default(),
         max_wait,
         form,
         peer,

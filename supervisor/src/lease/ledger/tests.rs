@@ -1,7 +1,7 @@
 //! The ledger's rules, one test each, and property tests over arbitrary event sequences.
 
 use super::*;
-use crate::lease::{Peer, Priority};
+use crate::lease::{Peer, Priority, ReloadCost, ReloadSource};
 use proptest::prelude::*;
 use std::collections::HashMap;
 
@@ -42,6 +42,7 @@ fn ask(holder: &str, bytes: u64, priority: Priority) -> Ask {
         bytes,
         priority,
         preemptible: false,
+        reload: ReloadCost::default(),
         max_wait: None,
         form: Form::Stream,
         // A holder the ledger cannot see (a TCP caller): counted by bytes, taken at its word,
@@ -283,6 +284,235 @@ fn no_reclaim_from_equal_or_higher_classes() {
         !effects
             .iter()
             .any(|e| matches!(e, Effect::ReclaimRequested { .. }))
+    );
+}
+
+/// A preemptible holder that says what its bytes cost to bring back.
+fn reloading(holder: &str, bytes: u64, priority: Priority, source: ReloadSource) -> Ask {
+    Ask {
+        preemptible: true,
+        reload: ReloadCost {
+            source,
+            measured: None,
+        },
+        ..ask(holder, bytes, priority)
+    }
+}
+
+/// The reclaims requested, in order: which lease, for how many bytes.
+fn reclaims(effects: &[Effect]) -> Vec<(Ticket, u64)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ReclaimRequested { lease } => {
+                Some((lease.ticket, lease.reclaim.as_ref().map_or(0, |r| r.bytes)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Grants `asks` one second apart from `t0`, so that each is more recent than the one
+/// before it; returns their tickets and the time after the last.
+fn granted_in_turn(ledger: &mut Ledger, asks: Vec<Ask>, t0: Instant) -> (Vec<Ticket>, Instant) {
+    let mut at = t0;
+    let mut tickets = Vec::new();
+    for ask in asks {
+        let (ticket, effects) = ledger.ask(ask, at).unwrap();
+        assert_eq!(granted(&effects), vec![ticket]);
+        tickets.push(ticket);
+        at += Duration::from_secs(1);
+    }
+    (tickets, at)
+}
+
+#[test]
+fn a_pooled_holder_is_reclaimed_before_one_that_reloads_from_disk() {
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
+    // The disk holder is the more recent: by the tie-break alone it would be asked first.
+    let (held, at) = granted_in_turn(
+        &mut ledger,
+        vec![
+            reloading("pooled", 4 * GIB, Priority::Batch, ReloadSource::HostPool),
+            reloading("from disk", 4 * GIB, Priority::Batch, ReloadSource::Disk),
+        ],
+        t0,
+    );
+    let (_, effects) = ledger
+        .ask(ask("urgent", 5 * GIB, Priority::Critical), at)
+        .unwrap();
+    assert_eq!(reclaims(&effects), vec![(held[0], 3 * GIB)]);
+}
+
+#[test]
+fn a_lower_class_is_reclaimed_first_however_costly_its_reload() {
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
+    let (held, at) = granted_in_turn(
+        &mut ledger,
+        vec![
+            reloading(
+                "batch from disk",
+                4 * GIB,
+                Priority::Batch,
+                ReloadSource::Disk,
+            ),
+            reloading(
+                "normal pooled",
+                4 * GIB,
+                Priority::Normal,
+                ReloadSource::HostPool,
+            ),
+        ],
+        t0,
+    );
+    let (_, effects) = ledger
+        .ask(ask("urgent", 5 * GIB, Priority::Critical), at)
+        .unwrap();
+    assert_eq!(reclaims(&effects), vec![(held[0], 3 * GIB)]);
+}
+
+#[test]
+fn among_equal_costs_the_most_recently_granted_is_reclaimed_first() {
+    let t0 = Instant::now();
+    // Two silent holders (today's behaviour); two holders of one source; a disk holder
+    // measured at exactly the page cache's typical rate beside a page-cache holder.
+    let measured_disk = Ask {
+        reload: ReloadCost {
+            source: ReloadSource::Disk,
+            measured: ReloadSource::PageCache.typical_rate(),
+        },
+        ..reloading(
+            "disk, measured",
+            4 * GIB,
+            Priority::Batch,
+            ReloadSource::Disk,
+        )
+    };
+    let silent = |holder: &str| Ask {
+        preemptible: true,
+        ..ask(holder, 4 * GIB, Priority::Batch)
+    };
+    for pair in [
+        [silent("older"), silent("newer")],
+        [
+            reloading("older", 4 * GIB, Priority::Batch, ReloadSource::HostPool),
+            reloading("newer", 4 * GIB, Priority::Batch, ReloadSource::HostPool),
+        ],
+        [
+            reloading(
+                "page cache",
+                4 * GIB,
+                Priority::Batch,
+                ReloadSource::PageCache,
+            ),
+            measured_disk.clone(),
+        ],
+    ] {
+        let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
+        let (held, at) = granted_in_turn(&mut ledger, pair.to_vec(), t0);
+        let (_, effects) = ledger
+            .ask(ask("urgent", 5 * GIB, Priority::Critical), at)
+            .unwrap();
+        assert_eq!(reclaims(&effects), vec![(held[1], 3 * GIB)], "{pair:?}");
+    }
+}
+
+#[test]
+fn a_measured_rate_counts_over_the_sources_typical_one() {
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(books(&[10 * GIB]), policy());
+    let fast_disk = Ask {
+        reload: ReloadCost {
+            source: ReloadSource::Disk,
+            measured: Some(30_000_000_000),
+        },
+        ..reloading(
+            "striped disks",
+            4 * GIB,
+            Priority::Batch,
+            ReloadSource::Disk,
+        )
+    };
+    let (held, at) = granted_in_turn(
+        &mut ledger,
+        vec![
+            fast_disk,
+            reloading("pooled", 4 * GIB, Priority::Batch, ReloadSource::HostPool),
+        ],
+        t0,
+    );
+    let (_, effects) = ledger
+        .ask(ask("urgent", 5 * GIB, Priority::Critical), at)
+        .unwrap();
+    assert_eq!(reclaims(&effects), vec![(held[0], 3 * GIB)]);
+}
+
+#[test]
+fn a_holder_that_says_nothing_is_reclaimed_after_every_one_that_declared() {
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(books(&[12 * GIB]), policy());
+    let slow_recompute = Ask {
+        reload: ReloadCost {
+            source: ReloadSource::Recompute,
+            measured: Some(*crate::lease::reload::MEASURED_RATES.start()),
+        },
+        ..reloading(
+            "recompute",
+            4 * GIB,
+            Priority::Batch,
+            ReloadSource::Recompute,
+        )
+    };
+    let silent = Ask {
+        preemptible: true,
+        ..ask("silent", 4 * GIB, Priority::Batch)
+    };
+    // The silent holder is the most recent, and still asked last.
+    let (held, at) = granted_in_turn(
+        &mut ledger,
+        vec![
+            reloading("from disk", 4 * GIB, Priority::Batch, ReloadSource::Disk),
+            slow_recompute,
+            silent,
+        ],
+        t0,
+    );
+    let (_, effects) = ledger
+        .ask(ask("urgent", 9 * GIB, Priority::Critical), at)
+        .unwrap();
+    assert_eq!(
+        reclaims(&effects),
+        vec![(held[0], 4 * GIB), (held[1], 4 * GIB), (held[2], GIB)]
+    );
+}
+
+#[test]
+fn a_reclaim_takes_the_cheapest_bytes_and_no_more_than_the_shortfall() {
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(books(&[12 * GIB]), policy());
+    let (held, at) = granted_in_turn(
+        &mut ledger,
+        vec![
+            reloading("pooled", 3 * GIB, Priority::Batch, ReloadSource::HostPool),
+            reloading(
+                "page cache",
+                3 * GIB,
+                Priority::Batch,
+                ReloadSource::PageCache,
+            ),
+            reloading("from disk", 3 * GIB, Priority::Batch, ReloadSource::Disk),
+        ],
+        t0,
+    );
+    // 3 GiB free, 8 wanted: the pool's 3 and 2 of the page cache's; the disk is spared.
+    let (_, effects) = ledger
+        .ask(ask("urgent", 8 * GIB, Priority::Critical), at)
+        .unwrap();
+    assert_eq!(
+        reclaims(&effects),
+        vec![(held[0], 3 * GIB), (held[1], 2 * GIB)]
     );
 }
 
@@ -659,6 +889,7 @@ enum Op {
         gpu: Option<u32>,
         priority: u8,
         preemptible: bool,
+        reload: ReloadCost,
         wait: Option<u64>,
         unary: bool,
     },
@@ -683,14 +914,115 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (1..=12u64, proptest::option::of(0..2u32), 1..=4u8, any::<bool>(), proptest::option::of(1..60u64), any::<bool>())
-            .prop_map(|(g, gpu, priority, preemptible, wait, unary)| Op::Ask { bytes: g * GIB / 2, gpu, priority, preemptible, wait, unary }),
+        4 => (1..=12u64, proptest::option::of(0..2u32), 1..=4u8, any::<bool>(), reload_cost(), proptest::option::of(1..60u64), any::<bool>())
+            .prop_map(|(g, gpu, priority, preemptible, reload, wait, unary)| Op::Ask { bytes: g * GIB / 2, gpu, priority, preemptible, reload, wait, unary }),
         3 => any::<usize>().prop_map(|pick| Op::End { pick }),
         1 => (any::<usize>(), 1..1000u16).prop_map(|(pick, permille)| Op::Shrink { pick, permille }),
         1 => any::<usize>().prop_map(|pick| Op::Renew { pick }),
         1 => (0..2u32, 0..6u64).prop_map(|(gpu, g)| Op::Foreign { gpu, bytes: g * GIB }),
         2 => (0..40u64).prop_map(|secs| Op::Wait { secs }),
     ]
+}
+
+/// A reload cost from a few rates, so that equal costs (where the tie-break decides) and
+/// strictly cheaper ones both come up.
+fn reload_cost() -> impl Strategy<Value = ReloadCost> {
+    let source = prop_oneof![
+        Just(ReloadSource::Unknown),
+        Just(ReloadSource::HostPool),
+        Just(ReloadSource::PageCache),
+        Just(ReloadSource::Disk),
+        Just(ReloadSource::Recompute),
+    ];
+    let measured = proptest::option::of(prop_oneof![
+        Just(1_500_000_000u64),
+        Just(6_000_000_000),
+        Just(25_000_000_000),
+        Just(50_000_000_000),
+    ]);
+    (source, measured).prop_map(|(source, measured)| ReloadCost { source, measured })
+}
+
+/// Where a lease stands in the order reclaims ask in, stated here apart from the ledger's
+/// own comparison: the lowest class, then the fastest reload (an unknown rate last), then
+/// the most recently granted.
+fn reclaim_rank(
+    lease: &Lease,
+) -> (
+    Priority,
+    std::cmp::Reverse<Option<u64>>,
+    std::cmp::Reverse<Instant>,
+) {
+    (
+        lease.priority,
+        std::cmp::Reverse(lease.reload.rate()),
+        std::cmp::Reverse(lease.granted_at),
+    )
+}
+
+/// The reclaims that `effects` requested for waiters follow the reclaim order: each holder
+/// asked is eligible (preemptible, of a lower class than the waiter, on the GPU it waits
+/// for), and no eligible holder left unasked ranks strictly before one that was asked, so
+/// the holders asked are a prefix of that order; and a waiter is never owed more on one GPU
+/// than it asked for. Leases granted, or whose reclaim was withdrawn, during the same operation are
+/// left out: at the moment of the choice they did not exist, or were not eligible.
+fn check_reclaim_order(ledger: &Ledger, effects: &[Effect]) {
+    let mut late: Vec<Ticket> = Vec::new();
+    for effect in effects {
+        match effect {
+            Effect::Granted { lease, .. } | Effect::ReclaimWithdrawn { lease } => {
+                late.push(lease.ticket)
+            }
+            _ => {}
+        }
+    }
+    for effect in effects {
+        let Effect::ReclaimRequested { lease: asked } = effect else {
+            continue;
+        };
+        let Some(for_ticket) = asked.reclaim.as_ref().and_then(|r| r.for_ticket) else {
+            continue; // overuse: not a choice among holders
+        };
+        let Some(waiter) = ledger.waiters.iter().find(|w| w.ticket == for_ticket) else {
+            continue; // it stopped waiting in the same operation
+        };
+        let class = waiter.ask.priority;
+        assert!(
+            asked.preemptible && asked.priority < class,
+            "asked {asked:?} for a waiter of class {class:?}"
+        );
+        let owed: u64 = ledger
+            .leases()
+            .filter(|l| l.gpu == asked.gpu)
+            .filter_map(|l| l.reclaim.as_ref())
+            .filter(|r| r.for_ticket == Some(for_ticket))
+            .map(|r| r.bytes)
+            .sum();
+        assert!(
+            owed <= waiter.ask.bytes,
+            "{} asked back for a waiter of {}",
+            ByteSize(owed),
+            ByteSize(waiter.ask.bytes)
+        );
+        for other in ledger.leases() {
+            let eligible = other.ticket != asked.ticket
+                && other.gpu == asked.gpu
+                && other.preemptible
+                && other.reclaim.is_none()
+                && other.priority < class
+                && !late.contains(&other.ticket);
+            assert!(
+                !(eligible && reclaim_rank(other) < reclaim_rank(asked)),
+                "asked {} ({:?}, {:?}) but not {} ({:?}, {:?}), which ranks before it",
+                asked.ticket,
+                asked.priority,
+                asked.reload,
+                other.ticket,
+                other.priority,
+                other.reload
+            );
+        }
+    }
 }
 
 fn priority(n: u8) -> Priority {
@@ -736,8 +1068,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
     /// Under any sequence of acquire, release, death, shrink, foreign use and time passing,
-    /// grants never exceed the budget, and afterwards every waiter that fits is granted or
-    /// times out once the holders go away.
+    /// grants never exceed the budget, every reclaim asks holders in the reclaim order
+    /// (class, then reload cost, then recency), and afterwards every waiter that fits is
+    /// granted or times out once the holders go away.
     #[test]
     fn grants_stay_within_budget_and_every_fitting_waiter_is_served(ops in proptest::collection::vec(op(), 1..80)) {
         let start = Instant::now();
@@ -745,14 +1078,16 @@ proptest! {
         let mut ledger = Ledger::new(books(&[8 * GIB, 4 * GIB]), policy());
         for op in ops {
             let before: Vec<u64> = ledger.books().iter().map(|b| b.granted).collect();
+            let mut effects = Vec::new();
             match op {
-                Op::Ask { bytes, gpu, priority: p, preemptible, wait, unary } => {
+                Op::Ask { bytes, gpu, priority: p, preemptible, reload, wait, unary } => {
                     let request = Ask {
                         holder: "h".into(),
                         gpu: gpu.map_or(GpuChoice::Any, GpuChoice::Index),
                         bytes,
                         priority: priority(p),
                         preemptible,
+                        reload,
                         max_wait: wait.map(Duration::from_secs),
                         form: if unary { Form::Unary { ttl: Duration::from_secs(30) } } else { Form::Stream },
                         peer: None,
@@ -764,7 +1099,10 @@ proptest! {
                         GpuChoice::Index(i) => ledger.books()[i as usize].budget.limit(),
                     };
                     match ledger.ask(request, now) {
-                        Ok(_) => prop_assert!(bytes <= limit),
+                        Ok((_, e)) => {
+                            prop_assert!(bytes <= limit);
+                            effects = e;
+                        }
                         Err(LeaseError::NeverFits { .. }) => prop_assert!(bytes > limit),
                         Err(other) => prop_assert!(false, "unexpected refusal {other}"),
                     }
@@ -772,14 +1110,14 @@ proptest! {
                 Op::End { pick } => {
                     let all = live(&ledger);
                     if !all.is_empty() {
-                        ledger.end(all[pick % all.len()], ReleaseReason::HolderDied, now);
+                        effects = ledger.end(all[pick % all.len()], ReleaseReason::HolderDied, now);
                     }
                 }
                 Op::Shrink { pick, permille } => {
                     let leases: Vec<(Ticket, u64)> = ledger.leases().map(|l| (l.ticket, l.bytes)).collect();
                     if !leases.is_empty() {
                         let (t, held) = leases[pick % leases.len()];
-                        let _ = ledger.shrink(t, held * permille as u64 / 1000, now);
+                        if let Ok((_, e)) = ledger.shrink(t, held * permille as u64 / 1000, now) { effects = e; }
                     }
                 }
                 Op::Renew { pick } => {
@@ -788,13 +1126,14 @@ proptest! {
                         let _ = ledger.renew(leases[pick % leases.len()], now);
                     }
                 }
-                Op::Foreign { gpu, bytes } => { ledger.set_unleased(gpu, bytes, now); }
+                Op::Foreign { gpu, bytes } => { effects = ledger.set_unleased(gpu, bytes, now); }
                 Op::Wait { secs } => {
                     now += Duration::from_secs(secs);
-                    ledger.tick(now);
+                    effects = ledger.tick(now);
                 }
             }
             check_books(&ledger, &before);
+            check_reclaim_order(&ledger, &effects);
         }
 
         // Liveness: foreign processes leave, holders release in turn; the queue must drain.
@@ -830,6 +1169,7 @@ enum UseOp {
         gpu: Option<u32>,
         priority: u8,
         preemptible: bool,
+        reload: ReloadCost,
         unary: bool,
     },
     /// Release or death: the holder may go on using its memory (it lies) or not.
@@ -863,8 +1203,8 @@ enum UseOp {
 
 fn use_op() -> impl Strategy<Value = UseOp> {
     prop_oneof![
-        4 => (proptest::option::of(0..PIDS.len()), 1..=12u64, proptest::option::of(0..2u32), 1..=4u8, any::<bool>(), any::<bool>())
-            .prop_map(|(pid, g, gpu, priority, preemptible, unary)| UseOp::Ask { pid, bytes: g * GIB / 2, gpu, priority, preemptible, unary }),
+        4 => (proptest::option::of(0..PIDS.len()), 1..=12u64, proptest::option::of(0..2u32), 1..=4u8, any::<bool>(), reload_cost(), any::<bool>())
+            .prop_map(|(pid, g, gpu, priority, preemptible, reload, unary)| UseOp::Ask { pid, bytes: g * GIB / 2, gpu, priority, preemptible, reload, unary }),
         2 => any::<usize>().prop_map(|pick| UseOp::End { pick }),
         2 => (any::<usize>(), 1..1000u16).prop_map(|(pick, permille)| UseOp::Shrink { pick, permille }),
         4 => (0..PIDS.len(), 0..2u32, 0..=16u64).prop_map(|(pid, gpu, g)| UseOp::Use { pid, gpu, bytes: g * GIB / 2 }),
@@ -987,8 +1327,9 @@ proptest! {
 
     /// Holders that use more than they hold, shrink or release while still using, answer
     /// reclaims late or never: at every grant the card can hold what every holder may use
-    /// (for each process the larger of its leases and its use, plus foreign use), and the
-    /// effects, summed like the event feed, agree with the books.
+    /// (for each process the larger of its leases and its use, plus foreign use), the
+    /// effects, summed like the event feed, agree with the books, and every reclaim for a
+    /// waiter asks holders in the reclaim order.
     #[test]
     fn no_byte_is_promised_twice(ops in proptest::collection::vec(use_op(), 1..100), actions in (0..4u8, 0..4u8)) {
         let start = Instant::now();
@@ -1006,13 +1347,14 @@ proptest! {
         for op in ops {
             let mut effects = Vec::new();
             match op {
-                UseOp::Ask { pid, bytes, gpu, priority: p, preemptible, unary } => {
+                UseOp::Ask { pid, bytes, gpu, priority: p, preemptible, reload, unary } => {
                     let request = Ask {
                         holder: "h".into(),
                         gpu: gpu.map_or(GpuChoice::Any, GpuChoice::Index),
                         bytes,
                         priority: priority(p),
                         preemptible,
+                        reload,
                         max_wait: Some(Duration::from_secs(30)),
                         form: if unary { Form::Unary { ttl: Duration::from_secs(30) } } else { Form::Stream },
                         peer: pid.map(|i| Peer { pid: PIDS[i], uid: 0 }),
@@ -1062,6 +1404,7 @@ proptest! {
                 }
             }
             feed.add(&effects);
+            check_reclaim_order(&ledger, &effects);
             let grants: Vec<u32> = effects.iter().filter_map(|e| match e {
                 Effect::Granted { lease, .. } => Some(lease.gpu),
                 _ => None,

@@ -10,8 +10,11 @@ use arbiter::pb::supervisor::v1 as pb;
 use crate::lease::broker::{Broker, Note};
 use crate::lease::events::{Event, EventKind, GpuView};
 use crate::lease::ledger::{ProcessView, WaiterView, visible_pid};
+use crate::lease::reload::MEASURED_RATES;
 use crate::lease::scope;
-use crate::lease::{Ask, Form, GpuChoice, Lease, LeaseError, Peer, Quota, Return};
+use crate::lease::{
+    Ask, Form, GpuChoice, Lease, LeaseError, Peer, Quota, ReloadCost, ReloadSource, Return,
+};
 
 use super::{pb_duration, priority, priority_to_pb, timestamp};
 
@@ -64,6 +67,7 @@ pub fn ask(
         });
     }
     let ttl = duration("ttl", request.ttl)?;
+    let reload = reload(request.reload)?;
     let form = match via {
         Via::Hold => {
             if ttl.is_some() {
@@ -96,11 +100,78 @@ pub fn ask(
         bytes: request.bytes,
         priority,
         preemptible: request.preemptible,
+        reload,
         max_wait,
         form,
         peer,
         owner,
         quota,
+    })
+}
+
+/// A reload cost from the wire; left out, or with neither a source nor a rate, it is a
+/// holder that said nothing. A source number the enum does not name is refused rather than
+/// taken for UNSPECIFIED, as `priority` does, and so is a rate no reload could have.
+pub fn reload(value: Option<pb::ReloadCost>) -> Result<ReloadCost, LeaseError> {
+    let Some(value) = value else {
+        return Ok(ReloadCost::default());
+    };
+    let source = match pb::ReloadSource::try_from(value.source) {
+        Ok(pb::ReloadSource::Unspecified) => ReloadSource::Unknown,
+        Ok(pb::ReloadSource::HostPool) => ReloadSource::HostPool,
+        Ok(pb::ReloadSource::PageCache) => ReloadSource::PageCache,
+        Ok(pb::ReloadSource::Disk) => ReloadSource::Disk,
+        Ok(pb::ReloadSource::Recompute) => ReloadSource::Recompute,
+        Err(_) => {
+            return Err(LeaseError::BadValue {
+                field: "reload.source",
+                rule: format!(
+                    "is {}, which is not a reload source: use RELOAD_SOURCE_HOST_POOL (1), RELOAD_SOURCE_PAGE_CACHE (2), RELOAD_SOURCE_DISK (3) or RELOAD_SOURCE_RECOMPUTE (4), or leave it unset (0) if you do not know",
+                    value.source
+                ),
+            });
+        }
+    };
+    if let Some(rate) = value.bytes_per_second
+        && !MEASURED_RATES.contains(&rate)
+    {
+        let why = if rate == 0 {
+            "0".to_string()
+        } else if rate < *MEASURED_RATES.start() {
+            format!("{rate}, below 1 MB/s (was it GB/s or MB/s sent as a plain number?)")
+        } else {
+            format!("{rate}, above 10 TB/s, faster than any link into a GPU")
+        };
+        return Err(LeaseError::BadValue {
+            field: "reload.bytes_per_second",
+            rule: format!(
+                "is {why}: send the rate you measured in bytes per second, from {} to {} (25 GB/s is 25000000000), or leave it unset for the source's typical rate",
+                MEASURED_RATES.start(),
+                MEASURED_RATES.end()
+            ),
+        });
+    }
+    Ok(ReloadCost {
+        source,
+        measured: value.bytes_per_second,
+    })
+}
+
+/// A reload cost for the wire: None for a holder that said nothing, as it sent it.
+pub fn reload_to_pb(cost: ReloadCost) -> Option<pb::ReloadCost> {
+    if cost == ReloadCost::default() {
+        return None;
+    }
+    let source = match cost.source {
+        ReloadSource::Unknown => pb::ReloadSource::Unspecified,
+        ReloadSource::HostPool => pb::ReloadSource::HostPool,
+        ReloadSource::PageCache => pb::ReloadSource::PageCache,
+        ReloadSource::Disk => pb::ReloadSource::Disk,
+        ReloadSource::Recompute => pb::ReloadSource::Recompute,
+    };
+    Some(pb::ReloadCost {
+        source: source as i32,
+        bytes_per_second: cost.measured,
     })
 }
 
@@ -140,6 +211,7 @@ pub fn lease(broker: &Broker, lease: &Lease, process: Option<&ProcessView>) -> p
         measured: visible_pid(lease).is_some(),
         excess_bytes: process.map(|p| p.excess()),
         owner: lease.owner.clone(),
+        reload: reload_to_pb(lease.reload),
     }
 }
 

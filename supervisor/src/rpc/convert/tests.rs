@@ -39,9 +39,26 @@ prop_compose! {
         preemptible in any::<bool>(),
         max_wait in wire_duration(),
         ttl in wire_duration(),
+        reload in proptest::option::of(wire_reload()),
     ) -> pb::LeaseRequest {
-        pb::LeaseRequest { holder, gpu, bytes, priority, preemptible, max_wait, ttl }
+        pb::LeaseRequest { holder, gpu, bytes, priority, preemptible, max_wait, ttl, reload }
     }
+}
+
+fn wire_reload() -> impl Strategy<Value = pb::ReloadCost> {
+    (
+        prop_oneof![0i32..5, any::<i32>()],
+        proptest::option::of(prop_oneof![
+            Just(0u64),
+            Just(25),
+            1_000_000u64..=10_000_000_000_000,
+            any::<u64>()
+        ]),
+    )
+        .prop_map(|(source, bytes_per_second)| pb::ReloadCost {
+            source,
+            bytes_per_second,
+        })
 }
 
 prop_compose! {
@@ -110,6 +127,12 @@ proptest! {
                 prop_assert!((0..5).contains(&request.priority), "priority {} accepted", request.priority);
                 prop_assert!(well_formed(&request.max_wait), "max_wait {:?} accepted", request.max_wait);
                 prop_assert!(well_formed(&request.ttl), "ttl {:?} accepted", request.ttl);
+                if let Some(reload) = &request.reload {
+                    prop_assert!((0..5).contains(&reload.source), "reload source {} accepted", reload.source);
+                    prop_assert!(reload.bytes_per_second.is_none_or(|r| (1_000_000..=10_000_000_000_000).contains(&r)),
+                        "reload rate {:?} accepted", reload.bytes_per_second);
+                    prop_assert_eq!(ask.reload.measured, reload.bytes_per_second);
+                }
             }
         }
     }
@@ -139,4 +162,94 @@ proptest! {
             Err(error) => prop_assert!(error.to_string().contains("states")),
         }
     }
+}
+
+fn reloading(source: pb::ReloadSource, bytes_per_second: Option<u64>) -> pb::LeaseRequest {
+    pb::LeaseRequest {
+        holder: "pooled".into(),
+        bytes: 1 << 30,
+        reload: Some(pb::ReloadCost {
+            source: source as i32,
+            bytes_per_second,
+        }),
+        ..Default::default()
+    }
+}
+
+fn refusal(request: pb::LeaseRequest) -> tonic::Status {
+    let error =
+        ask(request, &broker(), Via::Hold, None, String::new(), None).expect_err("a refusal");
+    tonic::Status::from(error)
+}
+
+#[test]
+fn a_reload_rate_of_zero_or_beyond_any_link_is_refused_with_what_to_send() {
+    for (rate, says) in [
+        (0, "is 0:"),
+        (25, "below 1 MB/s"),
+        (u64::MAX, "above 10 TB/s"),
+    ] {
+        let status = refusal(reloading(pb::ReloadSource::HostPool, Some(rate)));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{rate}");
+        let text = status.message();
+        for part in [
+            "reload.bytes_per_second",
+            says,
+            "bytes per second",
+            "25000000000",
+            "leave it unset",
+        ] {
+            assert!(text.contains(part), "{rate}: `{part}` missing from: {text}");
+        }
+    }
+}
+
+#[test]
+fn an_unknown_reload_source_is_refused_and_the_known_ones_named() {
+    let mut request = reloading(pb::ReloadSource::Disk, None);
+    request.reload.as_mut().unwrap().source = 9;
+    let status = refusal(request);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    for part in [
+        "reload.source is 9",
+        "RELOAD_SOURCE_HOST_POOL (1)",
+        "unset (0)",
+    ] {
+        assert!(status.message().contains(part), "{}", status.message());
+    }
+}
+
+#[test]
+fn a_declared_reload_is_echoed_as_sent_and_silence_as_nothing() {
+    let broker = broker();
+    let declared = ask(
+        reloading(pb::ReloadSource::PageCache, Some(40_000_000_000)),
+        &broker,
+        Via::Hold,
+        None,
+        String::new(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        declared.reload,
+        crate::lease::ReloadCost {
+            source: crate::lease::ReloadSource::PageCache,
+            measured: Some(40_000_000_000),
+        }
+    );
+    assert_eq!(
+        super::lease::reload_to_pb(declared.reload),
+        Some(pb::ReloadCost {
+            source: pb::ReloadSource::PageCache as i32,
+            bytes_per_second: Some(40_000_000_000),
+        })
+    );
+    let silent = pb::LeaseRequest {
+        reload: Some(pb::ReloadCost::default()),
+        ..reloading(pb::ReloadSource::Unspecified, None)
+    };
+    let silent = ask(silent, &broker, Via::Hold, None, String::new(), None).unwrap();
+    assert_eq!(silent.reload, crate::lease::ReloadCost::default());
+    assert_eq!(super::lease::reload_to_pb(silent.reload), None);
 }
