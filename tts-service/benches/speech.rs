@@ -358,6 +358,7 @@ async fn run(o: Options) -> Result<(), String> {
                 .map_or(0, |v| v.sample_rate),
             backend: "espeak-ng".into(),
             on_gpu: false,
+            residency: None,
         },
     };
 

@@ -273,7 +273,7 @@ impl VoiceSlot {
             Ok((Ok(voice), peak)) => (voice, peak),
             failed => {
                 if device.is_cuda() {
-                    let _ = tokio::task::spawn_blocking(|| arbiter_torch::allocator::empty_cache()).await;
+                    let _ = tokio::task::spawn_blocking(arbiter_torch::allocator::empty_cache).await;
                 }
                 if let Some(lease) = lease {
                     lease.release().await;
@@ -366,7 +366,7 @@ impl VoiceSlot {
             drop(gone.voice);
             if self.life.device.is_cuda() {
                 // Dropped tensors stay reserved in libtorch's cache until it is emptied.
-                let _ = tokio::task::spawn_blocking(|| arbiter_torch::allocator::empty_cache()).await;
+                let _ = tokio::task::spawn_blocking(arbiter_torch::allocator::empty_cache).await;
             }
             let returned = match gone.lease {
                 Some(lease) => Some(lease.release().await),
