@@ -155,8 +155,10 @@ class Nf4Linear(Quantized):
         # Both nibbles of every byte value at once: one lookup per byte, not per element.
         byte = torch.arange(256, device=self.nf4.device)
         pairs = torch.stack([self.code[byte >> 4], self.code[byte & 15]], dim=1)
+        # In place, so that the working memory is the index, one f32 copy and the bf16
+        # result: 6 bytes a value of the matrix.
         values = pairs.index_select(0, self.nf4.int()).view(blocks, self.block)
-        values = values * absmax[:, None]
+        values = values.mul_(absmax[:, None])
         return values.to(torch.bfloat16).view(self.out_features, self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -173,7 +175,8 @@ class Fp8Linear(Quantized):
         self.scale = typed(torch.float32, out)
 
     def weight(self) -> Tensor:
-        return (self.fp8.float() * self.scale[:, None]).to(torch.bfloat16)
+        # In place: one f32 copy and the bf16 result, 6 bytes a value of the matrix.
+        return self.fp8.float().mul_(self.scale[:, None]).to(torch.bfloat16)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight())

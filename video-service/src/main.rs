@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use arbiter::pipeline::{Manifest, Placements};
 use arbiter_video::local::Local;
-use arbiter_video::make::{self, Make, Preset};
+use arbiter_video::make::{self, Made, Make, Preset};
 use arbiter_video::worker::{SOCKET_ENV, TOKEN_ENV};
 use arbiter_video::{inspect, job};
 use clap::{Args, Parser, Subcommand};
@@ -145,6 +145,15 @@ struct MakeArgs {
     device: String,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Store the text encoder in this dtype instead of the preset's: bf16, f16, f32, nf4 or
+    /// fp8-e4m3 (the -nf4 and -fp8 presets are their base preset with this set).
+    #[arg(long, value_name = "DTYPE")]
+    text_encoder_dtype: Option<arbiter::pipeline::Dtype>,
+    /// Generate only this component (repeat for several), each with the weights it has in
+    /// the whole pipeline, and write their manifest entries to components.toml instead of a
+    /// manifest: for benchmarking a component alone (`compare-encoders`).
+    #[arg(long, value_name = "COMPONENT")]
+    only: Vec<String>,
 }
 
 #[derive(Args)]
@@ -343,28 +352,27 @@ fn make_pipeline(args: MakeArgs) -> ExitCode {
         python: args.python,
         device: args.device,
         seed: args.seed,
+        text_encoder_dtype: args.text_encoder_dtype,
+        only: args.only,
     };
-    match make::make(&request) {
-        Ok(manifest) => {
-            let bytes: u64 = manifest
-                .components
-                .values()
-                .map(|c| c.parameter_bytes.0)
-                .sum();
-            println!(
-                "wrote pipeline {} to {} ({} of random weights in {} components)",
-                manifest.name,
-                request.out.display(),
-                arbiter::ByteSize(bytes),
-                manifest.components.len()
-            );
-            ExitCode::SUCCESS
+    let (what, name, components) = match make::make(&request) {
+        Ok(Made::Pipeline(manifest)) => ("pipeline", manifest.name, manifest.components),
+        Ok(Made::Components(partial)) => {
+            ("components of pipeline", partial.name, partial.components)
         }
         Err(error) => {
             eprintln!("arbiter-video make-pipeline: {error}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
-    }
+    };
+    let bytes: u64 = components.values().map(|c| c.parameter_bytes.0).sum();
+    println!(
+        "wrote {what} {name} to {} ({} of random weights in {} components)",
+        request.out.display(),
+        arbiter::ByteSize(bytes),
+        components.len()
+    );
+    ExitCode::SUCCESS
 }
 
 fn inspect_pipeline(args: InspectArgs) -> ExitCode {
