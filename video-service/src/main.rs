@@ -48,6 +48,11 @@ enum Command {
     MakePipeline(MakeArgs),
     /// Print a pipeline's components, stages and the GPU memory each stage holds.
     Inspect(InspectArgs),
+    /// Load and run text encoders one after the other on the same prompts (a pipeline's,
+    /// or the components.toml of `make-pipeline --only text_encoder`): stored bytes, load
+    /// time (with the pinned copy rate measured first on a GPU), forward time, memory, and
+    /// each output's error against the first encoder's.
+    CompareEncoders(CompareArgs),
     /// Pull a pipeline's files into the page cache (or drop them from it with --evict),
     /// and report the read rate.
     Prewarm(PrewarmArgs),
@@ -157,6 +162,33 @@ struct MakeArgs {
 }
 
 #[derive(Args)]
+struct CompareArgs {
+    /// The reference encoder's directory first (bf16), then the others.
+    #[arg(required = true, num_args = 2..)]
+    encoders: Vec<PathBuf>,
+    #[arg(
+        long,
+        default_value = "a lighthouse at dusk, waves breaking on the rocks"
+    )]
+    prompt: String,
+    /// A second prompt in the batch, as guidance encodes the negative one beside it.
+    #[arg(long, default_value = "blurry, low quality")]
+    negative_prompt: String,
+    /// Where the encoders run: gpu (on the GPU when there is one, else the CPU), stream or cpu.
+    #[arg(long, default_value = "gpu")]
+    placement: arbiter::pipeline::Placement,
+    /// Timed forwards after the first.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Size of the pinned host-to-device copy measured first, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    copy_mib: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct InspectArgs {
     /// A pipeline directory (with manifest.toml); `tiny` for the built-in one.
     pipeline: PathBuf,
@@ -199,6 +231,10 @@ fn main() -> ExitCode {
         }
         Command::MakePipeline(args) => make_pipeline(args),
         Command::Inspect(args) => inspect_pipeline(args),
+        Command::CompareEncoders(args) => {
+            init_logging();
+            compare_encoders(args)
+        }
         Command::Generate(args) => {
             init_logging();
             generate(args)
@@ -372,6 +408,102 @@ fn make_pipeline(args: MakeArgs) -> ExitCode {
         arbiter::ByteSize(bytes),
         components.len()
     );
+    ExitCode::SUCCESS
+}
+
+fn compare_encoders(args: CompareArgs) -> ExitCode {
+    use arbiter_video::compare::{self, Encoder};
+    let fail = |message: String| {
+        eprintln!("arbiter-video compare-encoders: {message}");
+        ExitCode::FAILURE
+    };
+    let encoders = match args
+        .encoders
+        .iter()
+        .map(|dir| Encoder::find(dir))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(e) => e,
+        Err(error) => return fail(error.to_string()),
+    };
+    let device = arbiter_torch::device::preferred();
+    let pinned = if device.is_cuda() {
+        // Also starts the CUDA context, so that the first load does not pay for it.
+        match arbiter_torch::stream::host_to_device_rate(args.copy_mib << 20, device, true, 3) {
+            Ok(rate) => Some(rate),
+            Err(error) => return fail(format!("measuring the pinned copy rate: {error}")),
+        }
+    } else {
+        None
+    };
+    let prompts = [args.prompt.as_str(), args.negative_prompt.as_str()];
+    let measured = match compare::compare(
+        &encoders,
+        &prompts,
+        device,
+        args.placement,
+        args.repeat,
+        &arbiter_torch::LoadOptions::default(),
+    ) {
+        Ok(m) => m,
+        Err(error) => return fail(error.to_string()),
+    };
+    let device_name = job::device::device_name(device);
+    println!(
+        "device {device_name}; pinned host-to-device {}",
+        pinned.map_or("not measured (no GPU)".into(), |r| format!("{r:.2} GB/s"))
+    );
+    println!(
+        "{:10} {:>11} {:>7} {:>9} {:>9} {:>8} {:>10} {:>10} {:>10} {:>9} {:>10} {:>8}",
+        "dtype",
+        "file",
+        "x fewer",
+        "load s",
+        "GB/s",
+        "of pin",
+        "first ms",
+        "fwd ms",
+        "peak",
+        "max abs",
+        "relative",
+        "min cos"
+    );
+    let reference = &measured[0];
+    for m in &measured {
+        let error = m.error;
+        println!(
+            "{:10} {:>11} {:>7.2} {:>9.3} {:>9.2} {:>8} {:>10.1} {:>10.1} {:>10} {:>9} {:>10} {:>8}",
+            m.dtype,
+            arbiter::ByteSize(m.file_bytes).to_string(),
+            reference.file_bytes as f64 / m.file_bytes.max(1) as f64,
+            m.load_s,
+            m.load_gb_per_s,
+            pinned.map_or("-".into(), |p| format!("{:.2}", m.load_gb_per_s / p)),
+            m.first_call_ms,
+            m.forward_ms_median,
+            arbiter::ByteSize(m.forward_peak_bytes).to_string(),
+            error.map_or("-".into(), |e| format!("{:.4}", e.max_abs)),
+            error.map_or("-".into(), |e| format!("{:.5}", e.relative)),
+            error.map_or("-".into(), |e| format!("{:.5}", e.min_cosine)),
+        );
+    }
+    println!(
+        "(the weights are random: the errors say how closely each format reproduces the reference's arithmetic, nothing about a real model's quality)"
+    );
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({
+            "device": device_name,
+            "pinned_gb_per_s": pinned,
+            "prompts": prompts,
+            "repeat": args.repeat,
+            "weights": "random",
+            "encoders": measured,
+        });
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(error) = std::fs::write(path, text) {
+            return fail(format!("{}: {error}", path.display()));
+        }
+    }
     ExitCode::SUCCESS
 }
 
