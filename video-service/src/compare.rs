@@ -69,14 +69,11 @@ impl Encoder {
             let tokens = manifest.model.as_ref().map_or(0, |m| m.text_tokens);
             (manifest.components, tokens)
         } else {
-            let path = dir.join(COMPONENTS_FILE);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
+            let partial = Partial::load(dir).map_err(|e| {
                 bad(format!(
-                    "neither {MANIFEST_FILE} nor {COMPONENTS_FILE} can be read ({e})"
+                    "no {MANIFEST_FILE}, and no {COMPONENTS_FILE} either ({e})"
                 ))
             })?;
-            let partial: Partial =
-                toml::from_str(&text).map_err(|e| bad(format!("{COMPONENTS_FILE}: {e}")))?;
             (partial.components, partial.text_tokens)
         };
         let mut encoders = components
@@ -302,7 +299,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let error = Encoder::find(dir.path()).unwrap_err().to_string();
         assert!(
-            error.contains("neither manifest.toml nor components.toml"),
+            error.contains("no manifest.toml, and no components.toml either"),
             "{error}"
         );
         std::fs::write(

@@ -53,8 +53,8 @@ enum Command {
     /// time (with the pinned copy rate measured first on a GPU), forward time, memory, and
     /// each output's error against the first encoder's.
     CompareEncoders(CompareArgs),
-    /// Pull a pipeline's files into the page cache (or drop them from it with --evict),
-    /// and report the read rate.
+    /// Pull a pipeline's files (or those of `make-pipeline --only`) into the page cache (or
+    /// drop them from it with --evict), and report the read rate.
     Prewarm(PrewarmArgs),
     /// Run one job in this process, without a supervisor or a lease (for trying a
     /// pipeline, and for benchmarks): writes video.mp4 (or PNG frames when ffmpeg is
@@ -334,18 +334,37 @@ fn prewarm(args: PrewarmArgs) -> ExitCode {
         eprintln!("arbiter-video prewarm: {message}");
         ExitCode::FAILURE
     };
-    let manifest = match Manifest::load(&args.pipeline) {
-        Ok(m) => m,
-        Err(error) => return fail(error.to_string()),
+    // A pipeline's weights in stage order, so that a cap keeps what is needed first; or
+    // the components `make-pipeline --only` wrote.
+    let only = args.pipeline.join(make::COMPONENTS_FILE);
+    let (name, components): (String, Vec<arbiter::pipeline::Component>) = if !args
+        .pipeline
+        .join(arbiter::pipeline::MANIFEST_FILE)
+        .exists()
+        && only.exists()
+    {
+        match make::Partial::load(&args.pipeline) {
+            Ok(p) => (p.name, p.components.into_values().collect()),
+            Err(message) => return fail(message),
+        }
+    } else {
+        match Manifest::load(&args.pipeline) {
+            Ok(m) => {
+                let ordered = m
+                    .stages
+                    .iter()
+                    .filter_map(|s| m.components.get(&s.component).cloned())
+                    .collect();
+                (m.name, ordered)
+            }
+            Err(error) => return fail(error.to_string()),
+        }
     };
-    // Weights in stage order, so that a cap keeps what is needed first.
     let mut files = Vec::new();
-    for stage in &manifest.stages {
-        if let Some(c) = manifest.components.get(&stage.component) {
-            for path in [args.pipeline.join(&c.code), args.pipeline.join(&c.weights)] {
-                if !files.contains(&path) {
-                    files.push(path);
-                }
+    for c in &components {
+        for path in [args.pipeline.join(&c.code), args.pipeline.join(&c.weights)] {
+            if !files.contains(&path) {
+                files.push(path);
             }
         }
     }
@@ -356,7 +375,7 @@ fn prewarm(args: PrewarmArgs) -> ExitCode {
                     "dropped {} ({} files) of pipeline {} from the page cache",
                     arbiter::ByteSize(bytes),
                     files.len(),
-                    manifest.name
+                    name
                 );
                 ExitCode::SUCCESS
             }
@@ -368,7 +387,7 @@ fn prewarm(args: PrewarmArgs) -> ExitCode {
             println!(
                 "read {} of pipeline {} ({} files) in {:.2} s: {:.2} GB/s with {} threads",
                 arbiter::ByteSize(stats.bytes),
-                manifest.name,
+                name,
                 stats.files,
                 stats.seconds,
                 stats.gb_per_s(),

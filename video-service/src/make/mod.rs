@@ -87,6 +87,16 @@ pub struct Partial {
     pub components: BTreeMap<String, Component>,
 }
 
+impl Partial {
+    /// Reads `<dir>/components.toml`.
+    pub fn load(dir: &Path) -> Result<Partial, String> {
+        let path = dir.join(COMPONENTS_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{} is not valid: {e}", path.display()))
+    }
+}
+
 /// What `make-pipeline` was asked for.
 pub struct Make {
     pub preset: Preset,
