@@ -641,6 +641,14 @@ mod tests {
         let bf16 = bytes(Preset::LtxFull, "text_encoder") as f64;
         let nf4 = bytes(Preset::LtxFullNf4, "text_encoder") as f64;
         let fp8 = bytes(Preset::LtxFullFp8, "text_encoder") as f64;
+        eprintln!(
+            "ltx-full text encoder: bf16 {:.3} GB, fp8 {:.3} GB ({:.3}x), nf4 {:.3} GB ({:.3}x)",
+            bf16 / 1e9,
+            fp8 / 1e9,
+            bf16 / fp8,
+            nf4 / 1e9,
+            bf16 / nf4
+        );
         // The block matrices are 99.9% of the encoder: the ratios are the formats'.
         assert!((3.85..3.9).contains(&(bf16 / nf4)), "nf4: {}", bf16 / nf4);
         assert!((1.98..2.0).contains(&(bf16 / fp8)), "fp8: {}", bf16 / fp8);
@@ -675,5 +683,69 @@ mod tests {
             other.manifest.components["text_encoder"].activations,
             plan(Preset::Tiny, "p").manifest.components["text_encoder"].activations
         );
+    }
+
+    /// The seed's edge case as planned: ltx-full with the nf4 encoder under a 20 GiB lease
+    /// (a 24 GB card). `auto` puts the 7.3 GB encoder on the GPU and streams the 35.5 GB
+    /// transformer, and every stage then fits the lease; with a bf16 encoder the text stage
+    /// alone (28 GB) would not. (examples/gpu-quant-encoder.sh runs it.)
+    #[test]
+    fn ltx_full_nf4_fits_a_20_gib_lease_with_only_the_transformer_streamed() {
+        use crate::pipeline::staged::decide_auto;
+        use arbiter::pipeline::Placements;
+        let lease = 20 * GIB;
+        let sized = |preset: Preset| {
+            let mut p = plan(preset, "p");
+            for part in &p.parts {
+                p.manifest
+                    .components
+                    .get_mut(part.name)
+                    .unwrap()
+                    .parameter_bytes = ByteSize(part.stored_bytes());
+            }
+            p.manifest.memory.peak = Some(ByteSize(lease - p.manifest.memory.margin.0));
+            p.manifest
+        };
+        let m = sized(Preset::LtxFullNf4);
+        let shape = m.shape(0, 0, 0, 0, 0).unwrap();
+        let auto: Placements = [
+            ("text_encoder", Placement::Auto),
+            ("transformer", Placement::Auto),
+        ]
+        .into_iter()
+        .map(|(n, p)| (n.to_string(), p))
+        .collect();
+        assert_eq!(m.lease_bytes_with(&shape, &auto), lease);
+        // What the worker decides when each stage starts (nothing else held but the context).
+        let decide = |name: &str, stage: usize| {
+            let c = &m.components[name];
+            let need = c.parameter_bytes.0 + m.activation_bytes(stage, &shape);
+            decide_auto(need, lease, m.memory.context.0, c.blocks)
+        };
+        assert_eq!(decide("text_encoder", 0), Placement::Gpu);
+        assert_eq!(decide("transformer", 3), Placement::Stream);
+        let chosen: Placements = [
+            ("text_encoder", Placement::Gpu),
+            ("transformer", Placement::Stream),
+        ]
+        .into_iter()
+        .map(|(n, p)| (n.to_string(), p))
+        .collect();
+        for stage in m.estimate(&shape, &chosen) {
+            eprintln!(
+                "{} ({}): {:.2} GiB of the 20 GiB lease",
+                stage.stage,
+                stage.placement,
+                stage.total as f64 / GIB as f64
+            );
+            assert!(
+                stage.total <= lease,
+                "{} holds {} of a {lease} lease",
+                stage.stage,
+                stage.total
+            );
+        }
+        let bf16 = sized(Preset::LtxFull);
+        assert!(bf16.components["text_encoder"].parameter_bytes.0 > lease);
     }
 }
