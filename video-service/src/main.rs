@@ -411,7 +411,10 @@ fn make_pipeline(args: MakeArgs) -> ExitCode {
         only: args.only,
     };
     let (what, name, components) = match make::make(&request) {
-        Ok(Made::Pipeline(manifest)) => ("pipeline", manifest.name, manifest.components),
+        Ok(Made::Pipeline(manifest)) => {
+            let manifest = *manifest;
+            ("pipeline", manifest.name, manifest.components)
+        }
         Ok(Made::Components(partial)) => {
             ("components of pipeline", partial.name, partial.components)
         }

@@ -116,7 +116,7 @@ pub struct Make {
 /// What was written: a pipeline, or some of its components.
 #[derive(Debug)]
 pub enum Made {
-    Pipeline(Manifest),
+    Pipeline(Box<Manifest>),
     Components(Partial),
 }
 
@@ -210,7 +210,7 @@ pub fn make(request: &Make) -> Result<Made, MakeError> {
         return Ok(Made::Components(partial));
     }
     write_manifest(&request.out, &manifest)?;
-    Ok(Made::Pipeline(Manifest::load(&request.out)?))
+    Ok(Made::Pipeline(Box::new(Manifest::load(&request.out)?)))
 }
 
 /// Runs the generator and reads its report.
