@@ -28,7 +28,8 @@
 #
 # Runs from the repository root on the GPU host (../shared/gpu-host.md) with the release
 # binaries in $SHIP (scripts/ship.sh); results in $RESULTS, packed into $OUT/quant-encoder.tgz,
-# with summary.txt. As a smoke test without a GPU: SIZE=tiny MAKE_DEVICE=cpu LEASE_MIB=1024
+# with summary.txt. SIZE is ltx-full (default) or tiny, the sizes with -nf4 and -fp8 presets.
+# As a smoke test without a GPU: SIZE=tiny MAKE_DEVICE=cpu LEASE_MIB=1024
 # MARGIN_MIB=64 SUPERVISOR_ARGS="--simulated-gpus 2GiB --simulated-dir /tmp/sim-gpu".
 set -euo pipefail
 size="${SIZE:-ltx-full}"
