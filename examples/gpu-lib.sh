@@ -49,9 +49,10 @@ gpu_pipeline() {
 }
 
 # gpu_supervisor: a supervisor on the card serving $work/pipelines (PNG frames, since the host
-# has no ffmpeg; SUPERVISOR_ARGS added), state in $work/$gpu_name-state, socket in $sock.
+# has no ffmpeg; SUPERVISOR_ARGS added, and SUPERVISOR_JOBS's lines to its [jobs] table), state
+# in $work/$gpu_name-state, socket in $sock.
 gpu_supervisor() {
-    printf '[jobs]\nframes_without_ffmpeg = true\n' >"$work/$gpu_name.toml"
+    printf '[jobs]\nframes_without_ffmpeg = true\n%b\n' "${SUPERVISOR_JOBS:-}" >"$work/$gpu_name.toml"
     sock="$work/$gpu_name.sock"
     state="$work/$gpu_name-state"
     rm -rf "$state" "$sock"

@@ -117,22 +117,88 @@ impl FromStr for Placement {
     }
 }
 
-/// The precision a component's weights are stored and run in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The precision a component's weights are stored in, and what it computes in.
+///
+/// `bf16`, `f16` and `f32` store every weight as they compute. The quantized dtypes store a
+/// text encoder's large linear matrices in fewer bits and compute in bf16: the generated
+/// code dequantizes each matrix on the device, inside the forward, just before its matmul
+/// (docs/pipeline-format.md, "Quantized text encoders"):
+/// - `nf4`: 4-bit NormalFloat in blocks of 64 with double-quantized absmax scales, the
+///   format bitsandbytes loads the seed's Gemma-3-12B encoder in (~4x smaller than bf16);
+/// - `fp8-e4m3`: float8 e4m3 with one float32 scale per output channel (~2x smaller).
+///
+/// Norms, embeddings and the output projection stay bf16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
     Bf16,
     F16,
     F32,
+    Nf4,
+    #[serde(rename = "fp8-e4m3")]
+    Fp8E4m3,
 }
 
 impl Dtype {
+    pub const ALL: [Dtype; 5] = [
+        Dtype::Bf16,
+        Dtype::F16,
+        Dtype::F32,
+        Dtype::Nf4,
+        Dtype::Fp8E4m3,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Dtype::Bf16 => "bf16",
             Dtype::F16 => "f16",
             Dtype::F32 => "f32",
+            Dtype::Nf4 => "nf4",
+            Dtype::Fp8E4m3 => "fp8-e4m3",
         }
+    }
+
+    /// Whether the weights are stored quantized (and dequantized in the forward).
+    pub fn is_quantized(self) -> bool {
+        matches!(self, Dtype::Nf4 | Dtype::Fp8E4m3)
+    }
+
+    /// What the component computes in, and what its float inputs are cast to: the dtype
+    /// itself, or bf16 for a quantized one.
+    pub fn compute(self) -> Dtype {
+        if self.is_quantized() {
+            Dtype::Bf16
+        } else {
+            self
+        }
+    }
+
+    /// The roles whose generated code can dequantize this dtype: every role for the plain
+    /// ones, the text encoder for the quantized ones.
+    pub fn takes(self, role: Role) -> bool {
+        !self.is_quantized() || role == Role::TextEncoder
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Dtype {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Dtype, String> {
+        Dtype::ALL
+            .into_iter()
+            .find(|d| d.name() == text)
+            .ok_or_else(|| {
+                format!(
+                    "`{}` is not a dtype: use bf16, f16, f32, nf4 or fp8-e4m3",
+                    crate::echo::echo(text)
+                )
+            })
     }
 }
 

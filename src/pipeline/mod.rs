@@ -304,6 +304,12 @@ impl Manifest {
                     "components.{name}: placement stream needs blocks (the code's block method)"
                 ));
             }
+            if !c.dtype.takes(c.role) {
+                return Err(format!(
+                    "components.{name}: dtype {} is for text encoders only (their generated code dequantizes it in the forward); store a {} in bf16, f16 or f32",
+                    c.dtype, c.role
+                ));
+            }
         }
         let mut seen: Vec<Stage> = Vec::new();
         for (i, spec) in self.stages.iter().enumerate() {
@@ -750,6 +756,20 @@ component = "vae"
                 ),
                 "a pipeline has one text stage",
             ),
+            (
+                STAGED.replace(
+                    "dtype = \"bf16\"\nparameter_bytes = \"16GiB\"",
+                    "dtype = \"int4\"\nparameter_bytes = \"16GiB\"",
+                ),
+                "unknown variant `int4`, expected one of `bf16`, `f16`, `f32`, `nf4`, `fp8-e4m3`",
+            ),
+            (
+                STAGED.replace(
+                    "dtype = \"bf16\"\nparameter_bytes = \"16GiB\"",
+                    "dtype = \"nf4\"\nparameter_bytes = \"16GiB\"",
+                ),
+                "components.dit: dtype nf4 is for text encoders only (their generated code dequantizes it in the forward); store a transformer in bf16, f16 or f32",
+            ),
         ];
         let mut seen = std::collections::HashSet::new();
         for (text, expected) in cases {
@@ -766,6 +786,28 @@ component = "vae"
         assert!(
             missing.contains("components.dit: weights file") && missing.contains("missing"),
             "{missing}"
+        );
+    }
+
+    #[test]
+    fn a_text_encoder_may_be_stored_quantized_and_computes_in_bf16() {
+        for (name, dtype) in [("nf4", Dtype::Nf4), ("fp8-e4m3", Dtype::Fp8E4m3)] {
+            let text = STAGED.replacen("dtype = \"bf16\"", &format!("dtype = \"{name}\""), 1);
+            let dir = staged_dir(&text);
+            let m = Manifest::load(dir.path()).expect("a quantized text encoder loads");
+            assert_eq!(m.components["text"].dtype, dtype);
+            assert_eq!(m.components["dit"].dtype, Dtype::Bf16);
+            assert!(dtype.is_quantized() && dtype.compute() == Dtype::Bf16);
+            assert_eq!(name.parse::<Dtype>(), Ok(dtype));
+            assert_eq!(dtype.to_string(), name);
+            let again: Manifest = toml::from_str(&toml::to_string(&m).unwrap()).unwrap();
+            assert_eq!(again, m, "{name} round-trips through TOML");
+        }
+        assert!(!Dtype::F32.is_quantized() && Dtype::F32.compute() == Dtype::F32);
+        let error = "int4".parse::<Dtype>().unwrap_err();
+        assert!(
+            error.contains("use bf16, f16, f32, nf4 or fp8-e4m3"),
+            "{error}"
         );
     }
 

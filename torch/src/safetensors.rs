@@ -80,6 +80,7 @@ pub fn dtype_name(kind: Kind) -> Option<&'static str> {
         Kind::Int8 => "I8",
         Kind::Uint8 => "U8",
         Kind::Bool => "BOOL",
+        Kind::Float8e4m3fn => "F8_E4M3",
         _ => return None,
     })
 }
@@ -97,6 +98,7 @@ pub fn kind_of(dtype: &str) -> Option<Kind> {
         "I8" => Kind::Int8,
         "U8" => Kind::Uint8,
         "BOOL" => Kind::Bool,
+        "F8_E4M3" => Kind::Float8e4m3fn,
         _ => return None,
     })
 }
@@ -656,12 +658,12 @@ mod tests {
     #[test]
     fn an_unknown_dtype_is_refused_by_name() {
         let err = header_of(
-            r#"{"w":{"dtype":"F8_E4M3","shape":[1],"data_offsets":[0,1]}}"#,
+            r#"{"w":{"dtype":"F8_E5M2","shape":[1],"data_offsets":[0,1]}}"#,
             &[0],
         )
         .unwrap_err();
         assert!(
-            matches!(&err, WeightsError::UnknownDtype { name, dtype, .. } if name == "w" && dtype == "F8_E4M3"),
+            matches!(&err, WeightsError::UnknownDtype { name, dtype, .. } if name == "w" && dtype == "F8_E5M2"),
             "{err}"
         );
     }

@@ -102,6 +102,38 @@ pub fn empty_pinned(bytes: usize, device: Device) -> Result<Tensor, StreamError>
     Ok(unsafe { Tensor::from_ptr(raw) })
 }
 
+/// The host-to-device copy rate in GB/s of a `bytes` tensor, from pinned or (touched)
+/// pageable memory, the best of `repeat` copies after a first one: the limit a GPU load is
+/// held against (`arbiter-loadbench`, `arbiter-video compare-encoders`).
+pub fn host_to_device_rate(
+    bytes: usize,
+    device: Device,
+    pinned: bool,
+    repeat: usize,
+) -> Result<f64, String> {
+    let torch = |e: tch::TchError| e.to_string();
+    let index = cuda_index(device).map_err(|e| e.to_string())?;
+    let size = i64::try_from(bytes).map_err(|_| format!("{bytes} bytes is too large"))?;
+    let mut host = if pinned {
+        empty_pinned(bytes, device).map_err(|e| e.to_string())?
+    } else {
+        Tensor::f_empty([size], (tch::Kind::Uint8, Device::Cpu)).map_err(torch)?
+    };
+    // Touch every page, so the pageable copy does not count page faults.
+    let _filled = host.f_fill_(1).map_err(torch)?;
+    let mut dst = Tensor::f_empty([size], (tch::Kind::Uint8, device)).map_err(torch)?;
+    dst.f_copy_(&host).map_err(torch)?;
+    tch::Cuda::synchronize(i64::from(index));
+    let mut best = 0.0f64;
+    for _ in 0..repeat.max(1) {
+        let started = std::time::Instant::now();
+        dst.f_copy_(&host).map_err(torch)?;
+        tch::Cuda::synchronize(i64::from(index));
+        best = best.max(bytes as f64 / started.elapsed().as_secs_f64() / 1e9);
+    }
+    Ok(best)
+}
+
 /// A CUDA stream from libtorch's pool, for copies that run beside the compute stream.
 /// Pool streams do not synchronise with the legacy default stream; order them against
 /// other work with [`Event`]s.
@@ -267,6 +299,7 @@ mod tests {
             Event::new(Device::Cpu).err(),
             Some(StreamError::NotCuda(Device::Cpu))
         );
+        assert!(host_to_device_rate(1 << 20, Device::Cpu, true, 1).is_err());
         if !tch::Cuda::is_available() {
             assert_eq!(
                 CopyStream::new(Device::Cuda(0), true).err(),

@@ -10,6 +10,8 @@
 //! ties the others together; nothing below it imports it):
 //! - [`local`]: `generate`, one job run in this process without a supervisor;
 //! - [`job`]: the lifecycle of one job, from claim to exit code, one step per module;
+//! - [`compare`]: `compare-encoders`, text encoders (bf16, fp8, NF4) measured and their
+//!   outputs compared on the same prompts;
 //! - [`inspect`]: a manifest with the memory each stage holds;
 //! - [`make`]: `make-pipeline`, generated pipelines of realistic shapes (random weights);
 //! - [`pipeline`]: which pipeline a job runs: the staged pipeline ([`pipeline::staged`]:
@@ -29,6 +31,7 @@
 //!
 //! The stages themselves are the root crate's `arbiter::pipeline::Stage`.
 
+pub mod compare;
 pub mod frames;
 pub mod gpu_memory;
 pub mod input;

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use arbiter::pipeline::{Manifest, Placements};
 use arbiter_video::local::Local;
-use arbiter_video::make::{self, Make, Preset};
+use arbiter_video::make::{self, Made, Make, Preset};
 use arbiter_video::worker::{SOCKET_ENV, TOKEN_ENV};
 use arbiter_video::{inspect, job};
 use clap::{Args, Parser, Subcommand};
@@ -48,8 +48,13 @@ enum Command {
     MakePipeline(MakeArgs),
     /// Print a pipeline's components, stages and the GPU memory each stage holds.
     Inspect(InspectArgs),
-    /// Pull a pipeline's files into the page cache (or drop them from it with --evict),
-    /// and report the read rate.
+    /// Load and run text encoders one after the other on the same prompts (a pipeline's,
+    /// or the components.toml of `make-pipeline --only text_encoder`): stored bytes, load
+    /// time (with the pinned copy rate measured first on a GPU), forward time, memory, and
+    /// each output's error against the first encoder's.
+    CompareEncoders(CompareArgs),
+    /// Pull a pipeline's files (or those of `make-pipeline --only`) into the page cache (or
+    /// drop them from it with --evict), and report the read rate.
     Prewarm(PrewarmArgs),
     /// Run one job in this process, without a supervisor or a lease (for trying a
     /// pipeline, and for benchmarks): writes video.mp4 (or PNG frames when ffmpeg is
@@ -145,6 +150,42 @@ struct MakeArgs {
     device: String,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Store the text encoder in this dtype instead of the preset's: bf16, f16, f32, nf4 or
+    /// fp8-e4m3 (the -nf4 and -fp8 presets are their base preset with this set).
+    #[arg(long, value_name = "DTYPE")]
+    text_encoder_dtype: Option<arbiter::pipeline::Dtype>,
+    /// Generate only this component (repeat for several), each with the weights it has in
+    /// the whole pipeline, and write their manifest entries to components.toml instead of a
+    /// manifest: for benchmarking a component alone (`compare-encoders`).
+    #[arg(long, value_name = "COMPONENT")]
+    only: Vec<String>,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The reference encoder's directory first (bf16), then the others.
+    #[arg(required = true, num_args = 2..)]
+    encoders: Vec<PathBuf>,
+    #[arg(
+        long,
+        default_value = "a lighthouse at dusk, waves breaking on the rocks"
+    )]
+    prompt: String,
+    /// A second prompt in the batch, as guidance encodes the negative one beside it.
+    #[arg(long, default_value = "blurry, low quality")]
+    negative_prompt: String,
+    /// Where the encoders run: gpu (on the GPU when there is one, else the CPU), stream or cpu.
+    #[arg(long, default_value = "gpu")]
+    placement: arbiter::pipeline::Placement,
+    /// Timed forwards after the first.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Size of the pinned host-to-device copy measured first, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    copy_mib: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -190,6 +231,10 @@ fn main() -> ExitCode {
         }
         Command::MakePipeline(args) => make_pipeline(args),
         Command::Inspect(args) => inspect_pipeline(args),
+        Command::CompareEncoders(args) => {
+            init_logging();
+            compare_encoders(args)
+        }
         Command::Generate(args) => {
             init_logging();
             generate(args)
@@ -289,18 +334,37 @@ fn prewarm(args: PrewarmArgs) -> ExitCode {
         eprintln!("arbiter-video prewarm: {message}");
         ExitCode::FAILURE
     };
-    let manifest = match Manifest::load(&args.pipeline) {
-        Ok(m) => m,
-        Err(error) => return fail(error.to_string()),
+    // A pipeline's weights in stage order, so that a cap keeps what is needed first; or
+    // the components `make-pipeline --only` wrote.
+    let only = args.pipeline.join(make::COMPONENTS_FILE);
+    let (name, components): (String, Vec<arbiter::pipeline::Component>) = if !args
+        .pipeline
+        .join(arbiter::pipeline::MANIFEST_FILE)
+        .exists()
+        && only.exists()
+    {
+        match make::Partial::load(&args.pipeline) {
+            Ok(p) => (p.name, p.components.into_values().collect()),
+            Err(message) => return fail(message),
+        }
+    } else {
+        match Manifest::load(&args.pipeline) {
+            Ok(m) => {
+                let ordered = m
+                    .stages
+                    .iter()
+                    .filter_map(|s| m.components.get(&s.component).cloned())
+                    .collect();
+                (m.name, ordered)
+            }
+            Err(error) => return fail(error.to_string()),
+        }
     };
-    // Weights in stage order, so that a cap keeps what is needed first.
     let mut files = Vec::new();
-    for stage in &manifest.stages {
-        if let Some(c) = manifest.components.get(&stage.component) {
-            for path in [args.pipeline.join(&c.code), args.pipeline.join(&c.weights)] {
-                if !files.contains(&path) {
-                    files.push(path);
-                }
+    for c in &components {
+        for path in [args.pipeline.join(&c.code), args.pipeline.join(&c.weights)] {
+            if !files.contains(&path) {
+                files.push(path);
             }
         }
     }
@@ -311,7 +375,7 @@ fn prewarm(args: PrewarmArgs) -> ExitCode {
                     "dropped {} ({} files) of pipeline {} from the page cache",
                     arbiter::ByteSize(bytes),
                     files.len(),
-                    manifest.name
+                    name
                 );
                 ExitCode::SUCCESS
             }
@@ -323,7 +387,7 @@ fn prewarm(args: PrewarmArgs) -> ExitCode {
             println!(
                 "read {} of pipeline {} ({} files) in {:.2} s: {:.2} GB/s with {} threads",
                 arbiter::ByteSize(stats.bytes),
-                manifest.name,
+                name,
                 stats.files,
                 stats.seconds,
                 stats.gb_per_s(),
@@ -343,28 +407,126 @@ fn make_pipeline(args: MakeArgs) -> ExitCode {
         python: args.python,
         device: args.device,
         seed: args.seed,
+        text_encoder_dtype: args.text_encoder_dtype,
+        only: args.only,
     };
-    match make::make(&request) {
-        Ok(manifest) => {
-            let bytes: u64 = manifest
-                .components
-                .values()
-                .map(|c| c.parameter_bytes.0)
-                .sum();
-            println!(
-                "wrote pipeline {} to {} ({} of random weights in {} components)",
-                manifest.name,
-                request.out.display(),
-                arbiter::ByteSize(bytes),
-                manifest.components.len()
-            );
-            ExitCode::SUCCESS
+    let (what, name, components) = match make::make(&request) {
+        Ok(Made::Pipeline(manifest)) => {
+            let manifest = *manifest;
+            ("pipeline", manifest.name, manifest.components)
+        }
+        Ok(Made::Components(partial)) => {
+            ("components of pipeline", partial.name, partial.components)
         }
         Err(error) => {
             eprintln!("arbiter-video make-pipeline: {error}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+    };
+    let bytes: u64 = components.values().map(|c| c.parameter_bytes.0).sum();
+    println!(
+        "wrote {what} {name} to {} ({} of random weights in {} components)",
+        request.out.display(),
+        arbiter::ByteSize(bytes),
+        components.len()
+    );
+    ExitCode::SUCCESS
+}
+
+fn compare_encoders(args: CompareArgs) -> ExitCode {
+    use arbiter_video::compare::{self, Encoder};
+    let fail = |message: String| {
+        eprintln!("arbiter-video compare-encoders: {message}");
+        ExitCode::FAILURE
+    };
+    let encoders = match args
+        .encoders
+        .iter()
+        .map(|dir| Encoder::find(dir))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(e) => e,
+        Err(error) => return fail(error.to_string()),
+    };
+    let device = arbiter_torch::device::preferred();
+    let pinned = if device.is_cuda() {
+        // Also starts the CUDA context, so that the first load does not pay for it.
+        match arbiter_torch::stream::host_to_device_rate(args.copy_mib << 20, device, true, 3) {
+            Ok(rate) => Some(rate),
+            Err(error) => return fail(format!("measuring the pinned copy rate: {error}")),
+        }
+    } else {
+        None
+    };
+    let prompts = [args.prompt.as_str(), args.negative_prompt.as_str()];
+    let measured = match compare::compare(
+        &encoders,
+        &prompts,
+        device,
+        args.placement,
+        args.repeat,
+        &arbiter_torch::LoadOptions::default(),
+    ) {
+        Ok(m) => m,
+        Err(error) => return fail(error.to_string()),
+    };
+    let device_name = job::device::device_name(device);
+    println!(
+        "device {device_name}; pinned host-to-device {}",
+        pinned.map_or("not measured (no GPU)".into(), |r| format!("{r:.2} GB/s"))
+    );
+    println!(
+        "{:10} {:>11} {:>7} {:>9} {:>9} {:>8} {:>10} {:>10} {:>10} {:>9} {:>10} {:>8}",
+        "dtype",
+        "file",
+        "x fewer",
+        "load s",
+        "GB/s",
+        "of pin",
+        "first ms",
+        "fwd ms",
+        "peak",
+        "max abs",
+        "relative",
+        "min cos"
+    );
+    let reference = &measured[0];
+    for m in &measured {
+        let error = m.error;
+        println!(
+            "{:10} {:>11} {:>7.2} {:>9.3} {:>9.2} {:>8} {:>10.1} {:>10.1} {:>10} {:>9} {:>10} {:>8}",
+            m.dtype,
+            arbiter::ByteSize(m.file_bytes).to_string(),
+            reference.file_bytes as f64 / m.file_bytes.max(1) as f64,
+            m.load_s,
+            m.load_gb_per_s,
+            pinned.map_or("-".into(), |p| format!("{:.2}", m.load_gb_per_s / p)),
+            m.first_call_ms,
+            m.forward_ms_median,
+            arbiter::ByteSize(m.forward_peak_bytes).to_string(),
+            error.map_or("-".into(), |e| format!("{:.4}", e.max_abs)),
+            error.map_or("-".into(), |e| format!("{:.5}", e.relative)),
+            error.map_or("-".into(), |e| format!("{:.5}", e.min_cosine)),
+        );
+    }
+    println!(
+        "(the weights are random: the errors say how closely each format reproduces the reference's arithmetic, nothing about a real model's quality)"
+    );
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({
+            "device": device_name,
+            "pinned_gb_per_s": pinned,
+            "prompts": prompts,
+            "repeat": args.repeat,
+            "weights": "random",
+            "encoders": measured,
+        });
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(error) = std::fs::write(path, text) {
+            return fail(format!("{}: {error}", path.display()));
         }
     }
+    ExitCode::SUCCESS
 }
 
 fn inspect_pipeline(args: InspectArgs) -> ExitCode {

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use arbiter_torch::load::{LoadOptions, load_staged};
-use arbiter_torch::stream::empty_pinned;
+use arbiter_torch::stream::host_to_device_rate;
 use arbiter_torch::{Staging, allocator, load, prewarm, safetensors};
 use clap::Parser;
 use serde_json::json;
@@ -316,8 +316,8 @@ fn bench(args: &Args) -> Result<(), String> {
             context.elapsed().as_secs_f64() * 1e3
         );
         let bytes = (args.copy_gib.max(1) as i64) << 30;
-        let pinned = copy_rate(bytes, device, true, repeat)?;
-        let pageable = copy_rate(bytes, device, false, repeat)?;
+        let pinned = host_to_device_rate(bytes as usize, device, true, repeat)?;
+        let pageable = host_to_device_rate(bytes as usize, device, false, repeat)?;
         println!(
             "host-to-device, pinned:   {pinned:.2} GB/s ({} GiB)",
             args.copy_gib
@@ -412,27 +412,6 @@ fn best_of(repeat: usize, mut run: impl FnMut() -> Result<f64, String>) -> Resul
         best = best.max(run()?);
     }
     Ok(best)
-}
-
-/// Host-to-device copy rate of a `bytes` tensor, from pinned or (touched) pageable memory.
-fn copy_rate(bytes: i64, device: Device, pinned: bool, repeat: usize) -> Result<f64, String> {
-    let torch = |e: tch::TchError| e.to_string();
-    let mut host = if pinned {
-        empty_pinned(bytes as usize, device).map_err(|e| e.to_string())?
-    } else {
-        Tensor::f_empty([bytes], (Kind::Uint8, Device::Cpu)).map_err(torch)?
-    };
-    // Touch every page, so the pageable copy does not count page faults.
-    let _filled = host.f_fill_(1).map_err(torch)?;
-    let mut dst = Tensor::f_empty([bytes], (Kind::Uint8, device)).map_err(torch)?;
-    dst.f_copy_(&host).map_err(torch)?;
-    tch::Cuda::synchronize(0);
-    best_of(repeat, || {
-        let started = Instant::now();
-        dst.f_copy_(&host).map_err(torch)?;
-        tch::Cuda::synchronize(0);
-        Ok(bytes as f64 / started.elapsed().as_secs_f64() / 1e9)
-    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,12 @@
 //! Python and PyTorch that `scripts/setup.sh` installs, because TorchScript is compiled
 //! from Python. This side writes `manifest.toml` from what the generator reports (sizes and
 //! SHA-256 of every weights file), then loads it back to check it.
+//!
+//! `--only` generates some of the components (each drawn from the seed it has in the whole
+//! pipeline) and writes their manifest entries to `components.toml` ([`Partial`]) instead:
+//! for measuring one component at a size whose whole pipeline would not fit the disk, such
+//! as the bf16, fp8 and NF4 text encoders of `ltx-full` side by side
+//! (`arbiter-video compare-encoders`).
 
 pub mod preset;
 
@@ -14,9 +20,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use std::collections::BTreeMap;
+
 use arbiter::ByteSize;
-use arbiter::pipeline::{MANIFEST_FILE, Manifest, ManifestError};
-use serde::Deserialize;
+use arbiter::pipeline::{Component, Dtype, MANIFEST_FILE, Manifest, ManifestError};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 pub use preset::Preset;
@@ -53,6 +61,40 @@ pub enum MakeError {
     },
     #[error("the generated manifest does not load: {0}")]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Store(#[from] preset::StoreError),
+    #[error("--only {name}: preset {preset} has no such component; it has: {has}")]
+    Only {
+        name: String,
+        preset: &'static str,
+        has: String,
+    },
+}
+
+/// Where `--only` writes the manifest entries of what it generated.
+pub const COMPONENTS_FILE: &str = "components.toml";
+
+/// Some of a pipeline's components, generated alone (`--only`): not a pipeline, so no
+/// manifest, but what a tool needs to load them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Partial {
+    /// The pipeline they are part of.
+    pub name: String,
+    pub description: String,
+    /// The whole pipeline's prompt length (`model.text_tokens`).
+    pub text_tokens: u32,
+    pub components: BTreeMap<String, Component>,
+}
+
+impl Partial {
+    /// Reads `<dir>/components.toml`.
+    pub fn load(dir: &Path) -> Result<Partial, String> {
+        let path = dir.join(COMPONENTS_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{} is not valid: {e}", path.display()))
+    }
 }
 
 /// What `make-pipeline` was asked for.
@@ -65,6 +107,17 @@ pub struct Make {
     /// drawn; the files are the same kind either way.
     pub device: String,
     pub seed: u64,
+    /// Store the text encoder in this dtype instead of the preset's.
+    pub text_encoder_dtype: Option<Dtype>,
+    /// Generate only these components (all when empty), into `components.toml`.
+    pub only: Vec<String>,
+}
+
+/// What was written: a pipeline, or some of its components.
+#[derive(Debug)]
+pub enum Made {
+    Pipeline(Box<Manifest>),
+    Components(Partial),
 }
 
 #[derive(Deserialize)]
@@ -78,12 +131,8 @@ struct Written {
     sha256: String,
 }
 
-/// Generates the pipeline and returns its manifest.
-pub fn make(request: &Make) -> Result<Manifest, MakeError> {
-    std::fs::create_dir_all(&request.out).map_err(|source| MakeError::Create {
-        path: request.out.clone(),
-        source,
-    })?;
+/// Generates the pipeline (or the components of `only`) and returns what it wrote.
+pub fn make(request: &Make) -> Result<Made, MakeError> {
     let name = request.name.clone().unwrap_or_else(|| {
         request
             .out
@@ -91,15 +140,40 @@ pub fn make(request: &Make) -> Result<Manifest, MakeError> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| request.preset.name().into())
     });
-    let plan = preset::plan(request.preset, &name);
+    let mut plan = preset::plan(request.preset, &name);
+    if let Some(dtype) = request.text_encoder_dtype {
+        plan.store_text_encoder(dtype)?;
+        plan.manifest.description = preset::describe(request.preset, &plan);
+    }
+    for only in &request.only {
+        if !plan.parts.iter().any(|p| p.name == only) {
+            return Err(MakeError::Only {
+                name: only.clone(),
+                preset: request.preset.name(),
+                has: plan
+                    .parts
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    std::fs::create_dir_all(&request.out).map_err(|source| MakeError::Create {
+        path: request.out.clone(),
+        source,
+    })?;
+    let chosen = |part: &str| request.only.is_empty() || request.only.iter().any(|o| o == part);
     let spec = json!({
         "out": request.out,
         "seed": request.seed,
         "device": request.device,
-        "components": plan.parts.iter().map(|part| json!({
+        // Each part's seed is its place in the whole pipeline, whatever `only` leaves out.
+        "components": plan.parts.iter().enumerate().filter(|(_, p)| chosen(p.name)).map(|(index, part)| json!({
             "name": part.name,
             "role": part.role.name(),
-            "dtype": plan.dtype.name(),
+            "dtype": part.dtype.name(),
+            "seed": request.seed + index as u64,
             "code": format!("{}.pt", part.name),
             "weights": format!("{}.safetensors", part.name),
             "dims": part.dims,
@@ -114,6 +188,7 @@ pub fn make(request: &Make) -> Result<Manifest, MakeError> {
     let _ = std::fs::remove_file(&script);
     let report = result?;
     let mut manifest = plan.manifest;
+    manifest.components.retain(|name, _| chosen(name));
     for (component_name, component) in &mut manifest.components {
         let written = report
             .components
@@ -122,8 +197,20 @@ pub fn make(request: &Make) -> Result<Manifest, MakeError> {
         component.parameter_bytes = ByteSize(written.parameter_bytes);
         component.sha256 = Some(written.sha256.clone());
     }
+    if !request.only.is_empty() {
+        let partial = Partial {
+            name: manifest.name,
+            description: manifest.description,
+            text_tokens: manifest.model.as_ref().map_or(0, |m| m.text_tokens),
+            components: manifest.components,
+        };
+        let text = toml::to_string_pretty(&partial)
+            .map_err(|e| MakeError::Report(format!("cannot write {COMPONENTS_FILE}: {e}")))?;
+        write_atomically(&request.out.join(COMPONENTS_FILE), &text)?;
+        return Ok(Made::Components(partial));
+    }
     write_manifest(&request.out, &manifest)?;
-    Ok(Manifest::load(&request.out)?)
+    Ok(Made::Pipeline(Box::new(Manifest::load(&request.out)?)))
 }
 
 /// Runs the generator and reads its report.
@@ -167,14 +254,21 @@ fn generate(request: &Make, script: &Path, spec: &serde_json::Value) -> Result<R
 }
 
 fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), MakeError> {
-    let path = dir.join(MANIFEST_FILE);
     let text = toml::to_string_pretty(manifest)
         .map_err(|e| MakeError::Report(format!("cannot write the manifest as TOML: {e}")))?;
     let header = "# Generated by `arbiter-video make-pipeline`. The weights are RANDOM: this pipeline has\n# the shapes and sizes of a real one, and its video is noise.\n\n";
+    write_atomically(&dir.join(MANIFEST_FILE), &format!("{header}{text}"))
+}
+
+/// Writes `text` beside `path`, then renames it over `path`.
+fn write_atomically(path: &Path, text: &str) -> Result<(), MakeError> {
     let partial = path.with_extension("toml.partial");
-    std::fs::write(&partial, format!("{header}{text}")).map_err(|source| MakeError::Write {
+    std::fs::write(&partial, text).map_err(|source| MakeError::Write {
         path: partial.clone(),
         source,
     })?;
-    std::fs::rename(&partial, &path).map_err(|source| MakeError::Write { path, source })
+    std::fs::rename(&partial, path).map_err(|source| MakeError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }

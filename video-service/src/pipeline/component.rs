@@ -10,8 +10,12 @@
 //! - `stream`: everything but the blocks onto the device, the blocks in pinned host memory,
 //!   copied to the device block by block as they run ([`super::stream`]).
 //!
-//! Float inputs are cast to the component's dtype on the way in and outputs to float32 on
-//! the way out, so the sampler accumulates in float32 whatever the weights are stored in.
+//! Float inputs are cast to the component's compute dtype on the way in and outputs to
+//! float32 on the way out, so the sampler accumulates in float32 whatever the weights are
+//! stored in. A quantized component (`nf4`, `fp8-e4m3`: [`super::quant`]) computes in bf16
+//! and is loaded like any other: its quantized tensors are parameters of its code like the
+//! rest, of the kinds its code declares, so they stay quantized wherever the placement puts
+//! them (streamed blocks included), and its code dequantizes each matrix in the forward.
 
 use std::path::Path;
 use std::time::Instant;
@@ -21,6 +25,7 @@ use arbiter_torch::load::{LoadOptions, load, load_pinned};
 use tch::{CModule, Device, IValue, Kind, TchError, Tensor};
 
 use super::blocks;
+use super::quant;
 use super::stream::{StreamError, Streamer};
 use super::yielding::Shared;
 
@@ -96,9 +101,10 @@ pub struct Live {
     yielding: Option<Shared>,
 }
 
+/// The kind a component computes in (and its plain weights are stored in).
 pub fn kind_of(dtype: Dtype) -> Kind {
-    match dtype {
-        Dtype::Bf16 => Kind::BFloat16,
+    match dtype.compute() {
+        Dtype::Bf16 | Dtype::Nf4 | Dtype::Fp8E4m3 => Kind::BFloat16,
         Dtype::F16 => Kind::Half,
         Dtype::F32 => Kind::Float,
     }
@@ -129,6 +135,18 @@ impl Live {
             Placement::Cpu | Placement::Stream => Device::Cpu,
         };
         let path = dir.join(&spec.weights);
+        let header = arbiter_torch::safetensors::read_header(&path).map_err(|source| {
+            ComponentError::Weights {
+                name: name.into(),
+                source: Box::new(source),
+            }
+        })?;
+        quant::check_metadata(spec.dtype, &header.metadata).map_err(|detail| {
+            ComponentError::Mismatch {
+                name: name.into(),
+                detail,
+            }
+        })?;
         // Streamed weights go straight into one pinned host buffer, so that every block
         // crosses PCIe at the pinned rate without being pinned tensor by tensor.
         let loaded = if placement == Placement::Stream {
@@ -170,7 +188,16 @@ impl Live {
                     value.size()
                 )));
             }
-            if value.kind() != kind {
+            // A quantized component's tensors are of the kinds its code declares (codes,
+            // scales, bf16 norms); every weight of a plain one is of the manifest's dtype.
+            if spec.dtype.is_quantized() && value.kind() != param.kind() {
+                return Err(mismatch(format!(
+                    "{pname} is {:?}, the code declares {:?}",
+                    value.kind(),
+                    param.kind()
+                )));
+            }
+            if !spec.dtype.is_quantized() && value.kind() != kind {
                 return Err(mismatch(format!(
                     "{pname} is {:?}, the manifest says {}",
                     value.kind(),

@@ -7,7 +7,7 @@
 //! model cannot take.
 //!
 //! A manifest with stages runs the staged pipeline ([`staged`]): its components
-//! ([`component`]) loaded one stage at a time with their placements (block streaming in
+//! ([`component`], a text encoder's possibly stored in a [`quant`]ized format) loaded one stage at a time with their placements (block streaming in
 //! [`stream`], yielding to a voice between blocks in [`yielding`]), the flow-matching [`sampler`], byte-level [`tokens`], the embedding
 //! [`cache`] and tiled decoding ([`tiles`]). A manifest without stages or command runs the
 //! built-in seeded model ([`tiny`]) under its own rules and memory figures. Pipelines with
@@ -17,6 +17,7 @@
 pub mod blocks;
 pub mod cache;
 pub mod component;
+pub mod quant;
 pub mod sampler;
 pub mod staged;
 pub mod stream;
