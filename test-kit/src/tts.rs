@@ -112,6 +112,31 @@ pub fn make_voice(dir: &Path, extra: &[&str]) {
     generate("make-test-voice.py", dir, extra);
 }
 
+/// `arbiter-tts serve` in `dir` against the supervisor at `supervisor`, with a generated
+/// lip-sync model (32 px, 25 fps) under its own 1 GiB lease and a 300 ms wait, `extra` flags
+/// added; and its socket.
+pub fn serve_with_lipsync(
+    dir: &Path,
+    supervisor: &Path,
+    extra: &[&str],
+) -> (Process, std::path::PathBuf) {
+    let model = dir.join("tiny-lipsync");
+    make_lipsync(&model, &["--face-size", "32", "--fps", "25"]);
+    let socket = dir.join("tts.sock");
+    let mut args = vec![
+        "--supervisor",
+        supervisor.to_str().expect("a UTF-8 path"),
+        "--lipsync-dir",
+        model.to_str().expect("a UTF-8 path"),
+        "--lipsync-lease-bytes",
+        "1GiB",
+        "--lipsync-wait-ms",
+        "300",
+    ];
+    args.extend_from_slice(extra);
+    (serve(&socket, &args), socket)
+}
+
 /// A duration from the wire in seconds (0 when absent).
 pub fn secs(d: &Option<prost_types::Duration>) -> f64 {
     d.map(|d| d.seconds as f64 + d.nanos as f64 / 1e9)

@@ -35,7 +35,9 @@ pub enum KeepAliveError {
         "keep_alive {0} s is more than a day: use a negative value to keep the model loaded, or at most 86400 s"
     )]
     TooLong(i64),
-    #[error("keep_alive has {0} nanoseconds: they must be within -999999999 to 999999999 and share the seconds' sign")]
+    #[error(
+        "keep_alive has {0} nanoseconds: they must be within -999999999 to 999999999 and share the seconds' sign"
+    )]
     Nanos(i32),
     #[error(
         "keep-alive `{0}` is not a duration: give seconds (300), a number with a unit (30s, 5m, 1h), 0 to unload at once, or -1 to keep"
@@ -52,7 +54,9 @@ impl KeepAlive {
         let Some(d) = asked else {
             return Ok(default);
         };
-        if d.nanos.abs() > 999_999_999 || (d.seconds != 0 && d.nanos != 0 && (d.seconds < 0) != (d.nanos < 0)) {
+        if d.nanos.abs() > 999_999_999
+            || (d.seconds != 0 && d.nanos != 0 && (d.seconds < 0) != (d.nanos < 0))
+        {
             return Err(KeepAliveError::Nanos(d.nanos));
         }
         if d.seconds < 0 || d.nanos < 0 {
@@ -70,7 +74,10 @@ impl KeepAlive {
         let unparsed = || KeepAliveError::Unparsed(text.to_string());
         let t = text.trim();
         if let Some(rest) = t.strip_prefix('-') {
-            return match rest.trim_end_matches(|c: char| c.is_ascii_alphabetic()).parse::<f64>() {
+            return match rest
+                .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+                .parse::<f64>()
+            {
                 Ok(n) if n > 0.0 => Ok(KeepAlive::Forever),
                 _ => Err(unparsed()),
             };
@@ -255,17 +262,32 @@ mod tests {
 
     #[test]
     fn the_flag_takes_seconds_units_zero_and_negative() {
-        assert_eq!(KeepAlive::parse("300"), Ok(KeepAlive::For(Duration::from_secs(300))));
-        assert_eq!(KeepAlive::parse("5m"), Ok(KeepAlive::For(Duration::from_secs(300))));
-        assert_eq!(KeepAlive::parse("1h"), Ok(KeepAlive::For(Duration::from_secs(3600))));
-        assert_eq!(KeepAlive::parse("250ms"), Ok(KeepAlive::For(Duration::from_millis(250))));
+        assert_eq!(
+            KeepAlive::parse("300"),
+            Ok(KeepAlive::For(Duration::from_secs(300)))
+        );
+        assert_eq!(
+            KeepAlive::parse("5m"),
+            Ok(KeepAlive::For(Duration::from_secs(300)))
+        );
+        assert_eq!(
+            KeepAlive::parse("1h"),
+            Ok(KeepAlive::For(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            KeepAlive::parse("250ms"),
+            Ok(KeepAlive::For(Duration::from_millis(250)))
+        );
         assert_eq!(KeepAlive::parse("0"), Ok(KeepAlive::For(Duration::ZERO)));
         assert_eq!(KeepAlive::parse("-1"), Ok(KeepAlive::Forever));
         assert_eq!(KeepAlive::parse("-5m"), Ok(KeepAlive::Forever));
         for bad in ["", "soon", "5 minutes", "-", "-0", "2d", "nan"] {
             assert!(KeepAlive::parse(bad).is_err(), "{bad:?} parsed");
         }
-        assert!(matches!(KeepAlive::parse("25h"), Err(KeepAliveError::TooLong(_))));
+        assert!(matches!(
+            KeepAlive::parse("25h"),
+            Err(KeepAliveError::TooLong(_))
+        ));
     }
 
     #[test]
@@ -282,7 +304,10 @@ mod tests {
         let state = clock.state();
         assert_eq!(state.in_use, 0);
         let at = state.unload_at.expect("idle and not kept: a deadline");
-        assert!(at >= before + Duration::from_secs(10) && at <= Instant::now() + Duration::from_secs(10));
+        assert!(
+            at >= before + Duration::from_secs(10)
+                && at <= Instant::now() + Duration::from_secs(10)
+        );
         clock.begin(KeepAlive::Forever);
         clock.end();
         assert_eq!(clock.state().unload_at, None, "kept");
@@ -305,6 +330,9 @@ mod tests {
             .await
             .expect("the watch returns")
             .expect("the task");
-        assert!(ended.elapsed() >= Duration::from_millis(300), "woke before the keep-alive passed");
+        assert!(
+            ended.elapsed() >= Duration::from_millis(300),
+            "woke before the keep-alive passed"
+        );
     }
 }

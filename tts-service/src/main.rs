@@ -114,7 +114,12 @@ enum Command {
         /// How long a TorchScript voice or the lip-sync model stays on the GPU after its
         /// last request: seconds or 30s / 5m / 1h; 0 unloads at once, -1 keeps. A request's
         /// keep_alive overrides it.
-        #[arg(long, env = "ARBITER_TTS_KEEP_ALIVE", default_value = "5m", allow_hyphen_values = true)]
+        #[arg(
+            long,
+            env = "ARBITER_TTS_KEEP_ALIVE",
+            default_value = "5m",
+            allow_hyphen_values = true
+        )]
         keep_alive: arbiter_tts::keep_alive::KeepAlive,
         /// How long a voice's first request waits for GPU memory for it, in seconds, before
         /// it fails with RESOURCE_EXHAUSTED.
@@ -349,7 +354,11 @@ fn main() -> ExitCode {
 /// Where the models' measured sizes are kept when `--state-dir` is not given (see its
 /// help); None when there is nowhere sensible (no HOME, not root).
 fn default_state_dir() -> Option<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = var("STATE_DIRECTORY") {
         // systemd may list several, separated by colons: the first is ours.
         let first = dir.to_string_lossy().split(':').next().map(PathBuf::from);

@@ -26,11 +26,11 @@ mod requests;
 
 use crate::card::{CardState, Claim, ClaimError};
 use crate::espeak::{Espeak, EspeakError};
+use crate::keep_alive::KeepAlive;
+use crate::lip_sync::Sizing;
 use crate::lip_sync::{
     Lender, LipSync, LipSyncModel, LipSyncModelError, Residency, ResidencySettings,
 };
-use crate::keep_alive::KeepAlive;
-use crate::lip_sync::Sizing;
 use crate::model_sizes::ModelSizes;
 use crate::service::{Limits, TtsService};
 use crate::torchscript::{self, TorchVoiceError, VoiceSpec};
@@ -252,11 +252,7 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         },
     };
     let lip_sync = match &settings.lip_sync {
-        Some(lip_sync_settings) => Some(Arc::new(load_lip_sync(
-            lip_sync_settings,
-            lender,
-            &life,
-        )?)),
+        Some(lip_sync_settings) => Some(Arc::new(load_lip_sync(lip_sync_settings, lender, &life)?)),
         None => None,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -272,8 +268,8 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         Some(claim) => {
             // Everything out of the claim's budget, or no start: nobody would stop an
             // overrun. The voices count by the leases they would ask for.
-            let voices_bytes = lease_bytes.unwrap_or(0)
-                + voices.iter().map(|v| v.lease_bytes()).sum::<u64>();
+            let voices_bytes =
+                lease_bytes.unwrap_or(0) + voices.iter().map(|v| v.lease_bytes()).sum::<u64>();
             let lip_sync_bytes = lip_sync
                 .as_ref()
                 .and_then(|l| l.residency())

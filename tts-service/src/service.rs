@@ -40,6 +40,7 @@ use tonic::{Request, Response, Status};
 
 use crate::card::CardState;
 use crate::espeak::{self, Espeak, EspeakError};
+use crate::keep_alive::KeepAlive;
 use crate::lip_sync::LipSync;
 use crate::metrics::TtsMetrics;
 use crate::sentences;
@@ -47,9 +48,8 @@ use crate::service::limits::Streams;
 use crate::service::lip_sync_handlers::{LipSyncChunkStream, LipSyncHandlers};
 use crate::service::voices::{Voices, speak};
 use crate::service::wire::{ms, visemes_pb};
-use crate::keep_alive::KeepAlive;
-use crate::voice_residency::VoiceSlot;
 use crate::viseme;
+use crate::voice_residency::VoiceSlot;
 use arbiter::wav;
 
 pub struct TtsService {

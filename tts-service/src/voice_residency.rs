@@ -113,7 +113,6 @@ pub struct VoiceSlot {
     life: Arc<Lifecycle>,
     loaded: tokio::sync::Mutex<Option<Loaded>>,
     view: Mutex<View>,
-    generations: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for VoiceSlot {
@@ -191,7 +190,6 @@ impl VoiceSlot {
                 note: "not used yet: loads on the first request".into(),
                 ..View::default()
             }),
-            generations: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -244,7 +242,11 @@ impl VoiceSlot {
             Some(lender) => {
                 let ask = model_lease::Ask {
                     supervisor: lender.supervisor.clone(),
-                    holder: format!("arbiter-tts/voice/{} (pid {})", self.spec.name, std::process::id()),
+                    holder: format!(
+                        "arbiter-tts/voice/{} (pid {})",
+                        self.spec.name,
+                        std::process::id()
+                    ),
                     gpu: lender.gpu.clone(),
                     bytes,
                     priority: spb::Priority::Interactive,
@@ -269,23 +271,24 @@ impl VoiceSlot {
             peak_during(|| TorchVoice::from_spec(&spec, device))
         })
         .await;
-        let (voice, peak) = match loading {
-            Ok((Ok(voice), peak)) => (voice, peak),
-            failed => {
+        let outcome = match loading {
+            Ok((Ok(voice), peak)) => Ok((voice, peak)),
+            Ok((Err(error), _)) => Err(VoiceLoadError::Load(error)),
+            Err(join) => Err(VoiceLoadError::Task {
+                voice: self.spec.name.clone(),
+                detail: join.to_string(),
+            }),
+        };
+        let (voice, peak) = match outcome {
+            Ok(done) => done,
+            Err(error) => {
                 if device.is_cuda() {
-                    let _ = tokio::task::spawn_blocking(arbiter_torch::allocator::empty_cache).await;
+                    let _ =
+                        tokio::task::spawn_blocking(arbiter_torch::allocator::empty_cache).await;
                 }
                 if let Some(lease) = lease {
                     lease.release().await;
                 }
-                let error = match failed {
-                    Ok((Err(error), _)) => VoiceLoadError::Load(error),
-                    Err(join) => VoiceLoadError::Task {
-                        voice: self.spec.name.clone(),
-                        detail: join.to_string(),
-                    },
-                    Ok((Ok(_), _)) => unreachable!("matched above"),
-                };
                 lock(&self.view).note = format!("the last load failed: {error}");
                 return Err(error);
             }
@@ -295,7 +298,6 @@ impl VoiceSlot {
         if let Some(peak) = peak {
             self.learn(peak.peak);
         }
-        let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let clock = Arc::new(Clock::new(keep));
         clock.begin(keep);
         let lost = lease.as_ref().map(ModelLease::lost);
@@ -303,12 +305,17 @@ impl VoiceSlot {
             let mut view = lock(&self.view);
             view.clock = Some(Arc::clone(&clock));
             view.device = Some(device);
-            view.lease_id = lease.as_ref().map(|l| l.lease.lease_id.clone()).unwrap_or_default();
+            view.lease_id = lease
+                .as_ref()
+                .map(|l| l.lease.lease_id.clone())
+                .unwrap_or_default();
             view.lease_bytes = lease.as_ref().map_or(0, |l| l.lease.bytes);
             view.loads += 1;
             view.last_load = Some(took);
             view.note.clear();
         }
+        // Loads are counted under the slot's lock: each load's count names it.
+        let generation = lock(&self.view).loads;
         tracing::info!(
             voice = %self.spec.name,
             device = %device_name(device),
@@ -339,7 +346,12 @@ impl VoiceSlot {
 
     /// Unloads the voice of `generation` once it has sat idle past its keep-alive, its lease
     /// is lost, or the service stops.
-    async fn watch(self: Arc<Self>, generation: u64, clock: Arc<Clock>, lost: Option<CancellationToken>) {
+    async fn watch(
+        self: Arc<Self>,
+        generation: u64,
+        clock: Arc<Clock>,
+        lost: Option<CancellationToken>,
+    ) {
         loop {
             let wake = tokio::select! {
                 () = clock.idle_past_keep_alive() => Wake::Idle,
@@ -353,13 +365,17 @@ impl VoiceSlot {
             let why = match wake {
                 // A request may have begun between the wake and the lock.
                 Wake::Idle => match clock.state().unload_at {
-                    Some(at) if at <= tokio::time::Instant::now() => format!(
-                        "unloaded after {} idle (its keep-alive)",
-                        keep_alive_text(clock.state().keep)
-                    ),
+                    Some(at) if at <= tokio::time::Instant::now() => {
+                        format!(
+                            "unloaded after {} idle (its keep-alive)",
+                            clock.state().keep
+                        )
+                    }
                     _ => continue,
                 },
-                Wake::Lost => "unloaded: its lease ended (revoked, or the supervisor went away)".into(),
+                Wake::Lost => {
+                    "unloaded: its lease ended (revoked, or the supervisor went away)".into()
+                }
                 Wake::Stopping => "unloaded: the service is stopping".into(),
             };
             let Some(gone) = loaded.take() else { return };
@@ -403,7 +419,9 @@ impl VoiceSlot {
             measured_bytes: self.life.sizes.get(&self.key).unwrap_or(0),
             loads: view.loads,
             unloads: view.unloads,
-            last_load: view.last_load.and_then(|d| prost_types::Duration::try_from(d).ok()),
+            last_load: view
+                .last_load
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
             note: view.note,
         }
     }
@@ -411,12 +429,5 @@ impl VoiceSlot {
     /// Whether the voice is loaded on a GPU now.
     pub fn on_gpu(&self) -> bool {
         lock(&self.view).device.is_some_and(|d| d.is_cuda())
-    }
-}
-
-fn keep_alive_text(keep: KeepAlive) -> String {
-    match keep {
-        KeepAlive::For(d) => format!("{:.3} s", d.as_secs_f64()),
-        KeepAlive::Forever => "ever".into(),
     }
 }

@@ -6,7 +6,7 @@
 //! `--lipsync-lease-bytes`, since there is no CUDA here to measure with; ListVoices,
 //! GetLipSyncStatus, ListLeases and WatchEvents show each step.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use arbiter::pb::supervisor::v1 as spb;
@@ -18,7 +18,7 @@ use arbiter_test_kit::media::{picture, tone};
 use arbiter_test_kit::processes::Process;
 use arbiter_test_kit::supervisor::Supervisor;
 use arbiter_test_kit::tts::{
-    self, SOON, connected, face_request, lip_sync_stream, make_lipsync, make_voice, pcm,
+    self, SOON, connected, face_request, lip_sync_stream, make_voice, pcm,
 };
 use arbiter_test_kit::waiting::eventually;
 use pb::lip_sync_request::Input;
@@ -84,7 +84,9 @@ async fn residency(tts: &TtsClient<Channel>) -> pb::ModelResidency {
         .find(|v| v.name == VOICE)
         .expect("the TorchScript voice is listed");
     assert_eq!(voice.backend, "torchscript");
-    voice.residency.expect("a TorchScript voice reports its residency")
+    voice
+        .residency
+        .expect("a TorchScript voice reports its residency")
 }
 
 fn say(keep_alive: Option<Duration>) -> pb::SynthesizeRequest {
@@ -101,7 +103,10 @@ fn say_for(keep_alive: Option<prost_types::Duration>) -> pb::SynthesizeRequest {
 }
 
 /// Speaks the whole of `request`; returns the audio's bytes.
-async fn speak(tts: &TtsClient<Channel>, request: pb::SynthesizeRequest) -> Result<usize, tonic::Status> {
+async fn speak(
+    tts: &TtsClient<Channel>,
+    request: pb::SynthesizeRequest,
+) -> Result<usize, tonic::Status> {
     let mut stream = tts.clone().synthesize(request).await?.into_inner();
     let mut bytes = 0;
     while let Some(chunk) = stream.message().await? {
@@ -154,13 +159,20 @@ async fn a_voice_loads_on_first_use_under_its_own_lease_and_leaves_after_its_kee
     assert!(loaded.loaded, "{loaded:?}");
     assert_eq!(loaded.device, "cpu");
     assert_eq!(loaded.lease_id, leases[0].lease_id);
-    assert_eq!((loaded.lease_bytes, loaded.loads, loaded.in_use), (GIB, 1, 0));
-    let unload_at = std::time::SystemTime::try_from(loaded.unload_at.expect("a deadline while idle"))
-        .expect("a time");
+    assert_eq!(
+        (loaded.lease_bytes, loaded.loads, loaded.in_use),
+        (GIB, 1, 0)
+    );
+    let unload_at =
+        std::time::SystemTime::try_from(loaded.unload_at.expect("a deadline while idle"))
+            .expect("a time");
     let ahead = unload_at
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
-    assert!(ahead <= Duration::from_secs(2), "unloads within its 2 s keep-alive: {ahead:?}");
+    assert!(
+        ahead <= Duration::from_secs(2),
+        "unloads within its 2 s keep-alive: {ahead:?}"
+    );
 
     // Past the keep-alive: model dropped, lease released (not revoked).
     let gone = unloaded(&client, &served.tts, "the idle voice to unload").await;
@@ -181,13 +193,18 @@ async fn a_request_keep_alive_of_zero_unloads_at_once_and_a_negative_one_keeps()
     let client = supervisor.unix_client().await;
     let served = serve(supervisor.socket(), &["--keep-alive", "1s"]).await;
 
-    speak(&served.tts, say(Some(Duration::ZERO))).await.expect("speaks");
+    speak(&served.tts, say(Some(Duration::ZERO)))
+        .await
+        .expect("speaks");
     let gone = unloaded(&client, &served.tts, "keep_alive 0 to unload at once").await;
     assert_eq!((gone.loads, gone.unloads), (1, 1));
 
     speak(
         &served.tts,
-        say_for(Some(prost_types::Duration { seconds: -1, nanos: 0 })),
+        say_for(Some(prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        })),
     )
     .await
     .expect("speaks");
@@ -205,18 +222,32 @@ async fn a_request_keep_alive_of_zero_unloads_at_once_and_a_negative_one_keeps()
     assert_eq!(voice_leases(&client).await.len(), 1);
 
     // The newest request's keep-alive wins: 0 now unloads it.
-    speak(&served.tts, say(Some(Duration::ZERO))).await.expect("speaks");
-    unloaded(&client, &served.tts, "a later keep_alive 0 to unload the kept voice").await;
+    speak(&served.tts, say(Some(Duration::ZERO)))
+        .await
+        .expect("speaks");
+    unloaded(
+        &client,
+        &served.tts,
+        "a later keep_alive 0 to unload the kept voice",
+    )
+    .await;
 
     // A keep-alive that reads as a mistake is refused, saying what to send.
     let refused = speak(
         &served.tts,
-        say_for(Some(prost_types::Duration { seconds: 3 * 86_400, nanos: 0 })),
+        say_for(Some(prost_types::Duration {
+            seconds: 3 * 86_400,
+            nanos: 0,
+        })),
     )
     .await
     .expect_err("refused");
     assert_eq!(refused.code(), Code::InvalidArgument);
-    assert!(refused.message().contains("negative value to keep"), "{}", refused.message());
+    assert!(
+        refused.message().contains("negative value to keep"),
+        "{}",
+        refused.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,37 +302,40 @@ async fn a_load_waits_for_room_and_fails_clearly_when_none_comes() {
     other.message().await.expect("granted").expect("an update");
 
     let refused = speak(&served.tts, say(None)).await.expect_err("no room");
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{}", refused.message());
-    assert!(refused.message().contains("no GPU memory"), "{}", refused.message());
-    assert!(refused.message().contains("--lease-wait"), "{}", refused.message());
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("no GPU memory"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("--lease-wait"),
+        "{}",
+        refused.message()
+    );
     let residency = residency(&served.tts).await;
-    assert!(!residency.loaded && residency.note.contains("no lease"), "{residency:?}");
+    assert!(
+        !residency.loaded && residency.note.contains("no lease"),
+        "{residency:?}"
+    );
 
     drop(other);
     eventually(SOON, "the other lease to end", || async {
-        leases(&client).await.iter().all(|l| l.holder != "a video job").then_some(())
+        leases(&client)
+            .await
+            .iter()
+            .all(|l| l.holder != "a video job")
+            .then_some(())
     })
     .await;
-    speak(&served.tts, say(None)).await.expect("room now: it loads");
-}
-
-/// arbiter-tts with a generated lip-sync model (1 GiB lease) and no voice of its own.
-fn serve_lipsync(dir: &Path, supervisor: &Path, extra: &[&str]) -> (Process, PathBuf) {
-    let model = dir.join("tiny-lipsync");
-    make_lipsync(&model, &["--face-size", "32", "--fps", "25"]);
-    let socket = dir.join("tts.sock");
-    let mut args = vec![
-        "--supervisor",
-        supervisor.to_str().unwrap(),
-        "--lipsync-dir",
-        model.to_str().unwrap(),
-        "--lipsync-lease-bytes",
-        "1GiB",
-        "--state-dir",
-        "none",
-    ];
-    args.extend_from_slice(extra);
-    (tts::serve(&socket, &args), socket)
+    speak(&served.tts, say(None))
+        .await
+        .expect("room now: it loads");
 }
 
 async fn lip_sync_status(tts: &TtsClient<Channel>) -> pb::LipSyncStatus {
@@ -317,7 +351,11 @@ async fn the_lip_sync_model_loads_on_its_first_render_and_leaves_when_idle() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let supervisor = Supervisor::builder().gpus("10GiB").start().await;
     let client = supervisor.unix_client().await;
-    let (_tts, socket) = serve_lipsync(dir.path(), supervisor.socket(), &["--keep-alive", "2s"]);
+    let (_tts, socket) = tts::serve_with_lipsync(
+        dir.path(),
+        supervisor.socket(),
+        &["--keep-alive", "2s", "--state-dir", "none"],
+    );
     let mut tts = connected(&socket).await;
     let lipsync_leases = || async { held(&leases(&client).await, "arbiter-tts/lipsync").len() };
 
@@ -325,18 +363,27 @@ async fn the_lip_sync_model_loads_on_its_first_render_and_leaves_when_idle() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(lipsync_leases().await, 0);
     let status = lip_sync_status(&tts).await;
-    assert_eq!(status.residency, pb::LipSyncResidency::Offloaded as i32, "{status:?}");
+    assert_eq!(
+        status.residency,
+        pb::LipSyncResidency::Offloaded as i32,
+        "{status:?}"
+    );
     assert!(!status.model_residency.expect("model residency").loaded);
 
     let face = picture(64, 64, image::ImageFormat::Png);
     let request = |keep: Option<prost_types::Duration>| {
-        let mut request =
-            face_request(Input::Audio(pcm(&tone(0.5, 16000), 16000)), face.clone());
+        let mut request = face_request(Input::Audio(pcm(&tone(0.5, 16000), 16000)), face.clone());
         request.keep_alive = keep;
         request
     };
-    let chunks = lip_sync_stream(&mut tts, request(None)).await.expect("a render");
-    assert!(chunks[0].render.as_ref().expect("a render header").leased, "{:?}", chunks[0]);
+    let chunks = lip_sync_stream(&mut tts, request(None))
+        .await
+        .expect("a render");
+    assert!(
+        chunks[0].render.as_ref().expect("a render header").leased,
+        "{:?}",
+        chunks[0]
+    );
     assert_eq!(lipsync_leases().await, 1);
     let resident = lip_sync_status(&tts).await;
     assert_eq!(resident.residency, pb::LipSyncResidency::Resident as i32);
@@ -359,15 +406,17 @@ async fn the_lip_sync_model_loads_on_its_first_render_and_leaves_when_idle() {
     // The next render loads it again; keep_alive 0 sends it away as soon as it ends.
     let chunks = lip_sync_stream(
         &mut tts,
-        request(Some(prost_types::Duration { seconds: 0, nanos: 0 })),
+        request(Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        })),
     )
     .await
     .expect("a render");
     assert!(chunks[0].render.as_ref().unwrap().leased);
     eventually(SOON, "keep_alive 0 to unload the model", || async {
         let status = lip_sync_status(&tts).await;
-        (status.residency == pb::LipSyncResidency::Unloaded as i32
-            && status.leases_granted == 2)
+        (status.residency == pb::LipSyncResidency::Unloaded as i32 && status.leases_granted == 2)
             .then_some(())
     })
     .await;

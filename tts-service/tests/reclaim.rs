@@ -6,7 +6,6 @@
 //! taken, and the first render after it is free again brings the model back under a new
 //! lease, all visible in ListLeases and WatchEvents.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use arbiter::pb::supervisor::v1 as spb;
@@ -14,11 +13,8 @@ use arbiter::pb::tts::v1 as pb;
 use arbiter_test_kit::GIB;
 use arbiter_test_kit::leases::leases;
 use arbiter_test_kit::media::{picture, tone};
-use arbiter_test_kit::processes::Process;
 use arbiter_test_kit::supervisor::Supervisor;
-use arbiter_test_kit::tts::{
-    self, SOON, connected, face_request, lip_sync_stream, make_lipsync, pcm, secs,
-};
+use arbiter_test_kit::tts::{self, SOON, connected, face_request, lip_sync_stream, pcm, secs};
 use arbiter_test_kit::waiting::eventually;
 use pb::lip_sync_request::Input;
 use pb::tts_client::TtsClient;
@@ -44,26 +40,6 @@ fn find<'a>(leases: &'a [spb::Lease], holder: &str) -> Option<&'a spb::Lease> {
         .find(|l| l.holder.starts_with(&format!("{holder} (pid")))
 }
 
-/// arbiter-tts in `dir` with a generated lip-sync model under its own 1 GiB lease (a 300 ms
-/// wait) from the supervisor at `supervisor`, `extra` flags added; and its socket.
-fn tts_with_lipsync(dir: &Path, supervisor: &Path, extra: &[&str]) -> (Process, PathBuf) {
-    let model = dir.join("tiny-lipsync");
-    make_lipsync(&model, &["--face-size", "32", "--fps", "25"]);
-    let socket = dir.join("tts.sock");
-    let mut args = vec![
-        "--supervisor",
-        supervisor.to_str().unwrap(),
-        "--lipsync-dir",
-        model.to_str().unwrap(),
-        "--lipsync-lease-bytes",
-        "1GiB",
-        "--lipsync-wait-ms",
-        "300",
-    ];
-    args.extend_from_slice(extra);
-    (tts::serve(&socket, &args), socket)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_back() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -77,7 +53,7 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
         .await;
     let client = supervisor.unix_client().await;
     let (_tts, tts_socket) =
-        tts_with_lipsync(dir.path(), supervisor.socket(), &["--lease-bytes", "2GiB"]);
+        tts::serve_with_lipsync(dir.path(), supervisor.socket(), &["--lease-bytes", "2GiB"]);
     let mut tts = connected(&tts_socket).await;
 
     // The voices' lease (not preemptible) is held from the start; the lip-sync model's
@@ -260,7 +236,7 @@ async fn a_reclaim_takes_the_lipsync_share_back_and_a_later_render_brings_it_bac
 async fn a_failed_ask_holds_the_next_one_back() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let nobody = dir.path().join("no-supervisor.sock");
-    let (_tts, tts_socket) = tts_with_lipsync(dir.path(), &nobody, &[]);
+    let (_tts, tts_socket) = tts::serve_with_lipsync(dir.path(), &nobody, &[]);
     let tts = connected(&tts_socket).await;
     let client = tts.clone();
     let status = || async { lip_sync_status(&client).await.expect("GetLipSyncStatus") };

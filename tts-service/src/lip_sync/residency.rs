@@ -221,7 +221,7 @@ struct Inner {
 
 /// A render's hold on the model; the keep-alive counts from when the last one drops.
 pub struct RenderUse {
-    inner: Option<Arc<Inner>>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for RenderUse {
@@ -232,9 +232,7 @@ impl std::fmt::Debug for RenderUse {
 
 impl Drop for RenderUse {
     fn drop(&mut self) {
-        if let Some(inner) = &self.inner {
-            inner.clock.end();
-        }
+        self.inner.clock.end();
     }
 }
 
@@ -311,17 +309,12 @@ impl Residency {
 
     /// For a render that wants the model on the GPU: brings it back under a new lease if it
     /// is not resident, waiting at most the short wait, and says where the render stands.
-    /// A model being reclaimed is not waited for: the render goes to the CPU.
-    pub async fn ensure(&self) -> Placement {
-        self.ensure_for(self.inner.settings.keep_alive).await.0
-    }
-
-    /// [`Self::ensure`] for a render that keeps the model `keep` after it; the model
-    /// stays (and its keep-alive waits) while the returned use is held.
+    /// A model being reclaimed is not waited for: the render goes to the CPU. The model
+    /// stays (and its keep-alive `keep` waits) while the returned use is held.
     pub async fn ensure_for(&self, keep: KeepAlive) -> (Placement, RenderUse) {
         self.inner.clock.begin(keep);
         let held = RenderUse {
-            inner: Some(Arc::clone(&self.inner)),
+            inner: Arc::clone(&self.inner),
         };
         (self.settle().await, held)
     }
@@ -510,7 +503,9 @@ impl Inner {
                     .await;
                     let device = match moved {
                         Ok(Ok((device, peak))) => {
-                            self.counters.last_load.store(began.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
+                            self.counters
+                                .last_load
+                                .store(began.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
                             if let Some(peak) = peak {
                                 self.counters.weights.store(peak.kept, Ordering::Relaxed);
                                 self.learn(peak.peak);
@@ -588,17 +583,7 @@ impl Inner {
         });
         tokio::select! {
             () = self.stop.cancelled() => Ending::Normal("the service is stopping".into()),
-            () = self.clock.idle_past_keep_alive() => {
-                let keep = self.clock.state().keep;
-                self.state.send_modify(|s| {
-                    s.phase = Phase::Reclaiming;
-                    s.note = "unloading after its keep-alive".into();
-                });
-                let model = Arc::clone(&self.model);
-                let _ = tokio::task::spawn_blocking(move || model.offload()).await;
-                self.counters.idle_unloads.fetch_add(1, Ordering::Relaxed);
-                Ending::Idle(format!("unloaded after {keep} idle (its keep-alive); the next render loads it again"))
-            }
+            () = self.clock.idle_past_keep_alive() => Ending::Idle(self.leave_idle().await),
         }
     }
 
@@ -608,24 +593,22 @@ impl Inner {
             .sizing
             .as_ref()
             .and_then(|s| s.sizes.get(&s.key));
-        measured
-            .map_or(self.settings.bytes, |m| m.next_multiple_of(1 << 20))
+        measured.map_or(self.settings.bytes, |m| m.next_multiple_of(1 << 20))
     }
 
     fn learn(&self, need: u64) {
         if let Some(sizing) = &self.settings.sizing
             && sizing.sizes.record(&sizing.key, need)
         {
-            tracing::info!(need, "measured the lip-sync model's GPU memory; its next lease asks for it");
+            tracing::info!(
+                need,
+                "measured the lip-sync model's GPU memory; its next lease asks for it"
+            );
         }
     }
 
-    /// Past the keep-alive with no render: off the GPU, cache emptied, the lease released.
-    async fn unload_idle(
-        &self,
-        client: &mut SupervisorClient<Channel>,
-        lease: &spb::Lease,
-    ) -> Ending {
+    /// Past the keep-alive with no render: off the GPU and the cache emptied; returns why.
+    async fn leave_idle(&self) -> String {
         let keep = self.clock.state().keep;
         self.state.send_modify(|s| {
             s.phase = Phase::Reclaiming;
@@ -633,9 +616,18 @@ impl Inner {
         });
         let model = Arc::clone(&self.model);
         let _ = tokio::task::spawn_blocking(move || model.offload()).await;
-        release(client, &lease.lease_id).await;
         self.counters.idle_unloads.fetch_add(1, Ordering::Relaxed);
-        let why = format!("unloaded after {keep} idle (its keep-alive); the next render loads it again");
+        format!("unloaded after {keep} idle (its keep-alive); the next render loads it again")
+    }
+
+    /// [`Self::leave_idle`], and the lease released.
+    async fn unload_idle(
+        &self,
+        client: &mut SupervisorClient<Channel>,
+        lease: &spb::Lease,
+    ) -> Ending {
+        let why = self.leave_idle().await;
+        release(client, &lease.lease_id).await;
         tracing::info!(lease = %lease.lease_id, bytes = lease.bytes, "{why}");
         Ending::Idle(why)
     }

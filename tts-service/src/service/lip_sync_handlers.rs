@@ -221,7 +221,11 @@ impl LipSyncHandlers<'_> {
             let resident = snapshot.phase == Some(Phase::Resident);
             status.model_residency = Some(pb::ModelResidency {
                 loaded: resident,
-                device: if resident { device_name(model.device()) } else { String::new() },
+                device: if resident {
+                    device_name(model.device())
+                } else {
+                    String::new()
+                },
                 lease_id: snapshot.lease_id.clone().unwrap_or_default(),
                 lease_bytes: snapshot.lease_bytes,
                 unload_at: snapshot
