@@ -15,6 +15,7 @@
 //! - [`listen`]: the listeners every Arbiter server shares (a Unix socket with a mode and a
 //!   group, optional TCP) and the reflection and health services that make grpcurl work;
 //! - [`pipeline`]: a video pipeline's manifest: input rules and the memory a job needs;
+//! - [`pool`]: the host weight pool's wire, and a file's pooled bytes mapped read-only;
 //! - [`scrape`]: the HTTP endpoint Prometheus scrapes (`GET /metrics`), with the same
 //!   address rules as the other listeners;
 //! - [`simulated`]: the simulated GPU's process table, written by workers on a simulated GPU;
@@ -35,6 +36,7 @@ pub mod job;
 pub mod leased;
 pub mod listen;
 pub mod pipeline;
+pub mod pool;
 pub mod scrape;
 pub mod simulated;
 pub mod spawn;

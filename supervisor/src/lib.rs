@@ -31,6 +31,7 @@ pub mod kubernetes;
 pub mod lease;
 pub mod logging;
 pub mod metrics;
+pub mod pool;
 pub mod rpc;
 pub mod sampler;
 pub mod server;

@@ -125,6 +125,23 @@ pub async fn run(
         stop.clone(),
     )?;
 
+    // Made now (the status reports it), served once our own socket is bound.
+    let pool = config.pool.enabled().then(|| {
+        Arc::new(crate::pool::Pool::new(
+            crate::pool::Settings {
+                budget: config.pool.host_bytes.0,
+                threads: config.pool.threads,
+                allow_dirs: config.pool.allow_dirs.clone(),
+            },
+            jobs.weights_files(),
+        ))
+    });
+    let pool_socket = UnixSocket {
+        path: config.pool_socket(),
+        mode: config.socket_mode().unwrap_or(0o660),
+        group: config.server.socket_group.clone(),
+    };
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<SupervisorServer<SupervisorService>>()
@@ -148,7 +165,7 @@ pub async fn run(
         _ => None,
     };
     let policy = Arc::new(CallerPolicy::new(&config.auth, &config.quota));
-    let service = SupervisorServer::new(SupervisorService::new(
+    let mut service = SupervisorService::new(
         Arc::clone(&broker),
         Arc::clone(&policy),
         inventory.simulated(),
@@ -156,7 +173,11 @@ pub async fn run(
         Arc::clone(&gates),
         mps.as_ref().map(|m| m.pipe_dir().to_owned()),
         stop.clone(),
-    ));
+    );
+    if let Some(pool) = &pool {
+        service = service.with_pool(Arc::clone(pool), pool_socket.path.clone());
+    }
+    let service = SupervisorServer::new(service);
     health.set_serving::<VideoServer<VideoService>>().await;
     let video = VideoServer::new(VideoService::new(
         Arc::clone(&jobs),
@@ -208,6 +229,23 @@ pub async fn run(
     }
     let unix = socket.bind()?;
     tracing::info!(socket = %socket.path.display(), "listening on the Unix socket");
+    if let Some(pool) = &pool {
+        let listener = pool_socket.bind()?;
+        tracing::info!(
+            socket = %pool_socket.path.display(),
+            budget = config.pool.host_bytes.0,
+            files = pool.served().len(),
+            "serving the weight pool"
+        );
+        tokio::spawn(crate::pool::serve::run(
+            Arc::clone(pool),
+            listener,
+            stop.clone(),
+        ));
+        if config.pool.prefill {
+            tokio::spawn(crate::pool::prefill(Arc::clone(pool), stop.clone()));
+        }
+    }
     // After our own socket (a second supervisor fails there first), before READY.
     let kubelet = if config.kubernetes.enabled {
         Some(crate::kubernetes::start(&config, &broker, &inventory, stop.clone()).await?)
@@ -263,6 +301,9 @@ pub async fn run(
     }
     if let Err(error) = std::fs::remove_file(&socket.path) {
         tracing::debug!(%error, "socket already gone");
+    }
+    if pool.is_some() {
+        let _ = std::fs::remove_file(&pool_socket.path);
     }
     tracing::info!("stopped");
     outcome.map_err(ServeError::from)

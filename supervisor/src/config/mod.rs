@@ -16,10 +16,12 @@ use crate::lease::Action;
 mod auth;
 mod compute;
 mod kubernetes;
+mod pool;
 
 pub use auth::{AuthConfig, Limits, QuotaConfig, QuotaOverride, TlsConfig};
 pub use compute::{ComputeConfig, MpsConfig};
 pub use kubernetes::KubernetesConfig;
+pub use pool::PoolConfig;
 
 /// Where the config is looked for when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/arbiter/supervisor.toml";
@@ -42,6 +44,7 @@ pub struct Config {
     pub quota: QuotaConfig,
     pub kubernetes: KubernetesConfig,
     pub compute: ComputeConfig,
+    pub pool: PoolConfig,
 }
 
 /// The Prometheus endpoint (`GET /metrics`). Off unless `listen` is set.
@@ -393,6 +396,7 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.kubernetes.validate().map_err(ConfigError::Invalid)?;
         self.compute.validate().map_err(ConfigError::Invalid)?;
+        self.pool.validate().map_err(ConfigError::Invalid)?;
         if self.socket_mode().is_none() {
             return invalid(format!(
                 "server.socket_mode `{}` is not an octal mode: write it like \"0660\"",
@@ -560,6 +564,17 @@ impl Config {
     }
 
     /// Where the compute gates are made.
+    /// The weight pool's socket: `[pool] socket`, or `pool.sock` beside ours.
+    pub fn pool_socket(&self) -> PathBuf {
+        self.pool.socket.clone().unwrap_or_else(|| {
+            self.server
+                .socket
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("pool.sock")
+        })
+    }
+
     pub fn compute_gate_dir(&self) -> PathBuf {
         self.compute
             .gate_dir

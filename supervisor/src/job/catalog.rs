@@ -79,6 +79,24 @@ impl Catalog {
             .collect()
     }
 
+    /// The weights files of the staged pipelines, each once: what the weight pool serves.
+    pub fn weights_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .pipelines
+            .values()
+            .filter_map(|p| p.dir.as_ref().map(|dir| (dir, &p.manifest)))
+            .flat_map(|(dir, manifest)| {
+                manifest
+                    .components
+                    .values()
+                    .map(move |component| dir.join(&component.weights))
+            })
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.pipelines.keys().map(String::as_str).collect()
     }

@@ -57,6 +57,8 @@ pub struct Settings {
     pub kernel_cache: PathBuf,
     /// What workers are told about compute priority.
     pub compute: ComputeEnv,
+    /// The weight pool's socket, told to every built-in worker; None: no pool.
+    pub pool_socket: Option<PathBuf>,
 }
 
 /// What a worker is told about compute priority (set up by `compute`): its GPU's compute
@@ -116,6 +118,7 @@ impl Jobs {
                 worker_dir: config.worker_dir(),
                 kernel_cache: config.kernel_cache_dir(),
                 compute,
+                pool_socket: config.pool.enabled().then(|| config.pool_socket()),
             },
             inventory,
             live: Mutex::new(HashMap::new()),
@@ -356,15 +359,23 @@ impl Jobs {
             .collect()
     }
 
-    /// The page-cache warmer for the served staged pipelines, when configured.
+    /// The page-cache warmer for the served staged pipelines, when configured and no weight
+    /// pool holds them instead (a second copy in the page cache would only double the host
+    /// memory they take).
     pub fn prewarm(&self) -> Option<super::prewarm::Prewarm> {
         let jobs = &self.settings.jobs;
-        jobs.prewarm.then(|| super::prewarm::Prewarm {
+        let pooled = self.settings.pool_socket.is_some();
+        (jobs.prewarm && !pooled).then(|| super::prewarm::Prewarm {
             worker: self.settings.worker.clone(),
             dirs: self.catalog.staged_dirs(),
             cap: (jobs.prewarm_cap.0 > 0).then_some(jobs.prewarm_cap.0),
             interval: jobs.prewarm_interval,
         })
+    }
+
+    /// The weights files of the served pipelines: what the weight pool serves.
+    pub fn weights_files(&self) -> Vec<PathBuf> {
+        self.catalog.weights_files()
     }
 
     /// Whether workers may write PNG frames where ffmpeg is missing.

@@ -260,6 +260,12 @@ fn launch(
         ));
     }
     env.extend(jobs.settings.compute.mps.iter().cloned());
+    if let Some(socket) = &jobs.settings.pool_socket {
+        env.push((
+            arbiter::pool::SOCKET_ENV.to_string(),
+            socket.display().to_string(),
+        ));
+    }
     if let Some(dir) = &jobs.settings.simulated_dir {
         env.push((
             arbiter::simulated::DIR_ENV.to_string(),

@@ -33,6 +33,8 @@ pub struct SupervisorService {
     mps_pipe_dir: Option<std::path::PathBuf>,
     /// Fires at shutdown, so event feeds end and the server can drain.
     shutdown: CancellationToken,
+    /// The weight pool and its socket, when `[pool]` is on.
+    pool: Option<(Arc<crate::pool::Pool>, std::path::PathBuf)>,
 }
 
 impl SupervisorService {
@@ -53,7 +55,14 @@ impl SupervisorService {
             mps_pipe_dir,
             simulated,
             shutdown,
+            pool: None,
         }
+    }
+
+    /// Reports `pool`, served at `socket`, in GetStatus.
+    pub fn with_pool(mut self, pool: Arc<crate::pool::Pool>, socket: std::path::PathBuf) -> Self {
+        self.pool = Some((pool, socket));
+        self
     }
 }
 
@@ -200,6 +209,10 @@ impl Supervisor for SupervisorService {
                 .as_ref()
                 .map(|d| d.display().to_string())
                 .unwrap_or_default(),
+            weight_pool: self
+                .pool
+                .as_ref()
+                .map(|(pool, socket)| convert::weight_pool(socket, pool.status())),
         }))
     }
 

@@ -71,3 +71,21 @@ fn timestamp(at: SystemTime) -> prost_types::Timestamp {
 fn pb_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(d).unwrap_or_default()
 }
+
+/// The weight pool's status on the wire.
+pub fn weight_pool(socket: &std::path::Path, status: crate::pool::Status) -> pb::WeightPool {
+    pb::WeightPool {
+        socket: socket.display().to_string(),
+        budget_bytes: status.budget,
+        bytes: status.bytes,
+        files: status.files,
+        hits: status.hits,
+        fills: status.fills,
+        evictions: status.evictions,
+        refusals: status.refusals,
+        huge_page_files: status.huge_files,
+        locked_files: status.locked_files,
+        fill_bytes: status.fill_bytes,
+        fill_seconds: status.fill_seconds,
+    }
+}
