@@ -84,3 +84,42 @@ extern "C" int arbiter_host_pin(void* p, size_t bytes, at::Tensor** out) {
     return -3;
   }
 }
+
+// Host memory that another owner mapped (the weight pool's sealed pages): registered with the
+// driver in place, never copied. cudaHostRegisterReadOnly (8) is what lets the driver pin a
+// PROT_READ mapping; Portable (1) as above. Returns the CUDA error code (0: registered), or
+// -1 without a CUDA runtime in the process.
+extern "C" int arbiter_host_register(void* p, size_t len, unsigned int flags) {
+  const Register reg = host_register();
+  if (reg == nullptr) {
+    return -1;
+  }
+  return reg(p, len, flags);
+}
+
+extern "C" int arbiter_host_unregister(void* p) {
+  const Unregister unreg = host_unregister();
+  return unreg == nullptr ? -1 : unreg(p);
+}
+
+// Wraps `bytes` at `p` in a uint8 CPU tensor whose deleter calls release(ctx) when its last
+// view goes: the caller's owner of the memory lives exactly as long as the tensors. 0: `out`
+// holds the tensor (and release will be called once); -3: libtorch threw (release was not
+// called; the caller still owns ctx).
+extern "C" int arbiter_host_wrap(void* p, size_t bytes, void (*release)(void*), void* ctx,
+                                 at::Tensor** out) {
+  auto released = std::make_shared<bool>(false);
+  try {
+    auto deleter = [release, ctx, released](void*) {
+      release(ctx);
+      *released = true;
+    };
+    auto options = at::TensorOptions().dtype(at::kByte).device(c10::kCPU);
+    *out = new at::Tensor(at::from_blob(p, {static_cast<int64_t>(bytes)}, deleter, options));
+    return 0;
+  } catch (...) {
+    // Released while unwinding means the owner is gone already: report success's opposite
+    // without a second release.
+    return *released ? -4 : -3;
+  }
+}

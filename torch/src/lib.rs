@@ -16,6 +16,8 @@
 //!     `pread`s; `staging`: the pinned host ring through which GPU loads go; `readers`:
 //!     what their reader threads (and `prewarm`'s) share, below both, so that `load`
 //!     drives `staging` and nothing points back;
+//!   - `host`: a file whose bytes another process holds (the weight pool's read-only
+//!     mapping), registered with the driver in place and loaded without reading the file;
 //!   - `prewarm`: pulling files into the page cache ahead of their load;
 //!   - `stream`: CUDA copy streams and events, to overlap copies (e.g. transformer blocks
 //!     streamed from pinned host memory) with compute.
@@ -23,6 +25,7 @@
 
 pub mod allocator;
 pub mod device;
+pub mod host;
 pub mod jit;
 pub mod load;
 pub mod pinned;

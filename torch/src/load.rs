@@ -244,7 +244,11 @@ fn advise_huge_pages(buffer: &Tensor, len: u64) {
 }
 
 /// The one buffer every tensor will view.
-fn allocate(path: &Path, header: &Header, device: Device) -> Result<Tensor, WeightsError> {
+pub(crate) fn allocate(
+    path: &Path,
+    header: &Header,
+    device: Device,
+) -> Result<Tensor, WeightsError> {
     let len = i64::try_from(header.data_len()).map_err(|_| {
         WeightsError::Options(format!(
             "{}: the data section is too large to index",
@@ -327,7 +331,7 @@ fn fill_cpu(
 }
 
 /// Cuts the filled buffer into the file's tensors.
-fn finish(
+pub(crate) fn finish(
     path: &Path,
     header: &Header,
     buffer: &Tensor,

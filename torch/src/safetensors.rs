@@ -141,6 +141,29 @@ pub(crate) fn read_header_of(file: &File, path: &Path) -> Result<Header, Weights
     parse(path, &json, 8 + header_len, file_len)
 }
 
+/// Reads and checks the header of a file already in memory (the weight pool's mapping of
+/// it), with the same checks as [`read_header`]: the tensors it returns are views of `bytes`.
+pub fn header_of_bytes(path: &Path, bytes: &[u8]) -> Result<Header, WeightsError> {
+    let file_len = bytes.len() as u64;
+    let Some((len_bytes, rest)) = bytes.split_first_chunk::<8>() else {
+        return Err(WeightsError::TooShort {
+            path: path.to_path_buf(),
+            len: file_len,
+        });
+    };
+    let header_len = u64::from_le_bytes(*len_bytes);
+    if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
+        return Err(WeightsError::HeaderLength {
+            path: path.to_path_buf(),
+            header_len,
+            file_len,
+            max: MAX_HEADER_BYTES,
+        });
+    }
+    // Bounded by the file's length above.
+    parse(path, &rest[..header_len as usize], 8 + header_len, file_len)
+}
+
 /// Checks the JSON header of a file whose data section is `[data_start, file_len)`.
 fn parse(path: &Path, json: &[u8], data_start: u64, file_len: u64) -> Result<Header, WeightsError> {
     let pairs = Pairs::parse(json).map_err(|e| WeightsError::HeaderJson {
@@ -523,9 +546,23 @@ mod tests {
         (dir, path)
     }
 
+    /// The header read from a file, checked to be what the same bytes in memory give (the
+    /// weight pool's path): the same header, or an error that says the same.
     fn header_of(json: &str, data: &[u8]) -> Result<Header, WeightsError> {
-        let (_dir, path) = file_with(&assemble(json, data));
-        read_header(&path)
+        let bytes = assemble(json, data);
+        let (_dir, path) = file_with(&bytes);
+        both(&path, &bytes)
+    }
+
+    fn both(path: &Path, bytes: &[u8]) -> Result<Header, WeightsError> {
+        let from_file = read_header(path);
+        let from_memory = header_of_bytes(path, bytes);
+        match (&from_file, &from_memory) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            _ => panic!("file {from_file:?} but memory {from_memory:?}"),
+        }
+        from_file
     }
 
     #[test]
@@ -612,13 +649,13 @@ mod tests {
     fn a_short_file_or_a_header_length_past_the_end_is_refused() {
         let (_dir, path) = file_with(&[1, 2, 3]);
         assert!(matches!(
-            read_header(&path),
+            both(&path, &[1, 2, 3]),
             Err(WeightsError::TooShort { len: 3, .. })
         ));
         let mut bytes = assemble("{}", &[]);
         bytes[..8].copy_from_slice(&1000u64.to_le_bytes());
         let (_dir, path) = file_with(&bytes);
-        let err = read_header(&path).unwrap_err();
+        let err = both(&path, &bytes).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -634,7 +671,7 @@ mod tests {
         bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
         let (_dir, path) = file_with(&bytes);
         assert!(matches!(
-            read_header(&path),
+            both(&path, &bytes),
             Err(WeightsError::HeaderLength { .. })
         ));
     }

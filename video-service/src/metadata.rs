@@ -105,6 +105,13 @@ pub struct StageMetrics {
     pub load_ms: f64,
     pub load_bytes: u64,
     pub load_gb_per_s: f64,
+    /// Where the weights came from: `pool` (the supervisor's host weight pool) or `file`
+    /// (absent when the stage loaded nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_source: Option<String>,
+    /// Registering the pool's pages with the driver, part of `load_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register_ms: Option<f64>,
     pub compute_ms: f64,
     /// The component's first call in this process, when this stage made it (synchronized,
     /// part of `compute_ms`): kernel loading and library set-up that a fresh process pays

@@ -10,6 +10,10 @@
 //! - `stream`: everything but the blocks onto the device, the blocks in pinned host memory,
 //!   copied to the device block by block as they run ([`super::stream`]).
 //!
+//! Under the supervisor's host weight pool ([`super::pooled`]) the bytes come from the
+//! pool's read-only mapping instead of the file: registered with the driver and copied once
+//! to the GPU, or used in place on the host (`cpu`, and a streamed component's blocks).
+//!
 //! Float inputs are cast to the component's compute dtype on the way in and outputs to
 //! float32 on the way out, so the sampler accumulates in float32 whatever the weights are
 //! stored in. A quantized component (`nf4`, `fp8-e4m3`: [`super::quant`]) computes in bf16
@@ -21,6 +25,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use arbiter::pipeline::{Component, Dtype, Placement};
+use arbiter_torch::host::load_host;
 use arbiter_torch::load::{LoadOptions, load, load_pinned};
 use tch::{CModule, Device, IValue, Kind, TchError, Tensor};
 
@@ -62,6 +67,10 @@ pub enum ComponentError {
 pub struct LoadReport {
     pub bytes: u64,
     pub seconds: f64,
+    /// From the host weight pool rather than the file.
+    pub pooled: bool,
+    /// Registering the pool's pages with the driver (part of `seconds`), when it was done.
+    pub register_seconds: Option<f64>,
 }
 
 impl LoadReport {
@@ -147,9 +156,14 @@ impl Live {
                 detail,
             }
         })?;
+        // The pool's pages are registered for a copy to the GPU, or for streaming from them.
+        let pooled = super::pooled::weights(&path, device.is_cuda() && placement != Placement::Cpu);
+        let register_seconds = pooled.as_ref().and_then(|h| h.registration().ok());
         // Streamed weights go straight into one pinned host buffer, so that every block
         // crosses PCIe at the pinned rate without being pinned tensor by tensor.
-        let loaded = if placement == Placement::Stream {
+        let loaded = if let Some(host) = &pooled {
+            load_host(&path, host, weights_device)
+        } else if placement == Placement::Stream {
             load_pinned(&path, device, options)
         } else {
             load(&path, weights_device, options)
@@ -247,10 +261,14 @@ impl Live {
         let load = LoadReport {
             bytes: loaded.stats.bytes,
             seconds: started.elapsed().as_secs_f64(),
+            pooled: pooled.is_some(),
+            register_seconds,
         };
+        drop(pooled);
         tracing::info!(
             component = name,
             %placement,
+            pooled = load.pooled,
             bytes = load.bytes,
             seconds = format!("{:.3}", load.seconds),
             gb_per_s = format!("{:.2}", load.gb_per_s()),

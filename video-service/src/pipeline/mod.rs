@@ -17,6 +17,7 @@
 pub mod blocks;
 pub mod cache;
 pub mod component;
+mod pooled;
 pub mod quant;
 pub mod sampler;
 pub mod staged;

@@ -716,6 +716,11 @@ impl Run<'_> {
             metrics.load_ms = (live.load.seconds * 1e5).round() / 100.0;
             metrics.load_bytes = live.load.bytes;
             metrics.load_gb_per_s = live.load.gb_per_s();
+            metrics.load_source = Some(if live.load.pooled { "pool" } else { "file" }.into());
+            metrics.register_ms = live
+                .load
+                .register_seconds
+                .map(|s| (s * 1e5).round() / 100.0);
             self.live.insert(name.clone(), live);
         }
         let live = self.live.get_mut(&name).expect("inserted above");
