@@ -52,6 +52,16 @@ pub trait Region: Send + Sync + 'static {
     fn mapping(&self) -> (*const u8, usize);
 }
 
+/// The weight pool's mapping of a file: page-aligned, a whole number of its pages.
+impl Region for arbiter::pool::Shared {
+    fn bytes(&self) -> &[u8] {
+        arbiter::pool::Shared::bytes(self)
+    }
+    fn mapping(&self) -> (*const u8, usize) {
+        (self.as_ptr(), self.mapped_len())
+    }
+}
+
 /// Why host memory is not registered with the driver (its loads then copy pageable).
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RegisterError {

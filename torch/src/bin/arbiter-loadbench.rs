@@ -73,6 +73,12 @@ struct Args {
     /// + 1) over their bytes b_i.
     #[arg(long, value_delimiter = ',', requires = "once")]
     checksum: Vec<String>,
+    /// Also measure loading from the supervisor's host weight pool at this socket (its
+    /// `[pool]` must serve the files, e.g. through `allow_dirs`): mapping, registering the
+    /// pool's pages with the driver, and the copy from them, against the pinned copy rate and
+    /// against pinning the file in this process (`load_pinned`, what streamed components do).
+    #[arg(long, conflicts_with_all = ["once", "make"])]
+    pool: Option<PathBuf>,
 }
 
 /// The reader threads of a worker's loads (video-service's job settings).
@@ -398,12 +404,148 @@ fn bench(args: &Args) -> Result<(), String> {
     report.insert("chunk_bytes".into(), json!(chunk_bytes));
     report.insert("staging_slots".into(), json!(slots));
     report.insert("load".into(), json!(loads));
+    if let Some(socket) = &args.pool {
+        let options = LoadOptions {
+            threads: WORKER_THREADS,
+            chunk_bytes,
+            staging_slots: slots,
+        };
+        let pool = pool_bench(socket, &files, device, repeat, pinned_limit, &options)?;
+        report.insert("pool".into(), pool);
+    }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&serde_json::Value::Object(report))
             .map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// Loads from the weight pool at `socket`, as a worker does, `repeat` times (best kept): each
+/// time the files are asked for and mapped, their pages registered with the driver (or not,
+/// on the CPU) and copied to `device`, then everything dropped (unregistered, unmapped, the
+/// device memory emptied). Beside it, `load_pinned` from the file (this process pinning its
+/// own copy), the way a streamed component loads without the pool.
+fn pool_bench(
+    socket: &Path,
+    files: &[PathBuf],
+    device: Device,
+    repeat: usize,
+    pinned_limit: Option<f64>,
+    options: &LoadOptions,
+) -> Result<serde_json::Value, String> {
+    use std::sync::Arc;
+
+    use arbiter_torch::host::{HostBytes, load_host};
+
+    let ratio = |rate: f64| pinned_limit.map(|p| rate / p);
+    #[derive(Default, Clone, Copy)]
+    struct Run {
+        bytes: u64,
+        mapped: u64,
+        fetch_s: f64,
+        register_s: f64,
+        copy_s: f64,
+    }
+    let mut best: Option<Run> = None;
+    let mut grants = Vec::new();
+    for round in 0..repeat {
+        let mut run = Run::default();
+        for file in files {
+            let started = Instant::now();
+            let shared = arbiter::pool::fetch(socket, file, std::time::Duration::from_secs(600))
+                .map_err(|e| e.to_string())?;
+            run.fetch_s += started.elapsed().as_secs_f64();
+            run.mapped += shared.mapped_len() as u64;
+            if round == 0 {
+                grants.push(json!(shared.grant()));
+            }
+            let host = if device.is_cuda() {
+                let host = HostBytes::registered(shared);
+                run.register_s += host.registration().map_err(|e| {
+                    format!("{}: registering the pool's pages: {e}", file.display())
+                })?;
+                host
+            } else {
+                HostBytes::unregistered(shared)
+            };
+            let host = Arc::new(host);
+            let loaded = load_host(file, &host, device).map_err(|e| e.to_string())?;
+            if device.is_cuda() {
+                tch::Cuda::synchronize(0);
+            }
+            run.bytes += loaded.stats.bytes;
+            run.copy_s += loaded.stats.seconds;
+            drop((loaded, host));
+            if device.is_cuda() {
+                allocator::empty_cache().map_err(|e| e.to_string())?;
+            }
+        }
+        let total = |r: &Run| r.fetch_s + r.register_s + r.copy_s;
+        if best.as_ref().is_none_or(|b| total(&run) < total(b)) {
+            best = Some(run);
+        }
+    }
+    let run = best.unwrap_or_default();
+    let rate = |seconds: f64| rate_of(run.bytes, seconds);
+    let whole = run.fetch_s + run.register_s + run.copy_s;
+    // What registering costs, in pinned copies of the same bytes.
+    let register_in_copies = pinned_limit
+        .filter(|_| run.bytes > 0)
+        .map(|p| run.register_s / (run.bytes as f64 / (p * 1e9)));
+    println!(
+        "pool: fetch+map {:.1} ms, register {:.1} ms ({:.1} GB/s of mapped pages{}), copy {:.2} GB/s{}; whole {:.2} GB/s{}",
+        run.fetch_s * 1e3,
+        run.register_s * 1e3,
+        rate_of(run.mapped, run.register_s),
+        register_in_copies.map_or(String::new(), |c| format!(" = {c:.2} pinned copies")),
+        rate(run.copy_s),
+        ratio(rate(run.copy_s)).map_or(String::new(), |r| format!(" = {r:.2} of pinned copy")),
+        rate(whole),
+        ratio(rate(whole)).map_or(String::new(), |r| format!(" = {r:.2} of pinned copy")),
+    );
+    // The same bytes pinned by this process from the file, as a streamed component does.
+    let mut pinned_best = 0.0f64;
+    if device.is_cuda() {
+        for _ in 0..repeat {
+            let (mut bytes, mut seconds) = (0u64, 0.0);
+            for file in files {
+                let loaded = load::load_pinned(file, device, options).map_err(|e| e.to_string())?;
+                bytes += loaded.stats.bytes;
+                seconds += loaded.stats.seconds;
+            }
+            pinned_best = pinned_best.max(rate_of(bytes, seconds));
+        }
+        println!(
+            "pinning from the file (load_pinned, {} threads): {pinned_best:.2} GB/s{}",
+            options.threads,
+            ratio(pinned_best).map_or(String::new(), |r| format!(" = {r:.2} of pinned copy"))
+        );
+    }
+    Ok(json!({
+        "socket": socket,
+        "grants": grants,
+        "bytes": run.bytes,
+        "mapped_bytes": run.mapped,
+        "fetch_s": run.fetch_s,
+        "register_s": run.register_s,
+        "register_gb_per_s": rate_of(run.mapped, run.register_s),
+        "register_in_pinned_copies": register_in_copies,
+        "copy_gb_per_s": rate(run.copy_s),
+        "copy_of_pinned": ratio(rate(run.copy_s)),
+        "whole_gb_per_s": rate(whole),
+        "whole_of_pinned": ratio(rate(whole)),
+        "load_pinned_gb_per_s": device.is_cuda().then_some(pinned_best),
+        "load_pinned_of_pinned": device.is_cuda().then(|| ratio(pinned_best)).flatten(),
+    }))
+}
+
+fn rate_of(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / seconds / 1e9
+    } else {
+        0.0
+    }
 }
 
 fn best_of(repeat: usize, mut run: impl FnMut() -> Result<f64, String>) -> Result<f64, String> {

@@ -11,24 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arbiter::pool::{SOCKET_ENV, Shared, fetch};
-use arbiter_torch::host::{HostBytes, Region};
+use arbiter::pool::{SOCKET_ENV, fetch};
+use arbiter_torch::host::HostBytes;
 
 /// How long an ask may wait: it includes the pool filling a file nobody asked for before
 /// (reading it from disk once), which for a large cold file takes a while.
 const ASK_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// A pool mapping, as the loader sees it.
-struct Pooled(Shared);
-
-impl Region for Pooled {
-    fn bytes(&self) -> &[u8] {
-        self.0.bytes()
-    }
-    fn mapping(&self) -> (*const u8, usize) {
-        (self.0.as_ptr(), self.0.mapped_len())
-    }
-}
 
 /// The pool's copy of `path`, registered with the driver when `register` (a GPU load or a
 /// streamed one: both copy from it at the pinned rate), or `None` to read the file.
@@ -42,9 +30,9 @@ pub fn weights(path: &Path, register: bool) -> Option<Arc<HostBytes>> {
         }
     };
     if !register {
-        return Some(Arc::new(HostBytes::unregistered(Pooled(shared))));
+        return Some(Arc::new(HostBytes::unregistered(shared)));
     }
-    let host = HostBytes::registered(Pooled(shared));
+    let host = HostBytes::registered(shared);
     match host.registration() {
         Ok(seconds) => {
             tracing::debug!(path = %path.display(), seconds, "pool pages registered");
