@@ -103,6 +103,14 @@ async fn workers_load_every_component_from_the_pool_and_render_the_same_video() 
         "{status:?}"
     );
     assert!(Path::new(&status.socket).exists(), "{status:?}");
+    // The operator's view: `arbiter-supervisor status` prints the pool's line.
+    let printed = pooled.client_command(&["status"]).output().unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.contains(&format!("weight pool {}", status.socket))
+            && printed.contains(&format!("{} fills", status.fills)),
+        "{printed}"
+    );
     nothing_leased(&pooled.unix_client().await).await;
 }
 

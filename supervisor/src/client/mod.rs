@@ -182,7 +182,30 @@ pub async fn status(args: &ClientArgs, config: &Config) -> Result<(), ClientErro
             );
         }
     }
+    if let Some(pool) = &status.weight_pool {
+        println!();
+        print_pool(pool);
+    }
     Ok(())
+}
+
+/// The host weight pool's line: what it holds against its budget, and how it has served.
+fn print_pool(pool: &pb::WeightPool) {
+    println!(
+        "weight pool {}: {} of {} in {} files ({} on 2 MiB pages, {} locked); {} hits, {} fills ({} in {:.1} s), {} evictions, {} refusals",
+        pool.socket,
+        ByteSize(pool.bytes),
+        ByteSize(pool.budget_bytes),
+        pool.files,
+        pool.huge_page_files,
+        pool.locked_files,
+        pool.hits,
+        pool.fills,
+        ByteSize(pool.fill_bytes),
+        pool.fill_seconds,
+        pool.evictions,
+        pool.refusals
+    );
 }
 
 /// Releases a lease by id: its owner's, or any for an operator (a unary lease whose
