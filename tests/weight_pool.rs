@@ -135,3 +135,85 @@ async fn a_pool_too_small_for_a_file_refuses_it_and_the_worker_reads_the_file() 
         "the worker says why it read the file: {log}"
     );
 }
+
+/// `arbiter-video generate --repeat 2 --park` against the pool of `supervisor`: its
+/// output and park.json.
+fn generate_parked(
+    supervisor: &Supervisor,
+    pipelines: &TempDir,
+    pool: bool,
+) -> (std::process::Output, TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(arbiter_test_kit::binaries::video());
+    command
+        .arg("generate")
+        .arg("--pipeline")
+        .arg(pipelines.path().join("tiny-staged"))
+        .args(["--prompt", "a heron at dusk", "--seed", "3", "--steps", "2"])
+        .args(["--repeat", "2", "--park", "--out"])
+        .arg(out.path());
+    for component in [
+        "text_encoder",
+        "audio_encoder",
+        "image_encoder",
+        "transformer",
+        "upsampler",
+        "vae_decoder",
+    ] {
+        command
+            .arg("--placement")
+            .arg(format!("{component}=resident"));
+    }
+    command.env_remove(arbiter::pool::SOCKET_ENV);
+    if pool {
+        command.env(
+            arbiter::pool::SOCKET_ENV,
+            supervisor.socket().with_file_name("pool.sock"),
+        );
+    }
+    (command.output().expect("run arbiter-video generate"), out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_process_parks_its_resident_components_on_the_pool_and_wakes_them() {
+    let pipelines = staged_pipelines();
+    let supervisor = supervisor(&pipelines, POOL).await;
+    let (output, out) = generate_parked(&supervisor, &pipelines, true);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("park.json")).unwrap()).unwrap();
+    let round = &report["rounds"][0];
+    // The components the first run left loaded (an image stage without an image loads
+    // nothing) park, and the same ones wake, with the same bytes.
+    let parked = round["park"]["components"].as_u64().unwrap();
+    assert!(parked >= 3, "{report}");
+    assert_eq!(
+        round["wake"]["components"], round["park"]["components"],
+        "{report}"
+    );
+    assert_eq!(round["wake"]["bytes"], round["park"]["bytes"], "{report}");
+    // Woken from the pool, the second run renders what the first did.
+    let video = |run: &str| {
+        let dir = out.path().join(run);
+        let file = ["video.mp4", "frames/frame-0000.png"]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no video in {}", dir.display()));
+        std::fs::read(file).unwrap()
+    };
+    assert!(video("run-1") == video("run-2"), "the woken run differs");
+
+    // Without the pool there is nothing to wake from: parking says so.
+    let (output, _) = generate_parked(&supervisor, &pipelines, false);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("did not come from the host weight pool"),
+        "{stderr}"
+    );
+}

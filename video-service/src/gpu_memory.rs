@@ -29,20 +29,8 @@ impl ProcessMemory {
 
     /// Bytes this process uses on the GPU now, if NVML can say.
     pub fn sample(&self) -> Option<u64> {
-        let nvml = self.nvml.as_ref()?;
-        let device = if !self.gpu_uuid.is_empty() {
-            nvml.device_by_uuid(self.gpu_uuid.as_str()).ok()?
-        } else {
-            // No lease named the GPU (a local run): CUDA's device 0 is the first entry of
-            // CUDA_VISIBLE_DEVICES when it is set, which NVML may number differently.
-            match visible_device() {
-                Some(Visible::Uuid(uuid)) => nvml.device_by_uuid(uuid.as_str()).ok()?,
-                Some(Visible::Index(index)) => nvml.device_by_index(index).ok()?,
-                None => nvml.device_by_index(0).ok()?,
-            }
-        };
         let pid = std::process::id();
-        device
+        self.device()?
             .running_compute_processes()
             .ok()?
             .into_iter()
@@ -51,6 +39,26 @@ impl ProcessMemory {
                 UsedGpuMemory::Used(bytes) => Some(bytes),
                 UsedGpuMemory::Unavailable => None,
             })
+    }
+
+    /// Bytes free on the GPU now, by the driver (what a wake is admitted against).
+    pub fn device_free(&self) -> Option<u64> {
+        self.device()?.memory_info().ok().map(|m| m.free)
+    }
+
+    fn device(&self) -> Option<nvml_wrapper::Device<'_>> {
+        let nvml = self.nvml.as_ref()?;
+        if !self.gpu_uuid.is_empty() {
+            nvml.device_by_uuid(self.gpu_uuid.as_str()).ok()
+        } else {
+            // No lease named the GPU (a local run): CUDA's device 0 is the first entry of
+            // CUDA_VISIBLE_DEVICES when it is set, which NVML may number differently.
+            match visible_device() {
+                Some(Visible::Uuid(uuid)) => nvml.device_by_uuid(uuid.as_str()).ok(),
+                Some(Visible::Index(index)) => nvml.device_by_index(index).ok(),
+                None => nvml.device_by_index(0).ok(),
+            }
+        }
     }
 }
 

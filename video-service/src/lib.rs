@@ -8,6 +8,7 @@
 //!
 //! Layout, one concept per module, each importing only those listed after it (the job
 //! ties the others together; nothing below it imports it):
+//! - [`parking`]: `generate --park`, resident components parked between runs and woken;
 //! - [`local`]: `generate`, one job run in this process without a supervisor;
 //! - [`job`]: the lifecycle of one job, from claim to exit code, one step per module;
 //! - [`compare`]: `compare-encoders`, text encoders (bf16, fp8, NF4) measured and their
@@ -41,6 +42,7 @@ pub mod local;
 pub mod make;
 pub mod metadata;
 pub mod mux;
+pub mod parking;
 pub mod pipeline;
 pub mod progress;
 pub mod residency;

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use arbiter::pipeline::{Manifest, Placements};
 use arbiter_video::local::Local;
 use arbiter_video::make::{self, Made, Make, Preset};
+use arbiter_video::parking::Parking;
 use arbiter_video::worker::{SOCKET_ENV, TOKEN_ENV};
 use arbiter_video::{inspect, job};
 use clap::{Args, Parser, Subcommand};
@@ -115,6 +116,12 @@ struct GenerateArgs {
     /// Pause between repeats, to see the idle memory of a persistent process.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pause: std::time::Duration,
+    /// With --repeat: park the resident components after each run (their weights stay in
+    /// the host weight pool, their VRAM goes back) and wake them before the next, admitted
+    /// against --lease and the device's free memory; the figures go to OUT/park.json. Needs
+    /// the pool (ARBITER_POOL_SOCKET).
+    #[arg(long, requires = "repeat")]
+    park: bool,
 }
 
 #[derive(Args)]
@@ -300,12 +307,19 @@ fn generate(args: GenerateArgs) -> ExitCode {
     job.request.placement = placements;
     job.lease_bytes = args.lease.0;
     job.embedding_cache = args.cache_dir.map(|dir| (dir, args.cache_size.0));
+    let mut parking = args.park.then(|| Parking::new(args.lease.0));
     for round in 1..=args.repeat.max(1) {
         if args.repeat > 1 {
             local.job.output_dir = args.out.join(format!("run-{round}"));
             if round > 1 && !args.pause.is_zero() {
                 std::thread::sleep(args.pause);
             }
+        }
+        if round > 1
+            && let Some(parking) = parking.as_mut()
+            && let Err(error) = parking.wake(&mut local.session)
+        {
+            return fail(error.to_string());
         }
         match local.run() {
             Ok(written) => println!(
@@ -321,6 +335,17 @@ fn generate(args: GenerateArgs) -> ExitCode {
             ),
             Err(error) => return fail(error.to_string()),
         }
+        if round < args.repeat
+            && let Some(parking) = parking.as_mut()
+            && let Err(error) = parking.park(&mut local.session)
+        {
+            return fail(error.to_string());
+        }
+    }
+    if let Some(parking) = &parking
+        && let Err(error) = parking.write(&args.out.join("park.json"))
+    {
+        return fail(error);
     }
     if args.repeat > 1 && !args.pause.is_zero() {
         // The persistent process's idle memory, for whoever samples NVML.

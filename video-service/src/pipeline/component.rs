@@ -88,18 +88,26 @@ pub struct Live {
     pub name: String,
     /// What it runs with (never `auto`: that is decided before loading).
     pub placement: Placement,
-    module: CModule,
+    pub(super) module: CModule,
     /// Where its inputs must be.
     compute: Device,
     /// Where the pipeline's tensors live.
-    device: Device,
+    pub(super) device: Device,
     kind: Kind,
     streamer: Option<Streamer>,
     pub load: LoadReport,
     /// Bytes it holds on the device (all weights, or the streamed share).
     pub device_bytes: u64,
     /// Drops with the component: the views into the loaded buffer.
-    _weights: Vec<Tensor>,
+    pub(super) weights: Vec<Tensor>,
+    /// A resident component's weights in the host weight pool (the file, and its mapping
+    /// kept registered), which [`super::park`] parks it onto and wakes it from.
+    pub(super) pooled: Option<(
+        std::path::PathBuf,
+        std::sync::Arc<arbiter_torch::host::HostBytes>,
+    )>,
+    /// Parked: its parameters are views of the pool's pages, nothing on the device.
+    pub(super) parked: bool,
     /// Calls so far; the first is timed.
     calls: u64,
     /// How long the first call took (synchronized), until a stage takes the figure.
@@ -264,7 +272,6 @@ impl Live {
             pooled: pooled.is_some(),
             register_seconds,
         };
-        drop(pooled);
         tracing::info!(
             component = name,
             %placement,
@@ -289,7 +296,11 @@ impl Live {
             streamer,
             load,
             device_bytes,
-            _weights: kept,
+            weights: kept,
+            pooled: pooled
+                .filter(|_| placement == Placement::Resident)
+                .map(|host| (path, host)),
+            parked: false,
             calls: 0,
             first_call_ms: None,
             blocks: spec.blocks,
@@ -421,7 +432,7 @@ pub fn tensor_of(value: IValue) -> Result<Tensor, TchError> {
 }
 
 /// Waits for `device`'s work (nothing to wait for on the CPU).
-fn synchronize(device: Device) {
+pub(super) fn synchronize(device: Device) {
     if device.is_cuda() {
         tch::Cuda::synchronize(device_index(device));
     }

@@ -27,6 +27,7 @@ use tch::{Device, Kind, TchError, Tensor};
 
 use super::cache::{CacheKey, EmbeddingCache};
 use super::component::{ComponentError, Live, device_index};
+use super::park::{self, Moved, ParkError};
 use super::sampler;
 use super::tiles::{self, Factors, Tiling};
 use super::tokens;
@@ -57,6 +58,8 @@ pub enum StagedError {
     Sampler(#[from] TchError),
     #[error(transparent)]
     Stopped(#[from] Stop),
+    #[error(transparent)]
+    Park(#[from] super::park::ParkError),
 }
 
 /// What a job asks of the pipeline, inputs already normalized.
@@ -207,6 +210,33 @@ impl Session {
         let mut names: Vec<String> = self.live.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// Parks every resident component ([`super::park`]) and gives the device memory back
+    /// to the driver.
+    pub fn park(&mut self, device: Device) -> Result<Moved, ParkError> {
+        let moved = park::each(self.live.values_mut(), false)?;
+        empty_cache(device);
+        Ok(moved)
+    }
+
+    /// Device bytes the parked components need to wake, and what the others hold.
+    pub fn to_wake(&self) -> (u64, u64) {
+        self.live.values().fold((0, 0), |(need, held), live| {
+            if live.is_parked() {
+                (need + live.load.bytes, held)
+            } else {
+                (need, held + live.device_bytes)
+            }
+        })
+    }
+
+    /// Wakes every parked component after the admission check against `lease` (0: none)
+    /// and the device's `free` bytes.
+    pub fn wake(&mut self, lease: u64, free: Option<u64>) -> Result<Moved, ParkError> {
+        let (need, held) = self.to_wake();
+        park::admit(need, held, lease, free)?;
+        park::each(self.live.values_mut(), true)
     }
 }
 
@@ -724,6 +754,9 @@ impl Run<'_> {
             self.live.insert(name.clone(), live);
         }
         let live = self.live.get_mut(&name).expect("inserted above");
+        // A component parked between runs wakes when a stage needs it (`generate --park`
+        // wakes them all first, timed and admitted).
+        live.wake()?;
         metrics.placement = live.placement.name().into();
         Ok(live)
     }
