@@ -13,6 +13,10 @@
 #      plus the persistent reference in the same run (every component resident, 3 calls: 2
 #      and 3 are what a resident server answers with). Per call: wall time and metadata.json
 #      (per stage: load source, register ms, load ms, first forward).
+#   4. Park and wake: the persistent process again with the pool, parking its resident
+#      components after each call and waking them before the next (`generate --park`):
+#      park.json has each park and wake, the wake rate against the pinned copy rate measured
+#      in the same process, and the process's NVML bytes loaded, parked and woken.
 # THE WEIGHTS ARE RANDOM (generated pipeline): only bytes and times mean anything.
 # Results in $RESULTS, packed into $OUT/weight-pool.tgz. Runs from the repository root with
 # the release binaries in $SHIP (scripts/ship.sh).
@@ -62,10 +66,12 @@ call() {
     find "$work/out-$name" -name metadata.json | while read -r m; do
         cp "$m" "$out/metadata-$name-$(basename "$(dirname "$m")").json"
     done
+    if [ -f "$work/out-$name/park.json" ]; then cp "$work/out-$name/park.json" "$out/park-$name.json"; fi
     rm -rf "$work/out-$name"
 }
 
 call persistent off "${all_resident[@]}" --repeat 3 --pause 1s
+call persistent-park on "${all_resident[@]}" --repeat 3 --pause 1s --park
 call gpu off
 call gpu-pool on
 call gpu-pool-2 on
