@@ -412,6 +412,7 @@ fn weights_of_another_shape_are_refused_at_load_by_name() {
         Placement::Gpu,
         Device::Cpu,
         &LoadOptions::default(),
+        None,
     )
     .err()
     .expect("a weights file of another shape is refused");

@@ -75,6 +75,8 @@ pub struct Jobs {
     pub(super) broker: Arc<Broker>,
     pub(super) inventory: Arc<dyn Inventory>,
     pub(super) settings: Settings,
+    /// The staged pipelines' standby workers.
+    pub(super) standby: super::standby::Standbys,
     live: Mutex<HashMap<String, Live>>,
     /// Held by a submit from its check of the queue's length until its job is in `live`, so
     /// that concurrent submits cannot all take the same last place.
@@ -102,8 +104,20 @@ impl Jobs {
             config.jobs.pipelines_dir.as_deref(),
             &config.jobs.default_pipeline,
         );
+        let standby = super::standby::Standbys::new(
+            &catalog,
+            config.jobs.standby,
+            super::standby::Keeping {
+                worker: config.worker_binary(),
+                socket: config.server.socket.clone(),
+                worker_dir: config.worker_dir(),
+                kernel_cache: config.kernel_cache_dir(),
+                kill_grace: config.jobs.kill_grace,
+            },
+        );
         let jobs = Arc::new(Jobs {
             store,
+            standby,
             catalog,
             broker,
             settings: Settings {
@@ -365,6 +379,17 @@ impl Jobs {
             cap: (jobs.prewarm_cap.0 > 0).then_some(jobs.prewarm_cap.0),
             interval: jobs.prewarm_interval,
         })
+    }
+
+    /// Starts the keepers of the staged pipelines' standby workers, which end (killing
+    /// their standbys) at shutdown.
+    pub fn keep_standby(&self) {
+        self.standby.keep(&self.stop);
+    }
+
+    /// Each pipeline kept with a standby worker, and whether one is ready now.
+    pub fn standby_ready(&self) -> Vec<(String, bool)> {
+        self.standby.ready()
     }
 
     /// Whether workers may write PNG frames where ffmpeg is missing.

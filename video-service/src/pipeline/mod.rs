@@ -9,7 +9,8 @@
 //! A manifest with stages runs the staged pipeline ([`staged`]): its components
 //! ([`component`], a text encoder's possibly stored in a [`quant`]ized format) loaded one stage at a time with their placements (block streaming in
 //! [`stream`], yielding to a voice between blocks in [`yielding`]), the flow-matching [`sampler`], byte-level [`tokens`], the embedding
-//! [`cache`] and tiled decoding ([`tiles`]). A manifest without stages or command runs the
+//! [`cache`] and tiled decoding ([`tiles`]); a standby worker's components' code is read
+//! ahead ([`preloaded`]). A manifest without stages or command runs the
 //! built-in seeded model ([`tiny`]) under its own rules and memory figures. Pipelines with
 //! a `command` run as external programs under the supervisor, never in this worker. Either
 //! in-process pipeline hands its video on as [`Frames`](crate::frames::Frames).
@@ -17,6 +18,7 @@
 pub mod blocks;
 pub mod cache;
 pub mod component;
+pub mod preloaded;
 pub mod quant;
 pub mod sampler;
 pub mod staged;
