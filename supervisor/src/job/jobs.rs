@@ -105,8 +105,11 @@ impl Jobs {
             &config.jobs.default_pipeline,
         );
         let standby = super::standby::Standbys::new(
-            &catalog,
-            config.jobs.standby,
+            if config.jobs.standby {
+                catalog.staged()
+            } else {
+                Vec::new()
+            },
             super::standby::Keeping {
                 worker: config.worker_binary(),
                 socket: config.server.socket.clone(),

@@ -27,7 +27,6 @@ use tokio::process::ChildStdin;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::catalog::Catalog;
 use super::spawn::{Launch, Worker, log_tail};
 
 /// The first wait before starting a standby again after one died.
@@ -114,13 +113,11 @@ pub struct Standbys {
 }
 
 impl Standbys {
-    /// A slot for each staged pipeline of `catalog` when `on`, each empty until
+    /// A slot for each of `pipelines` (name, directory), each empty until
     /// [`Standbys::keep`] starts its keeper.
-    pub fn new(catalog: &Catalog, on: bool, keeping: Keeping) -> Standbys {
-        let slots = catalog
-            .staged()
+    pub fn new(pipelines: Vec<(String, PathBuf)>, keeping: Keeping) -> Standbys {
+        let slots = pipelines
             .into_iter()
-            .filter(|_| on)
             .map(|(pipeline, dir)| {
                 let slot = Slot {
                     pipeline: pipeline.clone(),
@@ -159,6 +156,11 @@ impl Standbys {
             // Died since the keeper's last look: nothing to hand a job to.
             _ => None,
         }
+    }
+
+    /// The pid of `pipeline`'s ready standby, if one is ready.
+    pub fn ready_pid(&self, pipeline: &str) -> Option<u32> {
+        self.slots.get(pipeline)?.lock().as_ref().map(Ready::pid)
     }
 
     /// Each pipeline with a standby slot, and whether a standby is ready in it now.
@@ -306,5 +308,87 @@ async fn start(keeping: &Keeping, slot: &Slot) -> Result<Ready, StandbyError> {
             let _ = worker.stop(settings.kill_grace).await;
             Err(StandbyError::Slow)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
+
+    /// What a standby does on the wire, in a shell: READY, then the handoff line kept in a
+    /// file named for its pid (end of input: nothing).
+    const STANDBY: &str = "#!/bin/sh\necho READY\nread line || exit 0\necho \"$line\" > \"handed-$$\"\n";
+
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(')')?.1.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    }
+
+    /// Polls `probe` every 20 ms for at most 20 s.
+    async fn soon<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(value) = probe() {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_standby_is_kept_ready_handed_its_job_once_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("standby.sh");
+        std::fs::write(&script, STANDBY).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let standbys = Standbys::new(
+            vec![("p".into(), dir.path().to_path_buf())],
+            Keeping {
+                worker: script,
+                socket: dir.path().join("supervisor.sock"),
+                worker_dir: dir.path().to_path_buf(),
+                kernel_cache: dir.path().join("cuda-cache"),
+                kill_grace: Duration::from_secs(1),
+            },
+        );
+        assert!(standbys.take("other").is_none(), "no slot, no standby");
+        let stop = CancellationToken::new();
+        standbys.keep(&stop);
+
+        let first = soon("a ready standby", || standbys.ready_pid("p")).await;
+        assert_eq!(standbys.ready(), [("p".to_string(), true)]);
+        let ready = standbys.take("p").expect("the ready standby");
+        assert_eq!(ready.pid(), first);
+        let handoff = Handoff::now("job-1".into(), Vec::new(), dir.path().join("job.log"));
+        let mut worker = ready.hand(&handoff).await.expect("handed over");
+        assert!(worker.wait().await.unwrap().success());
+        let handed = std::fs::read_to_string(dir.path().join(format!("handed-{first}"))).unwrap();
+        assert_eq!(Handoff::parse(&handed).unwrap(), handoff);
+
+        // Behind the handoff, another; killed, it is started again.
+        let second = soon("a second standby", || {
+            standbys.ready_pid("p").filter(|pid| *pid != first)
+        })
+        .await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(second as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let third = soon("a standby after the killed one", || {
+            standbys.ready_pid("p").filter(|pid| *pid != second)
+        })
+        .await;
+        assert!(!running(second));
+
+        // At shutdown the waiting one is killed.
+        stop.cancel();
+        soon("the last standby gone", || (!running(third)).then_some(())).await;
+        assert_eq!(standbys.ready(), [("p".to_string(), false)]);
     }
 }
