@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use arbiter::pb::video::v1 as vpb;
 use arbiter_test_kit::jobs::{
-    assert_state, check_video, final_job, nothing_leased, request, staged_pipelines,
-    start, submit,
+    assert_state, check_video, final_job, nothing_leased, request, staged_pipelines, start, submit,
 };
 use arbiter_test_kit::processes::{alive, gone};
 use arbiter_test_kit::waiting::eventually;
@@ -54,15 +53,19 @@ fn standbys(pipelines: &Path) -> Vec<u32> {
 
 /// Waits until the supervisor's log says a standby other than `except` is ready, and
 /// returns its pid.
-async fn ready_standby(supervisor: &arbiter_test_kit::supervisor::Supervisor, pipelines: &Path, except: &[u32]) -> u32 {
+async fn ready_standby(
+    supervisor: &arbiter_test_kit::supervisor::Supervisor,
+    pipelines: &Path,
+    except: &[u32],
+) -> u32 {
     eventually(STANDBY_READY, "a ready standby worker", || async {
         let log = supervisor.log();
         let pids = standbys(pipelines);
         pids.into_iter().find(|pid| {
             !except.contains(pid)
-                && log
-                    .lines()
-                    .any(|l| l.contains("standby worker ready") && l.contains(&format!("pid={pid}")))
+                && log.lines().any(|l| {
+                    l.contains("standby worker ready") && l.contains(&format!("pid={pid}"))
+                })
         })
     })
     .await
@@ -130,10 +133,15 @@ async fn a_job_handed_to_a_standby_makes_the_video_a_spawned_worker_makes() {
     assert_eq!(recorded["worker_pid"].as_u64(), Some(u64::from(standby)));
     assert_eq!(recorded["prestarted"], true);
     assert!(
-        recorded["handoff_to_claim_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+        recorded["handoff_to_claim_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms >= 0.0),
         "{recorded}"
     );
-    assert!(recorded["spawn_ms"].as_f64().is_some(), "timed from the handoff");
+    assert!(
+        recorded["spawn_ms"].as_f64().is_some(),
+        "timed from the handoff"
+    );
     assert_eq!(
         video_bytes(&job),
         spawned,
@@ -143,7 +151,10 @@ async fn a_job_handed_to_a_standby_makes_the_video_a_spawned_worker_makes() {
     gone(standby, "the standby that ran the job").await;
     nothing_leased(&client).await;
     let log = std::fs::read_to_string(&job.log_path).expect("the job's log");
-    assert!(log.contains("handed a job"), "the worker's output went to the job's log:\n{log}");
+    assert!(
+        log.contains("handed a job"),
+        "the worker's output went to the job's log:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +171,11 @@ async fn a_standby_is_started_again_after_its_handoff_and_after_it_is_killed() {
 
     // Behind the handoff, a new one.
     let second = ready_standby(&supervisor, pipelines.path(), &[first]).await;
-    assert_eq!(standbys(pipelines.path()), [second], "one standby per pipeline");
+    assert_eq!(
+        standbys(pipelines.path()),
+        [second],
+        "one standby per pipeline"
+    );
 
     // Killed from outside, it is replaced (after the first backoff).
     kill(Pid::from_raw(second as i32), Signal::SIGKILL).expect("kill the standby");
@@ -172,7 +187,10 @@ async fn a_standby_is_started_again_after_its_handoff_and_after_it_is_killed() {
     let job = final_job(&video, &id).await;
     assert_state(&job, JobState::Succeeded);
     assert!(job.prestarted);
-    assert_eq!(metadata(&job)["worker_pid"].as_u64(), Some(u64::from(third)));
+    assert_eq!(
+        metadata(&job)["worker_pid"].as_u64(),
+        Some(u64::from(third))
+    );
 
     // At shutdown the waiting standby ends with the supervisor.
     let fourth = ready_standby(&supervisor, pipelines.path(), &[first, second, third]).await;

@@ -553,7 +553,11 @@ fn code_read_ahead_is_taken_once_and_gives_the_same_latents() {
         &mut Record::default(),
     )
     .expect("the pipeline runs on code read ahead");
-    assert!(output.latents.allclose(&reference.latents, 1e-6, 1e-6, false));
+    assert!(
+        output
+            .latents
+            .allclose(&reference.latents, 1e-6, 1e-6, false)
+    );
 
     // Each module once, and only for the file it was read from, unchanged.
     let (_, mut preloaded) = Preloaded::load(dir).unwrap();

@@ -44,9 +44,14 @@ const POLL: Duration = Duration::from_millis(250);
 pub enum StandbyError {
     #[error("cannot start the standby worker: {0}")]
     Spawn(std::io::Error),
-    #[error("the standby worker exited with {status} before it was ready. Last lines of its log:\n{log}")]
+    #[error(
+        "the standby worker exited with {status} before it was ready. Last lines of its log:\n{log}"
+    )]
     Exited { status: String, log: String },
-    #[error("the standby worker did not say {READY} within {}", humantime::format_duration(READY_WITHIN))]
+    #[error(
+        "the standby worker did not say {READY} within {}",
+        humantime::format_duration(READY_WITHIN)
+    )]
     Slow,
     #[error("cannot hand the job to the standby worker: {0}")]
     Hand(std::io::Error),
@@ -319,7 +324,8 @@ mod tests {
 
     /// What a standby does on the wire, in a shell: READY, then the handoff line kept in a
     /// file named for its pid (end of input: nothing).
-    const STANDBY: &str = "#!/bin/sh\necho READY\nread line || exit 0\necho \"$line\" > \"handed-$$\"\n";
+    const STANDBY: &str =
+        "#!/bin/sh\necho READY\nread line || exit 0\necho \"$line\" > \"handed-$$\"\n";
 
     fn running(pid: u32) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
