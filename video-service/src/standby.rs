@@ -11,7 +11,8 @@
 //!
 //! Handed a job, it becomes the job's worker: its stdout and stderr go to the job's log,
 //! the job's environment is set (the leased GPU, the lease, the token), its CUDA context
-//! starts on a thread of its own (overlapping the claim and the inputs), and the job runs
+//! and first kernels start on a thread of its own (overlapping the claim and the inputs,
+//! which come before the first component's load), and the job runs
 //! exactly as `arbiter-video run` runs it (`job::run_prestarted`). It exits after the job,
 //! so every byte goes back as from any worker. End of input instead of a handoff: the
 //! supervisor no longer needs it, and it exits quietly.

@@ -1,8 +1,9 @@
 //! The device a job runs on: its name as the logs and the metadata give it, and its CUDA
 //! context, started before the first stage: where the job is prepared ([`DeviceStart::Now`]),
 //! or on a thread of its own from the start of the job ([`DeviceStart::early`]), so that
-//! the context's start overlaps the claim and the inputs' preparation (a standby worker's
-//! way: its process start and TorchScript are done already, the context is what is left).
+//! the context's start and the first kernels' load overlap the claim and the inputs'
+//! preparation (a standby worker's way: its process start and TorchScript are done already,
+//! the context is what is left).
 
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -34,6 +35,24 @@ pub fn start_device(device: Device, started: Instant) -> Option<Startup> {
     }
 }
 
+/// Runs one small bf16 matrix product on `device`, so that cuBLAS is loaded and its first
+/// kernels are, on the thread that started the context rather than in the first stage.
+/// libtorch keeps cuBLAS handles in a pool that a thread's handles go back to when the
+/// thread ends, so the job's own thread takes this one up. Its few MiB are under the job's
+/// lease, and the first stage's emptying of the allocator's cache returns them.
+fn warm_kernels(device: Device) {
+    let started = Instant::now();
+    let product =
+        tch::Tensor::f_ones([64, 64], (tch::Kind::BFloat16, device)).and_then(|a| a.f_matmul(&a));
+    match product {
+        Ok(_) => {
+            tch::Cuda::synchronize(device_index(device));
+            tracing::debug!(ms = millis(started), "first kernels loaded");
+        }
+        Err(error) => tracing::warn!(%error, "cannot load the first kernels up front"),
+    }
+}
+
 pub fn device_name(device: Device) -> String {
     match device {
         Device::Cpu => "cpu".into(),
@@ -57,7 +76,11 @@ impl DeviceStart {
     pub fn early(started: Instant) -> DeviceStart {
         let start = move || {
             let device = arbiter_torch::device::preferred();
-            (device, start_device(device, started))
+            let startup = start_device(device, started);
+            if startup.is_some() {
+                warm_kernels(device);
+            }
+            (device, startup)
         };
         match std::thread::Builder::new()
             .name("arbiter-video-cuda".into())
