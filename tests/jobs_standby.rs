@@ -64,7 +64,8 @@ async fn ready_standby(
         pids.into_iter().find(|pid| {
             !except.contains(pid)
                 && log.lines().any(|l| {
-                    l.contains("standby worker ready") && l.contains(&format!("pid={pid}"))
+                    l.contains("standby worker ready")
+                        && l.split_whitespace().any(|w| w == format!("pid={pid}"))
                 })
         })
     })

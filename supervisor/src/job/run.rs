@@ -2,8 +2,9 @@
 //!
 //! 1. Wait for a lease sized from the manifest, at the job's priority (a streaming lease
 //!    held by this task, so it cannot outlive the supervisor).
-//! 2. Spawn the worker with a one-time token; bind its pid to the lease so NVML's view of
-//!    its memory counts against the lease, not as foreign use.
+//! 2. Spawn the worker with a one-time token (or hand the job to the pipeline's standby
+//!    worker, started before it: [`super::standby`]); bind its pid to the lease so NVML's
+//!    view of its memory counts against the lease, not as foreign use.
 //! 3. Watch it: cancel, timeout, overuse, a revoked lease (the broker's overuse action).
 //! 4. Reap it, check that its memory came back, and only then return the lease.
 //! 5. Record the outcome; a crash is retried if configured, with the log's tail otherwise.
