@@ -20,6 +20,7 @@
 //!   address rules as the other listeners;
 //! - [`simulated`]: the simulated GPU's process table, written by workers on a simulated GPU;
 //! - [`spawn`]: the spawn time a spawner passes to its child, so start-up is timed from it;
+//! - [`standby`]: the handoff of a job to a worker started before it (READY, then one line);
 //! - [`leased`]: the environment a process under someone else's lease gets;
 //! - [`systemd`]: readiness, stopping and watchdog notifications, for every service;
 //! - [`wav`]: the WAV files the tts service speaks in and its clients write (and read back).
@@ -40,6 +41,7 @@ pub mod pool;
 pub mod scrape;
 pub mod simulated;
 pub mod spawn;
+pub mod standby;
 pub mod systemd;
 pub mod wav;
 

@@ -258,6 +258,7 @@ pub async fn run(
     if let Some(prewarm) = jobs.prewarm() {
         tokio::spawn(prewarm.run(stop.clone()));
     }
+    jobs.keep_standby();
     crate::job::run::start_in_order(&jobs, jobs.queued()).await;
     let sampler = tokio::spawn(sampler::run(
         Arc::clone(&inventory),

@@ -31,6 +31,24 @@ pub fn preferred() -> Device {
     }
 }
 
+/// Sets variables in this process's environment before CUDA starts: a standby worker
+/// (`arbiter-video standby`) is told its GPU (`CUDA_VISIBLE_DEVICES`), kernel cache and MPS
+/// pipes only when it is handed its job, and CUDA reads them once, when its first call
+/// initializes the driver. Call it before any CUDA call and while no other thread of the
+/// process may read the environment.
+pub fn set_environment(pairs: &[(String, String)]) {
+    for (key, value) in pairs {
+        if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+            continue;
+        }
+        // SAFETY: the caller runs this before starting any thread that reads the
+        // environment (the standby's only other threads, its readers, have been joined, and
+        // libtorch's pools start on first parallel work, which comes later); no reference
+        // into the environment is held across the call.
+        unsafe { std::env::set_var(key, value) };
+    }
+}
+
 /// The GPU to ask the supervisor for: the one this process's CUDA device 0 is. That is the
 /// first entry of `CUDA_VISIBLE_DEVICES` when it is set (a UUID or an NVML index, both of
 /// which the supervisor takes), else index 0. Asking for "any" GPU could lease memory on

@@ -183,6 +183,7 @@ pub fn run(
         placement,
         device,
         options,
+        None,
     )?;
     let ids = tokens::tokenize(prompts, encoder.text_tokens, device);
     let before = cuda_stats(device).map_or(0, |s| s.allocated);

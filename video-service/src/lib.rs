@@ -9,6 +9,8 @@
 //! Layout, one concept per module, each importing only those listed after it (the job
 //! ties the others together; nothing below it imports it):
 //! - [`parking`]: `generate --park`, resident components parked between runs and woken;
+//! - [`standby`]: `standby`, a worker started before its job (its pipeline's code read,
+//!   no CUDA yet), handed the job by the supervisor;
 //! - [`local`]: `generate`, one job run in this process without a supervisor;
 //! - [`job`]: the lifecycle of one job, from claim to exit code, one step per module;
 //! - [`compare`]: `compare-encoders`, text encoders (bf16, fp8, NF4) measured and their
@@ -46,4 +48,5 @@ pub mod parking;
 pub mod pipeline;
 pub mod progress;
 pub mod residency;
+pub mod standby;
 pub mod worker;

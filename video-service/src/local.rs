@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use arbiter::pipeline::{Manifest, Shape, Stage};
 
+use crate::job::device::DeviceStart;
 use crate::job::error::JobError;
 use crate::job::output::{write_metadata, write_output};
 use crate::job::prepare::prepare;
@@ -78,7 +79,7 @@ impl Local {
             None
         };
         let job = &self.job;
-        let prepared = prepare(job, started, spawned)?;
+        let prepared = prepare(job, started, spawned, DeviceStart::Now)?;
         let mut console = Console::new(started);
         let (frames, pipeline_stages) = render(&mut self.session, job, &prepared, &mut console)?;
         console.begin(Stage::Mux, 1)?;

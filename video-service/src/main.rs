@@ -4,7 +4,9 @@
 //! context and every byte it allocated go back to the GPU.
 //!
 //! Commands: `run` (what the supervisor starts: claim the job named by the token in the
-//! environment, run it, exit with the outcome's code), `info` (what libtorch sees in a
+//! environment, run it, exit with the outcome's code), `standby` (what the supervisor starts
+//! ahead of a job: read the pipeline's code, say READY, run the job handed over on stdin),
+//! `info` (what libtorch sees in a
 //! process started the way the supervisor starts workers), `make-pipeline` (generate a
 //! pipeline of realistic shapes with random weights), `inspect` (a manifest with its
 //! memory estimate per stage), `prewarm`, `generate` (a job without a supervisor) and
@@ -43,6 +45,10 @@ enum Command {
     /// Exit codes: 0 done, 1 failed (the supervisor was told why), 2 could not claim the
     /// job, 3 cancelled.
     Run(RunArgs),
+    /// Start ahead of a job of the pipeline: read its TorchScript (on the CPU; no CUDA, no
+    /// GPU memory), print READY, then read one job's handoff (a JSON line) on stdin and run
+    /// that job as `run` does. End of input instead: exit 0 without a job.
+    Standby(StandbyArgs),
     /// Write a generated pipeline: TorchScript components with the shapes and sizes of a
     /// real one and RANDOM weights (its video is noise), and its manifest. Needs Python 3
     /// with PyTorch (scripts/setup.sh installs them).
@@ -218,6 +224,13 @@ struct InspectArgs {
 }
 
 #[derive(Args)]
+struct StandbyArgs {
+    /// The pipeline's directory (with manifest.toml).
+    #[arg(long, value_name = "DIR")]
+    pipeline: PathBuf,
+}
+
+#[derive(Args)]
 struct RunArgs {
     /// The supervisor's Unix socket.
     #[arg(long, env = SOCKET_ENV, value_name = "PATH")]
@@ -235,6 +248,20 @@ fn main() -> ExitCode {
             init_logging();
             let outcome = job::run(&args.supervisor_socket, args.token);
             ExitCode::from(outcome.exit_code())
+        }
+        Command::Standby(args) => {
+            init_logging();
+            match arbiter_video::standby::run(&args.pipeline) {
+                Ok(arbiter_video::standby::Ended::NoJob) => ExitCode::SUCCESS,
+                Ok(arbiter_video::standby::Ended::Ran(outcome)) => {
+                    ExitCode::from(outcome.exit_code())
+                }
+                Err(error) => {
+                    tracing::error!(%error, "standby worker stopping");
+                    // As a worker that could not claim its job.
+                    ExitCode::from(job::outcome::Outcome::Unclaimed.exit_code())
+                }
+            }
         }
         Command::MakePipeline(args) => make_pipeline(args),
         Command::Inspect(args) => inspect_pipeline(args),

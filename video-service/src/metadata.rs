@@ -68,6 +68,26 @@ pub struct Metadata {
     /// work, so for it nothing is subtracted.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_step_overhead_ms: Option<f64>,
+    /// The worker was pre-started: a standby (`arbiter-video standby`) that had started,
+    /// linked libtorch and read its pipeline's TorchScript before the job was handed to it.
+    /// Its `spawn_ms` and `first_step_ms` are then timed from the handoff.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prestarted: bool,
+    /// A pre-started worker's time from the handoff (the supervisor's stamp) to its claim
+    /// answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff_to_claim_ms: Option<f64>,
+    /// A pre-started worker's reading of its pipeline's TorchScript, before the job (so in
+    /// none of the job's times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preload_ms: Option<f64>,
+}
+
+/// What a pre-started worker did for its job before it (see [`Metadata::prestarted`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Prestart {
+    pub handoff_to_claim_ms: f64,
+    pub preload_ms: f64,
 }
 
 /// One stage: how long it took and what it held on the GPU.
@@ -207,7 +227,20 @@ impl Metadata {
             spawn_ms: None,
             first_step_ms: None,
             first_step_overhead_ms: None,
+            prestarted: false,
+            handoff_to_claim_ms: None,
+            preload_ms: None,
         }
+    }
+
+    /// A pre-started worker's figures (see [`Prestart`]).
+    pub fn with_prestart(mut self, prestart: Option<Prestart>) -> Metadata {
+        if let Some(p) = prestart {
+            self.prestarted = true;
+            self.handoff_to_claim_ms = Some(p.handoff_to_claim_ms);
+            self.preload_ms = Some(p.preload_ms);
+        }
+        self
     }
 
     pub fn with_run(
@@ -323,6 +356,9 @@ mod tests {
             first_step_ms: Some(300.0),
             first_step_overhead_ms: Some(200.0),
             worker_version: "0.1.0".into(),
+            prestarted: true,
+            handoff_to_claim_ms: Some(3.5),
+            preload_ms: Some(120.0),
         }
     }
 

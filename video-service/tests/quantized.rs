@@ -375,6 +375,7 @@ fn the_quantized_files_are_as_small_as_the_presets_count() {
             Placement::Gpu,
             Device::Cpu,
             &LoadOptions::default(),
+            None,
         )
         .unwrap()
         .load
@@ -467,6 +468,7 @@ fn weights_quantized_otherwise_than_the_manifest_says_are_refused() {
             Placement::Gpu,
             Device::Cpu,
             &LoadOptions::default(),
+            None,
         )
         .err()
         .expect("refused");
@@ -519,6 +521,7 @@ fn weights_quantized_otherwise_than_the_manifest_says_are_refused() {
         Placement::Gpu,
         Device::Cpu,
         &LoadOptions::default(),
+        None,
     )
     .err()
     .expect("refused")

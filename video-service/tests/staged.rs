@@ -14,6 +14,7 @@ use arbiter::pipeline::{Manifest, Placement, Placements, Shape};
 use arbiter_torch::LoadOptions;
 use arbiter_video::input::audio::{AudioSpec, load_audio};
 use arbiter_video::pipeline::cache::EmbeddingCache;
+use arbiter_video::pipeline::preloaded::Preloaded;
 use arbiter_video::pipeline::staged::{self, Output, Request, Settings};
 use arbiter_video::progress::{Progress, Stage, Stop};
 use tch::Device;
@@ -412,6 +413,7 @@ fn weights_of_another_shape_are_refused_at_load_by_name() {
         Placement::Gpu,
         Device::Cpu,
         &LoadOptions::default(),
+        None,
     )
     .err()
     .expect("a weights file of another shape is refused");
@@ -514,4 +516,65 @@ fn under_a_busy_compute_gate_blocks_yield_and_compute_the_same() {
     };
     let idle = staged::run(manifest, dir, &settings, &request, &mut Record::default()).unwrap();
     assert!(idle.stages.iter().all(|s| s.yield_pauses == Some(0)));
+}
+
+#[test]
+fn code_read_ahead_is_taken_once_and_gives_the_same_latents() {
+    let (dir, manifest) = pipeline();
+    let placements = all(Placement::Gpu);
+    let reference = run_with(&placements, 0, None, &mut Record::default());
+
+    let (_, preloaded) = Preloaded::load(dir).expect("the pipeline's code reads ahead");
+    let mut components: Vec<String> = manifest
+        .stages
+        .iter()
+        .map(|s| s.component.clone())
+        .collect();
+    components.sort();
+    components.dedup();
+    assert_eq!(preloaded.names(), components);
+    let request = Request {
+        prompt: "a red fox in the snow",
+        negative_prompt: "blurry",
+        shape: shape(manifest),
+        seed: 1234,
+        audio: None,
+        image: None,
+        placements: &placements,
+        lease_bytes: 0,
+    };
+    let mut session = staged::Session::with_preloaded(preloaded);
+    let output = staged::run_in(
+        &mut session,
+        manifest,
+        dir,
+        &settings(None),
+        &request,
+        &mut Record::default(),
+    )
+    .expect("the pipeline runs on code read ahead");
+    assert!(
+        output
+            .latents
+            .allclose(&reference.latents, 1e-6, 1e-6, false)
+    );
+
+    // Each module once, and only for the file it was read from, unchanged.
+    let (_, mut preloaded) = Preloaded::load(dir).unwrap();
+    let spec = &manifest.components["text_encoder"];
+    assert!(preloaded.take(dir, "text_encoder", spec).is_some());
+    assert!(preloaded.take(dir, "text_encoder", spec).is_none());
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+    }
+    let (_, mut preloaded) = Preloaded::load(copy.path()).unwrap();
+    let code = copy.path().join(&spec.code);
+    let mut bytes = std::fs::read(&code).unwrap();
+    bytes.push(0);
+    std::fs::write(&code, &bytes).unwrap();
+    assert!(
+        preloaded.take(copy.path(), "text_encoder", spec).is_none(),
+        "code changed since it was read is read again"
+    );
 }

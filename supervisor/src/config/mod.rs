@@ -179,6 +179,11 @@ pub struct JobsConfig {
     /// Where ffmpeg is missing, let workers write PNG frames instead of an MP4 (the result's
     /// video path is then the frames' directory). Off: such a job fails before model work.
     pub frames_without_ffmpeg: bool,
+    /// Keep one worker per staged pipeline started ahead of its next job (`arbiter-video
+    /// standby`): process start, libtorch and the pipeline's TorchScript done before the
+    /// request arrives, with no CUDA context and no GPU memory held until a job is handed
+    /// over. It still runs one job and exits; a fresh one is started behind it.
+    pub standby: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -345,6 +350,7 @@ impl Default for JobsConfig {
             prewarm_interval: Duration::ZERO,
             prewarm_cap: ByteSize(0),
             frames_without_ffmpeg: false,
+            standby: true,
         }
     }
 }
@@ -767,6 +773,16 @@ mod tests {
                 .to_string()
                 .contains("return_poll")
         );
+    }
+
+    #[test]
+    fn standby_workers_are_on_by_default_and_can_be_turned_off() {
+        assert!(Config::default().jobs.standby);
+        let off = Config::parse("[jobs]\nstandby = false\n").unwrap();
+        off.validate().unwrap();
+        assert!(!off.jobs.standby);
+        let again = Config::parse(&off.to_toml()).unwrap();
+        assert!(!again.jobs.standby);
     }
 
     #[test]

@@ -97,6 +97,16 @@ impl Catalog {
         files
     }
 
+    /// The staged pipelines the built-in worker runs (no external command), by name, with
+    /// their directories: those a standby worker can be started for.
+    pub fn staged(&self) -> Vec<(String, PathBuf)> {
+        self.pipelines
+            .iter()
+            .filter(|(_, p)| !p.manifest.stages.is_empty() && p.manifest.command.is_none())
+            .filter_map(|(name, p)| Some((name.clone(), p.dir.clone()?)))
+            .collect()
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.pipelines.keys().map(String::as_str).collect()
     }

@@ -77,6 +77,8 @@ pub struct Jobs {
     pub(super) broker: Arc<Broker>,
     pub(super) inventory: Arc<dyn Inventory>,
     pub(super) settings: Settings,
+    /// The staged pipelines' standby workers.
+    pub(super) standby: super::standby::Standbys,
     live: Mutex<HashMap<String, Live>>,
     /// Held by a submit from its check of the queue's length until its job is in `live`, so
     /// that concurrent submits cannot all take the same last place.
@@ -104,8 +106,23 @@ impl Jobs {
             config.jobs.pipelines_dir.as_deref(),
             &config.jobs.default_pipeline,
         );
+        let standby = super::standby::Standbys::new(
+            if config.jobs.standby {
+                catalog.staged()
+            } else {
+                Vec::new()
+            },
+            super::standby::Keeping {
+                worker: config.worker_binary(),
+                socket: config.server.socket.clone(),
+                worker_dir: config.worker_dir(),
+                kernel_cache: config.kernel_cache_dir(),
+                kill_grace: config.jobs.kill_grace,
+            },
+        );
         let jobs = Arc::new(Jobs {
             store,
+            standby,
             catalog,
             broker,
             settings: Settings {
@@ -376,6 +393,17 @@ impl Jobs {
     /// The weights files of the served pipelines: what the weight pool serves.
     pub fn weights_files(&self) -> Vec<PathBuf> {
         self.catalog.weights_files()
+    }
+
+    /// Starts the keepers of the staged pipelines' standby workers, which end (killing
+    /// their standbys) at shutdown.
+    pub fn keep_standby(&self) {
+        self.standby.keep(&self.stop);
+    }
+
+    /// Each pipeline kept with a standby worker, and whether one is ready now.
+    pub fn standby_ready(&self) -> Vec<(String, bool)> {
+        self.standby.ready()
     }
 
     /// Whether workers may write PNG frames where ffmpeg is missing.

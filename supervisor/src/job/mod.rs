@@ -5,6 +5,7 @@
 //! pipeline's manifest ([`catalog`]), a worker spawned in its own process group
 //! ([`spawn`]), progress, then the worker's exit, and only once NVML shows its memory back
 //! ([`verify`]) is the lease returned. [`jobs`] is the hub the gRPC services call.
+//! [`standby`] keeps a worker per staged pipeline started ahead of its next job.
 //!
 //! Only this module spawns processes.
 
@@ -16,6 +17,7 @@ pub mod request;
 pub mod run;
 pub mod spawn;
 pub mod spec;
+pub mod standby;
 pub mod store;
 pub mod verify;
 
@@ -110,6 +112,10 @@ pub struct JobRecord {
     /// may see or cancel it. Empty in records written before identities: operators only.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub owner: String,
+    /// Whether its (last) worker was a standby, started before the job and handed it
+    /// ([`standby`]), rather than spawned for it. Absent in older records: spawned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prestarted: bool,
 }
 
 impl JobRecord {
@@ -131,6 +137,7 @@ impl JobRecord {
             worker_pid: None,
             dir,
             owner: String::new(),
+            prestarted: false,
         }
     }
 
@@ -168,6 +175,7 @@ mod tests {
         assert_eq!(request.placement.len(), 1);
         assert_eq!(record.spec.priority, Priority::Interactive);
         assert_eq!(record.state, JobState::Succeeded);
+        assert!(!record.prestarted, "an old record's worker was spawned");
         // And what is written now reads back the same, in the same flat form.
         let again = serde_json::to_value(&record).unwrap();
         let before: serde_json::Value = serde_json::from_str(old).unwrap();

@@ -2,8 +2,9 @@
 //!
 //! 1. Wait for a lease sized from the manifest, at the job's priority (a streaming lease
 //!    held by this task, so it cannot outlive the supervisor).
-//! 2. Spawn the worker with a one-time token; bind its pid to the lease so NVML's view of
-//!    its memory counts against the lease, not as foreign use.
+//! 2. Spawn the worker with a one-time token (or hand the job to the pipeline's standby
+//!    worker, started before it: [`super::standby`]); bind its pid to the lease so NVML's
+//!    view of its memory counts against the lease, not as foreign use.
 //! 3. Watch it: cancel, timeout, overuse, a revoked lease (the broker's overuse action).
 //! 4. Reap it, check that its memory came back, and only then return the lease.
 //! 5. Record the outcome; a crash is retried if configured, with the log's tail otherwise.
@@ -11,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use arbiter::standby::Handoff;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::jobs::{Jobs, WorkerOutcome, WorkerSeat};
@@ -81,7 +83,7 @@ async fn attempt(
     let (mut holding, lease) = lease(jobs, &record, &cancel, queued).await?;
     let gpu = lease.gpu;
     let used_before = verify::used(&jobs.inventory, gpu).await;
-    let mut spawned = spawn_worker(jobs, &record, &lease, &holding)?;
+    let mut spawned = spawn_worker(jobs, &record, &lease, &holding).await?;
     let (ending, used_peak) = watch(
         jobs,
         &record,
@@ -165,9 +167,10 @@ struct Spawned {
     started: Instant,
 }
 
-/// Step 2: spawns the worker with a one-time token and binds its pid to the lease, so NVML's
-/// view of its memory counts against the lease, not as foreign use.
-fn spawn_worker(
+/// Step 2: starts the worker with a one-time token (handing the job to the pipeline's
+/// standby worker where one is ready, else spawning one) and binds its pid to the lease, so
+/// NVML's view of its memory counts against the lease, not as foreign use.
+async fn spawn_worker(
     jobs: &Arc<Jobs>,
     record: &JobRecord,
     lease: &Lease,
@@ -178,8 +181,8 @@ fn spawn_worker(
     let gpu_uuid = jobs.broker.gpus()[gpu as usize].uuid.clone();
     let token = uuid::Uuid::new_v4().simple().to_string();
     let launch = launch(jobs, record, lease, &gpu_uuid, &token);
-    let mut worker = match Worker::spawn(launch) {
-        Ok(worker) => worker,
+    let (mut worker, prestarted) = match start_worker(jobs, record, launch).await {
+        Ok(started) => started,
         Err(error) => {
             let message = format!(
                 "cannot start the worker {}: {error}",
@@ -207,9 +210,10 @@ fn spawn_worker(
         r.lease_id = lease.id.clone();
         r.gpu_uuid = gpu_uuid.clone();
         r.worker_pid = Some(pid);
+        r.prestarted = prestarted;
         r.error.clear();
     });
-    tracing::info!(job = %id, pid, lease = %lease.id, gpu = %gpu_uuid, "worker started");
+    tracing::info!(job = %id, pid, prestarted, lease = %lease.id, gpu = %gpu_uuid, "worker started");
     if let Some(stdout) = worker.child.stdout.take() {
         tokio::spawn(follow_external(
             Arc::clone(jobs),
@@ -219,6 +223,30 @@ fn spawn_worker(
         ));
     }
     Some(Spawned { worker, started })
+}
+
+/// Starts `launch`: by handing it to the pipeline's standby worker, where it is the built-in
+/// worker and a standby is ready (true), else by spawning it (false).
+async fn start_worker(
+    jobs: &Arc<Jobs>,
+    record: &JobRecord,
+    launch: Launch,
+) -> std::io::Result<(Worker, bool)> {
+    let builtin = launch.program == jobs.settings.worker && launch.stdin.is_none();
+    let pipeline = jobs.catalog.get(&record.spec.request.pipeline);
+    if let Some(ready) = pipeline
+        .filter(|_| builtin)
+        .and_then(|p| jobs.standby.take(&p.manifest.name))
+    {
+        let handoff = Handoff::now(record.id.clone(), launch.env.clone(), launch.log.clone());
+        match ready.hand(&handoff).await {
+            Ok(worker) => return Ok((worker, true)),
+            Err(error) => {
+                tracing::warn!(job = %record.id, %error, "spawning a worker instead")
+            }
+        }
+    }
+    Worker::spawn(launch).map(|worker| (worker, false))
 }
 
 /// What to start for `record`: the built-in worker, or the pipeline's external command,

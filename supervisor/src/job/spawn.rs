@@ -103,32 +103,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn spawn(launch: Launch) -> std::io::Result<Worker> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&launch.log)?;
-        let mut command = tokio::process::Command::new(&launch.program);
-        command
-            .args(&launch.args)
-            .current_dir(&launch.dir)
-            .env_clear()
-            .envs(
-                PASSED
-                    .iter()
-                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
-            )
-            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(if launch.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(if launch.capture_stdout {
-                Stdio::piped()
-            } else {
-                Stdio::from(log.try_clone()?)
-            })
-            .stderr(Stdio::from(log));
+        let mut command = command(&launch)?;
         // As late as possible, so the worker's start-up is timed from the spawn itself.
         command.env(arbiter::spawn::SPAWNED_AT_ENV, arbiter::spawn::stamp_now());
         let mut worker = Worker::start(command)?;
@@ -140,7 +115,43 @@ impl Worker {
         }
         Ok(worker)
     }
+}
 
+/// The command `launch` describes, not yet started: its program, arguments, directory, a
+/// minimal environment (what [`PASSED`] lets through, then `launch.env`) and its stdio (the
+/// log, or pipes). [`Worker::spawn`] starts it; a standby worker's keeper changes its stdio
+/// first (`super::standby`).
+pub fn command(launch: &Launch) -> std::io::Result<tokio::process::Command> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&launch.log)?;
+    let mut command = tokio::process::Command::new(&launch.program);
+    command
+        .args(&launch.args)
+        .current_dir(&launch.dir)
+        .env_clear()
+        .envs(
+            PASSED
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+        )
+        .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(if launch.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(if launch.capture_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::from(log.try_clone()?)
+        })
+        .stderr(Stdio::from(log));
+    Ok(command)
+}
+
+impl Worker {
     /// Starts `command` as it is set up (program, arguments, environment, stdio), in its own
     /// process group, with SIGKILL as its parent-death signal and no descriptor of ours but
     /// its stdio: what every process we start needs so that it and its children end with us.
@@ -188,6 +199,17 @@ impl Worker {
         let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         self.reaped = true;
         status
+    }
+
+    /// The leader's exit status if it has exited (then, as [`Worker::wait`], the rest of its
+    /// group is killed), without waiting.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        let status = self.child.try_wait()?;
+        if status.is_some() {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            self.reaped = true;
+        }
+        Ok(status)
     }
 
     /// SIGTERM to the group, `grace` to exit, then SIGKILL.

@@ -1,6 +1,7 @@
 //! Video jobs' metrics: jobs by state (a gauge read at each scrape), and for each job that
-//! ended since the last scrape its duration, its stages' durations and weight loads, and
-//! the time from its worker's exit to its memory seen back.
+//! ended since the last scrape its duration, its stages' durations and weight loads, the
+//! time from its worker's exit to its memory seen back, and whether its worker was
+//! pre-started; and the standby workers ready per pipeline (a gauge read at each scrape).
 //!
 //! A job's stages and loads are what its worker wrote in `metadata.json` (the job's result
 //! names the file): the worker reports only stage names while it runs. Jobs already ended
@@ -66,6 +67,11 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabels {
+    pub pipeline: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
     pub stage: String,
 }
@@ -113,6 +119,10 @@ pub struct JobMetrics {
     load_bytes: Family<StageLabels, Counter>,
     load_seconds: Family<StageLabels, Counter<f64, AtomicU64>>,
     memory_return: Histogram,
+    /// Ended jobs whose worker was a standby handed the job.
+    prestarted: Counter,
+    /// 1 while a pipeline's standby worker is ready, else 0.
+    standby_ready: Family<PipelineLabels, Gauge>,
     /// Ended jobs already observed (or ended before the supervisor started).
     seen: Mutex<HashSet<String>>,
 }
@@ -129,6 +139,8 @@ impl JobMetrics {
             load_bytes: Family::default(),
             load_seconds: Family::default(),
             memory_return: Histogram::new(RETURN_BUCKETS),
+            prestarted: Counter::default(),
+            standby_ready: Family::default(),
             seen: Mutex::new(
                 existing
                     .iter()
@@ -185,6 +197,27 @@ impl JobMetrics {
             Unit::Seconds,
             self.memory_return.clone(),
         );
+        registry.register(
+            "job_prestarted",
+            "Ended jobs whose worker was pre-started (a standby handed the job) rather than spawned for it",
+            self.prestarted.clone(),
+        );
+        registry.register(
+            "standby_ready",
+            "Whether a standby worker is ready for the pipeline's next job (1) or not (0)",
+            self.standby_ready.clone(),
+        );
+    }
+
+    /// Sets the standby gauge: each kept pipeline and whether its standby is ready.
+    pub fn update_standby(&self, ready: &[(String, bool)]) {
+        for (pipeline, ready) in ready {
+            self.standby_ready
+                .get_or_create(&PipelineLabels {
+                    pipeline: pipeline.clone(),
+                })
+                .set(i64::from(*ready));
+        }
     }
 
     /// Sets the gauge of jobs by state and observes the jobs that ended since last time.
@@ -217,6 +250,9 @@ impl JobMetrics {
                     state: state_label(record.state).into(),
                 })
                 .observe(took.as_secs_f64());
+        }
+        if record.prestarted {
+            self.prestarted.inc();
         }
         let Some(result) = &record.result else {
             return;

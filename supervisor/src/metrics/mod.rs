@@ -74,6 +74,7 @@ impl Metrics {
             .collect();
         self.snapshot.update(&gpus, waiting.len(), &leases);
         self.jobs.update(&self.hub.list(&[], usize::MAX));
+        self.jobs.update_standby(&self.hub.standby_ready());
         let mut text = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             // Writing to a String does not fail; a label that cannot be encoded would.

@@ -376,3 +376,27 @@ fn ended_jobs_are_observed_once_with_their_stages_and_loads() {
         "{text}"
     );
 }
+
+#[test]
+fn prestarted_jobs_are_counted_once_and_standbys_show_per_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = succeeded(&dir.path().join("metadata.json"));
+    let mut prestarted = done.clone();
+    prestarted.id = "job-prestarted".into();
+    prestarted.prestarted = true;
+
+    let metrics = JobMetrics::new(&[]);
+    metrics.update(&[done.clone(), prestarted.clone()]);
+    metrics.update(&[done, prestarted]);
+    metrics.update_standby(&[("ltx".into(), true), ("tiny-staged".into(), false)]);
+    let text = encode(|r| metrics.register(r));
+    assert_eq!(value(&text, "arbiter_job_prestarted_total"), 1.0);
+    assert_eq!(
+        value(&text, r#"arbiter_standby_ready{pipeline="ltx"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(&text, r#"arbiter_standby_ready{pipeline="tiny-staged"}"#),
+        0.0
+    );
+}

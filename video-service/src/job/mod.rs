@@ -29,10 +29,13 @@ use arbiter::pb::worker::v1::Assignment;
 use arbiter::pipeline::Stage;
 use tokio::runtime::Runtime;
 
+use crate::metadata::{Prestart, ms};
+use crate::pipeline::preloaded::Preloaded;
 use crate::pipeline::staged::Session;
 use crate::progress::Progress;
 use crate::residency::Estimates;
 use crate::worker::{Job, Supervisor};
+use device::DeviceStart;
 use error::JobError;
 use outcome::{Done, Outcome};
 use output::{write_metadata, write_output};
@@ -43,7 +46,49 @@ use report::Reporter;
 /// Runs the job that `token` stands for, with the supervisor at `socket`.
 pub fn run(socket: &Path, token: String) -> Outcome {
     let started = Instant::now();
-    let spawned = arbiter::spawn::since_spawn();
+    run_from(socket, token, Start::spawned(started))
+}
+
+/// Runs the job handed to a standby worker (`crate::standby`): as [`run`], but with its
+/// pipeline's code already read (`preloaded`, which took `preload_ms`) and its CUDA context
+/// starting on a thread of its own from now, beside the claim and the inputs.
+pub fn run_prestarted(
+    socket: &Path,
+    token: String,
+    preloaded: Preloaded,
+    preload_ms: f64,
+) -> Outcome {
+    let started = Instant::now();
+    let start = Start {
+        device: DeviceStart::early(started),
+        preloaded: Some((preloaded, preload_ms)),
+        ..Start::spawned(started)
+    };
+    run_from(socket, token, start)
+}
+
+/// How the process came to its job: when the job started here, how long after its spawn
+/// (or handoff), how its device is started, and what was read ahead.
+struct Start {
+    started: Instant,
+    spawned: Option<Duration>,
+    device: DeviceStart,
+    preloaded: Option<(Preloaded, f64)>,
+}
+
+impl Start {
+    /// A worker spawned for its job, which starts now.
+    fn spawned(started: Instant) -> Start {
+        Start {
+            started,
+            spawned: arbiter::spawn::since_spawn(),
+            device: DeviceStart::Now,
+            preloaded: None,
+        }
+    }
+}
+
+fn run_from(socket: &Path, token: String, start: Start) -> Outcome {
     let Some(runtime) = claim::runtime() else {
         return Outcome::Unclaimed;
     };
@@ -52,9 +97,9 @@ pub fn run(socket: &Path, token: String) -> Outcome {
     };
     let span = tracing::info_span!("job", id = %assignment.job_id, attempt = assignment.attempt);
     let _entered = span.enter();
-    tracing::info!(pipeline = %assignment.pipeline, "claimed");
+    tracing::info!(pipeline = %assignment.pipeline, prestarted = start.preloaded.is_some(), "claimed");
 
-    let result = execute(&runtime, &supervisor, assignment, started, spawned);
+    let result = execute(&runtime, &supervisor, assignment, start);
     outcome::end(&runtime, &supervisor, result)
 }
 
@@ -63,11 +108,17 @@ fn execute(
     runtime: &Runtime,
     supervisor: &Supervisor,
     assignment: Assignment,
-    started: Instant,
-    spawned: Option<Duration>,
+    start: Start,
 ) -> Result<Done, JobError> {
+    let Start {
+        started,
+        spawned,
+        device,
+        preloaded,
+    } = start;
+    let claimed = started.elapsed();
     let job = Job::try_from(assignment)?;
-    let prepared = prepare(&job, started, spawned)?;
+    let mut prepared = prepare(&job, started, spawned, device)?;
     let estimates = Estimates::new(
         &prepared.manifest,
         &prepared.shape,
@@ -76,7 +127,16 @@ fn execute(
     );
     let mut reporter = Reporter::new(runtime, supervisor, estimates, started);
     // One job per worker process: the session (resident components) ends with it.
-    let mut session = Session::default();
+    let mut session = match preloaded {
+        Some((preloaded, preload_ms)) => {
+            prepared.prestart = Some(Prestart {
+                handoff_to_claim_ms: ms(spawned.unwrap_or_default() + claimed),
+                preload_ms,
+            });
+            Session::with_preloaded(preloaded)
+        }
+        None => Session::default(),
+    };
     let (frames, pipeline_stages) = render(&mut session, &job, &prepared, &mut reporter)?;
 
     reporter.begin(Stage::Mux, 1)?;

@@ -101,6 +101,7 @@ pub fn write_metadata(
     )
     .with_startup(prepared.startup)
     .with_spawn(prepared.spawned)
+    .with_prestart(prepared.prestart)
     .with_run(stages, pipeline_stages, prepared.inputs.record())
     .finish(millis(prepared.started), &video.name, video.bytes)
     .write(&path)?;

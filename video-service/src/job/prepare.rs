@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use arbiter::pipeline::{Manifest, Shape};
 use tch::Device;
 
-use super::device::start_device;
+use super::device::DeviceStart;
 use super::error::JobError;
 use super::inputs::Inputs;
-use crate::metadata::Startup;
+use crate::metadata::{Prestart, Startup};
 use crate::mux;
 use crate::pipeline::{self, PipelineError, Resolved};
 use crate::worker::Job;
@@ -33,14 +33,19 @@ pub struct Prepared {
     /// How long before `started` the process was spawned, where a spawner stamped it (see
     /// `arbiter::spawn`).
     pub spawned: Option<Duration>,
+    /// What a pre-started worker did before the job (`None` for a spawned one, set by the
+    /// caller after [`prepare`]).
+    pub prestart: Option<Prestart>,
 }
 
-/// Checks and makes everything `job` needs before its model runs; `started` and `spawned`
-/// are kept for the timings (see [`Prepared`]).
+/// Checks and makes everything `job` needs before its model runs, and then has its device
+/// (started as `device` says); `started` and `spawned` are kept for the timings (see
+/// [`Prepared`]).
 pub fn prepare(
     job: &Job,
     started: Instant,
     spawned: Option<Duration>,
+    device: DeviceStart,
 ) -> Result<Prepared, JobError> {
     let Resolved { manifest, shape } = resolve(job)?;
     // Everything that can be checked without the model is checked before it runs.
@@ -50,8 +55,7 @@ pub fn prepare(
         source,
     })?;
     let inputs = Inputs::prepare(job, &manifest, &shape)?;
-    let device = arbiter_torch::device::preferred();
-    let startup = start_device(device, started);
+    let (device, startup) = device.finish(started);
     Ok(Prepared {
         manifest,
         shape,
@@ -61,6 +65,7 @@ pub fn prepare(
         startup,
         started,
         spawned,
+        prestart: None,
     })
 }
 

@@ -118,6 +118,17 @@ pub struct Live {
     yielding: Option<Shared>,
 }
 
+/// A component's TorchScript, deserialised onto the CPU with empty parameters (its weights
+/// come separately).
+pub fn load_code(dir: &Path, name: &str, spec: &Component) -> Result<CModule, ComponentError> {
+    let path = dir.join(&spec.code);
+    CModule::load_on_device(&path, Device::Cpu).map_err(|source| ComponentError::Code {
+        name: name.into(),
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 /// The kind a component computes in (and its plain weights are stored in).
 pub fn kind_of(dtype: Dtype) -> Kind {
     match dtype.compute() {
@@ -129,6 +140,8 @@ pub fn kind_of(dtype: Dtype) -> Kind {
 
 impl Live {
     /// Loads `spec` (files relative to `dir`) for `device` with a concrete `placement`.
+    /// `code`: its TorchScript already deserialised on the CPU (a standby worker's,
+    /// [`super::preloaded`]), else it is read from its file now.
     pub fn load(
         dir: &Path,
         name: &str,
@@ -136,16 +149,13 @@ impl Live {
         placement: Placement,
         device: Device,
         options: &LoadOptions,
+        code: Option<CModule>,
     ) -> Result<Live, ComponentError> {
         let started = Instant::now();
-        let code_path = dir.join(&spec.code);
-        let mut module = CModule::load_on_device(&code_path, Device::Cpu).map_err(|source| {
-            ComponentError::Code {
-                name: name.into(),
-                path: code_path.display().to_string(),
-                source,
-            }
-        })?;
+        let mut module = match code {
+            Some(module) => module,
+            None => load_code(dir, name, spec)?,
+        };
         module.set_eval();
         let weights_device = match placement {
             Placement::Gpu | Placement::Resident | Placement::Auto => device,

@@ -8,8 +8,11 @@
 //!
 //! A manifest with stages runs the staged pipeline ([`staged`]): its components
 //! ([`component`], a text encoder's possibly stored in a [`quant`]ized format) loaded one stage at a time with their placements (block streaming in
-//! [`stream`], yielding to a voice between blocks in [`yielding`]), the flow-matching [`sampler`], byte-level [`tokens`], resident components parked onto the host weight pool and woken ([`park`]; weights fetched from the pool by `pooled`), the embedding
-//! [`cache`] and tiled decoding ([`tiles`]). A manifest without stages or command runs the
+//! [`stream`], yielding to a voice between blocks in [`yielding`]), the flow-matching
+//! [`sampler`], byte-level [`tokens`], the embedding [`cache`] and tiled decoding
+//! ([`tiles`]); weights fetched from the host weight pool (`pooled`), resident components
+//! parked onto it and woken ([`park`]), and a standby worker's components' code read ahead
+//! ([`preloaded`]). A manifest without stages or command runs the
 //! built-in seeded model ([`tiny`]) under its own rules and memory figures. Pipelines with
 //! a `command` run as external programs under the supervisor, never in this worker. Either
 //! in-process pipeline hands its video on as [`Frames`](crate::frames::Frames).
@@ -19,6 +22,7 @@ pub mod cache;
 pub mod component;
 pub mod park;
 mod pooled;
+pub mod preloaded;
 pub mod quant;
 pub mod sampler;
 pub mod staged;

@@ -28,6 +28,7 @@ use tch::{Device, Kind, TchError, Tensor};
 use super::cache::{CacheKey, EmbeddingCache};
 use super::component::{ComponentError, Live, device_index};
 use super::park::{self, Moved, ParkError};
+use super::preloaded::Preloaded;
 use super::sampler;
 use super::tiles::{self, Factors, Tiling};
 use super::tokens;
@@ -157,6 +158,7 @@ struct Run<'a> {
     settings: &'a Settings,
     request: &'a Request<'a>,
     live: &'a mut HashMap<String, Live>,
+    preloaded: &'a mut Preloaded,
     writes: &'a mut CacheWrites,
 }
 
@@ -202,9 +204,19 @@ impl CacheWrites {
 #[derive(Default)]
 pub struct Session {
     live: HashMap<String, Live>,
+    /// Components' code read before the job (a standby worker's), used by their first load.
+    preloaded: Preloaded,
 }
 
 impl Session {
+    /// A session whose components' first loads take their code from `preloaded`.
+    pub fn with_preloaded(preloaded: Preloaded) -> Session {
+        Session {
+            live: HashMap::new(),
+            preloaded,
+        }
+    }
+
     /// Components loaded now, by name.
     pub fn loaded(&self) -> Vec<String> {
         let mut names: Vec<String> = self.live.keys().cloned().collect();
@@ -284,6 +296,7 @@ pub fn run_in(
             settings,
             request,
             live: &mut session.live,
+            preloaded: &mut session.preloaded,
             writes: &mut writes,
         };
         let mut carry = Carry::default();
@@ -734,6 +747,7 @@ impl Run<'_> {
                 placement = decide_auto(need, self.request.lease_bytes, held, spec.blocks);
                 tracing::info!(component = %name, %placement, need, held, lease = self.request.lease_bytes, "auto placement");
             }
+            let code = self.preloaded.take(self.dir, &name, spec);
             let mut live = Live::load(
                 self.dir,
                 &name,
@@ -741,6 +755,7 @@ impl Run<'_> {
                 placement,
                 self.settings.device,
                 &self.settings.load,
+                code,
             )?;
             live.yield_to(self.settings.gate.clone());
             metrics.load_ms = (live.load.seconds * 1e5).round() / 100.0;

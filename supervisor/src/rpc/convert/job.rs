@@ -200,5 +200,6 @@ pub fn job(record: &JobRecord) -> pb::Job {
         worker_pid: record.worker_pid.unwrap_or(0),
         log_path: record.log_path().display().to_string(),
         queue_position: 0,
+        prestarted: record.prestarted,
     }
 }
