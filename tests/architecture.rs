@@ -201,7 +201,7 @@ fn the_check_sees_a_cycle_when_there_is_one() {
 #[test]
 fn the_supervisors_layers_point_one_way() {
     let layers: [&[&str]; 6] = [
-        &["budget", "gpu"],
+        &["budget", "gpu", "pool"],
         &["lease"],
         &["config", "compute", "sampler", "job"],
         &["rpc", "metrics", "kubernetes"],
