@@ -26,10 +26,13 @@ gpu_setup weight-pool
 size_gib="${SIZE_GIB:-16}"
 host_bytes="${HOST_BYTES:-64GiB}"
 gpu_pipeline
-bench="$work/pool-bench"
+# The same file examples/gpu-loader-compare.sh measures (it reuses it): one 16 GiB file of
+# 128 MiB tensors, so that both fit the host's disk beside the pipeline.
+bench="$work/loader-compare"
+weights="$bench/weights-${size_gib}g.safetensors"
 mkdir -p "$bench"
-if [ ! -f "$bench/w.safetensors" ]; then
-    "$ship/arbiter-loadbench" --make "$size_gib" --tensor-gib 0.125 --out "$bench/w.safetensors" \
+if [ ! -f "$weights" ]; then
+    "$ship/arbiter-loadbench" --make "$size_gib" --tensor-gib 0.125 --out "$weights" \
         >"$out/make-bench.txt" 2>&1
 fi
 free -g >"$out/free.txt"
@@ -46,7 +49,7 @@ for _ in $(seq 600); do
 done
 grep -E "pool" "$out/supervisor.log" >"$out/pool-log.txt" || true
 
-"$ship/arbiter-loadbench" "$bench/w.safetensors" --read-threads 16 --load-threads 16 --repeat 3 \
+"$ship/arbiter-loadbench" "$weights" --read-threads 16 --load-threads 16 --repeat 3 \
     --pool "$pool_sock" --json "$out/loadbench-pool.json" >"$out/loadbench-pool.txt" 2>&1 ||
     echo "loadbench failed" >>"$out/failures.txt"
 
