@@ -96,8 +96,9 @@ impl LoadStats {
     }
 }
 
-/// Bytes per second in GB/s (10^9), 0 for an instant.
-pub(crate) fn rate(bytes: u64, seconds: f64) -> f64 {
+/// Bytes per second in GB/s (10^9), 0 for an instant: how every load and copy rate here is
+/// given.
+pub fn rate(bytes: u64, seconds: f64) -> f64 {
     if seconds > 0.0 {
         bytes as f64 / seconds / 1e9
     } else {

@@ -126,14 +126,7 @@ pub(crate) fn read_header_of(file: &File, path: &Path) -> Result<Header, Weights
     file.read_exact_at(&mut len_bytes, 0)
         .map_err(io(path, "reading"))?;
     let header_len = u64::from_le_bytes(len_bytes);
-    if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
-        return Err(WeightsError::HeaderLength {
-            path: path.to_path_buf(),
-            header_len,
-            file_len,
-            max: MAX_HEADER_BYTES,
-        });
-    }
+    check_header_len(path, header_len, file_len)?;
     // Bounded by MAX_HEADER_BYTES above, so the cast cannot truncate.
     let mut json = vec![0u8; header_len as usize];
     file.read_exact_at(&mut json, 8)
@@ -152,6 +145,14 @@ pub fn header_of_bytes(path: &Path, bytes: &[u8]) -> Result<Header, WeightsError
         });
     };
     let header_len = u64::from_le_bytes(*len_bytes);
+    check_header_len(path, header_len, file_len)?;
+    // Bounded by the file's length above.
+    parse(path, &rest[..header_len as usize], 8 + header_len, file_len)
+}
+
+/// The 8-byte header length of a file of `file_len` (at least 8) bytes, checked against the
+/// file and the largest header read.
+fn check_header_len(path: &Path, header_len: u64, file_len: u64) -> Result<(), WeightsError> {
     if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
         return Err(WeightsError::HeaderLength {
             path: path.to_path_buf(),
@@ -160,8 +161,7 @@ pub fn header_of_bytes(path: &Path, bytes: &[u8]) -> Result<Header, WeightsError
             max: MAX_HEADER_BYTES,
         });
     }
-    // Bounded by the file's length above.
-    parse(path, &rest[..header_len as usize], 8 + header_len, file_len)
+    Ok(())
 }
 
 /// Checks the JSON header of a file whose data section is `[data_start, file_len)`.

@@ -487,7 +487,7 @@ fn pool_bench(
         }
     }
     let run = best.unwrap_or_default();
-    let rate = |seconds: f64| rate_of(run.bytes, seconds);
+    let rate = |seconds: f64| load::rate(run.bytes, seconds);
     let whole = run.fetch_s + run.register_s + run.copy_s;
     // What registering costs, in pinned copies of the same bytes.
     let register_in_copies = pinned_limit
@@ -497,7 +497,7 @@ fn pool_bench(
         "pool: fetch+map {:.1} ms, register {:.1} ms ({:.1} GB/s of mapped pages{}), copy {:.2} GB/s{}; whole {:.2} GB/s{}",
         run.fetch_s * 1e3,
         run.register_s * 1e3,
-        rate_of(run.mapped, run.register_s),
+        load::rate(run.mapped, run.register_s),
         register_in_copies.map_or(String::new(), |c| format!(" = {c:.2} pinned copies")),
         rate(run.copy_s),
         ratio(rate(run.copy_s)).map_or(String::new(), |r| format!(" = {r:.2} of pinned copy")),
@@ -514,7 +514,7 @@ fn pool_bench(
                 bytes += loaded.stats.bytes;
                 seconds += loaded.stats.seconds;
             }
-            pinned_best = pinned_best.max(rate_of(bytes, seconds));
+            pinned_best = pinned_best.max(load::rate(bytes, seconds));
         }
         println!(
             "pinning from the file (load_pinned, {} threads): {pinned_best:.2} GB/s{}",
@@ -529,7 +529,7 @@ fn pool_bench(
         "mapped_bytes": run.mapped,
         "fetch_s": run.fetch_s,
         "register_s": run.register_s,
-        "register_gb_per_s": rate_of(run.mapped, run.register_s),
+        "register_gb_per_s": load::rate(run.mapped, run.register_s),
         "register_in_pinned_copies": register_in_copies,
         "copy_gb_per_s": rate(run.copy_s),
         "copy_of_pinned": ratio(rate(run.copy_s)),
@@ -538,14 +538,6 @@ fn pool_bench(
         "load_pinned_gb_per_s": device.is_cuda().then_some(pinned_best),
         "load_pinned_of_pinned": device.is_cuda().then(|| ratio(pinned_best)).flatten(),
     }))
-}
-
-fn rate_of(bytes: u64, seconds: f64) -> f64 {
-    if seconds > 0.0 {
-        bytes as f64 / seconds / 1e9
-    } else {
-        0.0
-    }
 }
 
 fn best_of(repeat: usize, mut run: impl FnMut() -> Result<f64, String>) -> Result<f64, String> {

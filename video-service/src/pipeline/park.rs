@@ -45,11 +45,7 @@ pub struct Moved {
 
 impl Moved {
     pub fn gb_per_s(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.bytes as f64 / self.seconds / 1e9
-        } else {
-            0.0
-        }
+        arbiter_torch::load::rate(self.bytes, self.seconds)
     }
 
     fn add(&mut self, bytes: u64) {
