@@ -223,8 +223,15 @@ pub async fn run(
             tokens: tokens.clone(),
             allowed: config.metrics.readers.clone(),
         });
-        let address =
-            crate::metrics::start(endpoint, readers, &broker, &jobs, stop.clone()).await?;
+        let address = crate::metrics::start(
+            endpoint,
+            readers,
+            &broker,
+            &jobs,
+            pool.clone(),
+            stop.clone(),
+        )
+        .await?;
         tracing::info!(%address, "serving metrics at /metrics");
     }
     let unix = socket.bind()?;

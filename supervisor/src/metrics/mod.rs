@@ -6,13 +6,15 @@
 //!   releases, reclaims, revocations, deadline expiries, the wait from request to grant);
 //! - [`snapshot`]: gauges read from the broker at each scrape (bytes per GPU, leases,
 //!   the queue, each leased process's NVML bytes);
-//! - [`jobs`]: jobs by state at each scrape, and each ended job's durations and loads.
+//! - [`jobs`]: jobs by state at each scrape, and each ended job's durations and loads;
+//! - [`pool`]: the host weight pool's figures at each scrape, when it is on.
 //!
 //! Every name starts with `arbiter_` and carries its base unit (`_bytes`, `_seconds`;
 //! counters end in `_total`).
 
 pub mod feed;
 pub mod jobs;
+pub mod pool;
 pub mod snapshot;
 
 use std::net::SocketAddr;
@@ -26,6 +28,7 @@ use crate::config::MetricsConfig;
 use crate::job::jobs::Jobs;
 use crate::lease::broker::Broker;
 use crate::lease::events::Event;
+use crate::pool::Pool;
 use feed::{Feed, Fold};
 use jobs::JobMetrics;
 use snapshot::Snapshot;
@@ -38,12 +41,14 @@ pub struct Metrics {
     jobs: JobMetrics,
     broker: Arc<Broker>,
     hub: Arc<Jobs>,
+    /// The host weight pool, when on, and its figures.
+    pool: Option<(Arc<Pool>, pool::PoolMetrics)>,
     /// One render at a time: the scrape-time gauges are cleared and refilled per render.
     rendering: Mutex<()>,
 }
 
 impl Metrics {
-    pub fn new(broker: Arc<Broker>, hub: Arc<Jobs>) -> Metrics {
+    pub fn new(broker: Arc<Broker>, hub: Arc<Jobs>, weights: Option<Arc<Pool>>) -> Metrics {
         let feed = Arc::new(Feed::new());
         let snapshot = Snapshot::default();
         let jobs = JobMetrics::new(&hub.list(&[], usize::MAX));
@@ -51,6 +56,11 @@ impl Metrics {
         feed.register(&mut registry);
         snapshot.register(&mut registry);
         jobs.register(&mut registry);
+        let pool = weights.map(|weights| {
+            let figures = pool::PoolMetrics::default();
+            figures.register(&mut registry);
+            (weights, figures)
+        });
         Metrics {
             registry,
             feed,
@@ -58,6 +68,7 @@ impl Metrics {
             jobs,
             broker,
             hub,
+            pool,
             rendering: Mutex::new(()),
         }
     }
@@ -75,6 +86,9 @@ impl Metrics {
         self.snapshot.update(&gpus, waiting.len(), &leases);
         self.jobs.update(&self.hub.list(&[], usize::MAX));
         self.jobs.update_standby(&self.hub.standby_ready());
+        if let Some((weights, figures)) = &self.pool {
+            figures.update(&weights.status());
+        }
         let mut text = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             // Writing to a String does not fail; a label that cannot be encoded would.
@@ -111,6 +125,7 @@ pub async fn start(
     readers: Option<arbiter::scrape::Readers>,
     broker: &Arc<Broker>,
     hub: &Arc<Jobs>,
+    weights: Option<Arc<Pool>>,
     stop: CancellationToken,
 ) -> Result<SocketAddr, arbiter::scrape::ScrapeError> {
     let listener = endpoint.bind(MetricsConfig::ALLOW_REMOTE).await?;
@@ -121,7 +136,7 @@ pub async fn start(
             source,
         })?;
     let events = broker.feed().subscribe();
-    let metrics = Arc::new(Metrics::new(Arc::clone(broker), Arc::clone(hub)));
+    let metrics = Arc::new(Metrics::new(Arc::clone(broker), Arc::clone(hub), weights));
     let follower = Arc::clone(&metrics);
     let until = stop.clone();
     tokio::spawn(async move { follower.follow(events, until).await });

@@ -400,3 +400,49 @@ fn prestarted_jobs_are_counted_once_and_standbys_show_per_pipeline() {
         0.0
     );
 }
+
+#[test]
+fn the_weight_pool_is_read_at_each_scrape_and_its_counters_follow_its_counts() {
+    let figures = super::pool::PoolMetrics::default();
+    let mut registry = Registry::with_prefix("arbiter");
+    figures.register(&mut registry);
+    let render = |registry: &Registry| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    };
+    let mut status = crate::pool::Status {
+        budget: 1 << 30,
+        bytes: 3 << 20,
+        files: 2,
+        hits: 5,
+        fills: 2,
+        fill_bytes: 3 << 20,
+        locked_files: 2,
+        ..Default::default()
+    };
+    figures.update(&status);
+    let text = render(&registry);
+    assert_eq!(
+        value(&text, "arbiter_weight_pool_held_bytes"),
+        (3 << 20) as f64
+    );
+    assert_eq!(
+        value(&text, "arbiter_weight_pool_budget_bytes"),
+        (1u64 << 30) as f64
+    );
+    assert_eq!(value(&text, "arbiter_weight_pool_files"), 2.0);
+    assert_eq!(value(&text, "arbiter_weight_pool_hits_total"), 5.0);
+    // Later counts move the counters by the difference, and a scrape with nothing new keeps them.
+    status.hits = 9;
+    status.evictions = 1;
+    figures.update(&status);
+    figures.update(&status);
+    let text = render(&registry);
+    assert_eq!(value(&text, "arbiter_weight_pool_hits_total"), 9.0);
+    assert_eq!(value(&text, "arbiter_weight_pool_evictions_total"), 1.0);
+    assert_eq!(
+        value(&text, "arbiter_weight_pool_filled_bytes_total"),
+        (3 << 20) as f64
+    );
+}
