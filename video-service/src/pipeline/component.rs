@@ -170,8 +170,15 @@ impl Live {
                 detail,
             }
         })?;
-        // The pool's pages are registered for a copy to the GPU, or for streaming from them.
-        let pooled = super::pooled::weights(&path, device.is_cuda() && placement != Placement::Cpu);
+        // The pool's pages, registered for streaming from them or for parking onto them, in
+        // place on the host, or (2 MiB pages only) registered for one copy to the GPU.
+        let wanted = match placement {
+            _ if !device.is_cuda() => super::pooled::Use::Host,
+            Placement::Cpu => super::pooled::Use::Host,
+            Placement::Stream | Placement::Resident => super::pooled::Use::Pinned,
+            Placement::Gpu | Placement::Auto => super::pooled::Use::Copy,
+        };
+        let pooled = super::pooled::weights(&path, wanted);
         let register_seconds = pooled.as_ref().and_then(|h| h.registration().ok());
         // Streamed weights go straight into one pinned host buffer, so that every block
         // crosses PCIe at the pinned rate without being pinned tensor by tensor.

@@ -11,21 +11,48 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arbiter::pool::{SOCKET_ENV, fetch};
+use arbiter::pool::{Pages, SOCKET_ENV, fetch};
 use arbiter_torch::host::HostBytes;
 
 /// How long an ask may wait: it includes the pool filling a file nobody asked for before
 /// (reading it from disk once), which for a large cold file takes a while.
 const ASK_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The pool's copy of `path`, registered with the driver when `register` (a GPU load or a
-/// streamed one: both copy from it at the pinned rate), or `None` to read the file.
-pub fn weights(path: &Path, register: bool) -> Option<Arc<HostBytes>> {
+/// How a component would use the pool's copy of its weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    /// In place on the host (`cpu`, or any load without a GPU): no registration.
+    Host,
+    /// Streamed from the host, or resident (parked onto the pool and woken from it): the
+    /// pages are registered with the driver and kept.
+    Pinned,
+    /// Copied once to the GPU and let go (`gpu`): worth it only where registering costs
+    /// less than reading the file through pinned staging.
+    Copy,
+}
+
+/// The pool's copy of `path` for `wanted`, registered with the driver unless used on the
+/// host, or `None` to read the file.
+///
+/// On 4 KiB pages (no hugetlb pages reserved, shmem THP off: the H100 host), registering a
+/// file ran at 17.4 GB/s against a 49.4 GB/s staged load of the same file from the page
+/// cache (docs/benchmarks.md): a `gpu` component then reads its file instead. Only on 2 MiB
+/// pages does it copy from the pool.
+pub fn weights(path: &Path, wanted: Use) -> Option<Arc<HostBytes>> {
     let socket = std::env::var_os(SOCKET_ENV)?;
     let shared = match fetch(Path::new(&socket), path, ASK_TIMEOUT) {
         Ok(shared) => shared,
         Err(error) => {
             tracing::warn!(%error, "reading the weights from their file instead of the pool");
+            return None;
+        }
+    };
+    let register = match wanted {
+        Use::Host => false,
+        Use::Pinned => true,
+        Use::Copy if shared.grant().pages == Pages::Huge2MiB => true,
+        Use::Copy => {
+            tracing::debug!(path = %path.display(), "the pool's pages are small: registering them costs more than reading the file; reading the file");
             return None;
         }
     };
