@@ -14,6 +14,7 @@ use arbiter::pb::video::v1 as vpb;
 use arbiter_test_kit::jobs::{
     BASE_CONFIG, assert_state, final_job, nothing_leased, request, staged_pipelines, submit,
 };
+use arbiter_test_kit::leases::status;
 use arbiter_test_kit::supervisor::Supervisor;
 use tempfile::TempDir;
 use vpb::JobState;
@@ -59,13 +60,7 @@ fn sources(metadata: &serde_json::Value) -> Vec<String> {
 }
 
 async fn pool_status(supervisor: &Supervisor) -> Option<spb::WeightPool> {
-    let mut client = supervisor.unix_client().await;
-    client
-        .get_status(spb::GetStatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-        .weight_pool
+    status(&supervisor.unix_client().await).await.weight_pool
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

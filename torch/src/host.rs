@@ -65,6 +65,8 @@ impl Region for arbiter::pool::Shared {
 /// Why host memory is not registered with the driver (its loads then copy pageable).
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RegisterError {
+    #[error("not registered: the bytes are used on the host")]
+    NotAsked,
     #[error("no CUDA runtime in this process")]
     NoRuntime,
     #[error(
@@ -84,7 +86,7 @@ impl HostBytes {
     pub fn unregistered(region: impl Region) -> HostBytes {
         HostBytes {
             region: Box::new(region),
-            registered: Err(RegisterError::NoRuntime),
+            registered: Err(RegisterError::NotAsked),
         }
     }
 

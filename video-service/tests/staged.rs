@@ -88,6 +88,25 @@ fn run_with(
     run_seeded(1234, placements, lease_bytes, cache, progress)
 }
 
+/// The tests' request: the red fox, without audio or an image.
+fn fox<'a>(
+    manifest: &Manifest,
+    seed: u64,
+    placements: &'a Placements,
+    lease_bytes: u64,
+) -> Request<'a> {
+    Request {
+        prompt: "a red fox in the snow",
+        negative_prompt: "blurry",
+        shape: shape(manifest),
+        seed,
+        audio: None,
+        image: None,
+        placements,
+        lease_bytes,
+    }
+}
+
 fn run_seeded(
     seed: u64,
     placements: &Placements,
@@ -97,16 +116,7 @@ fn run_seeded(
 ) -> Output {
     let (dir, manifest) = pipeline();
     let settings = settings(cache);
-    let request = Request {
-        prompt: "a red fox in the snow",
-        negative_prompt: "blurry",
-        shape: shape(manifest),
-        seed,
-        audio: None,
-        image: None,
-        placements,
-        lease_bytes,
-    };
+    let request = fox(manifest, seed, placements, lease_bytes);
     staged::run(manifest, dir, &settings, &request, progress).expect("the pipeline runs")
 }
 
@@ -312,16 +322,7 @@ fn a_session_keeps_resident_components_from_one_run_to_the_next() {
     let settings = settings(None);
     let mut placements = Placements::new();
     placements.insert("transformer".into(), Placement::Resident);
-    let request = Request {
-        prompt: "a red fox in the snow",
-        negative_prompt: "blurry",
-        shape: shape(manifest),
-        seed: 1234,
-        audio: None,
-        image: None,
-        placements: &placements,
-        lease_bytes: 0,
-    };
+    let request = fox(manifest, 1234, &placements, 0);
     let mut session = staged::Session::default();
     let first = staged::run_in(
         &mut session,
@@ -456,16 +457,7 @@ fn under_a_busy_compute_gate_blocks_yield_and_compute_the_same() {
     settings.gate = Some(Arc::new(Mutex::new(
         Yielding::open(&path, Device::Cpu).unwrap(),
     )));
-    let request = Request {
-        prompt: "a red fox in the snow",
-        negative_prompt: "blurry",
-        shape: shape(manifest),
-        seed: 1234,
-        audio: None,
-        image: None,
-        placements: &placements,
-        lease_bytes: 0,
-    };
+    let request = fox(manifest, 1234, &placements, 0);
     let mut streamed = placements.clone();
     for (name, c) in &manifest.components {
         if c.blocks > 0 {
@@ -533,16 +525,7 @@ fn code_read_ahead_is_taken_once_and_gives_the_same_latents() {
     components.sort();
     components.dedup();
     assert_eq!(preloaded.names(), components);
-    let request = Request {
-        prompt: "a red fox in the snow",
-        negative_prompt: "blurry",
-        shape: shape(manifest),
-        seed: 1234,
-        audio: None,
-        image: None,
-        placements: &placements,
-        lease_bytes: 0,
-    };
+    let request = fox(manifest, 1234, &placements, 0);
     let mut session = staged::Session::with_preloaded(preloaded);
     let output = staged::run_in(
         &mut session,

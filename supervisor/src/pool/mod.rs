@@ -171,11 +171,11 @@ impl Pool {
 
     async fn get_with(&self, path: &Path, evict: bool) -> Result<Arc<Filled>, Refusal> {
         let key = self.check_served(path)?;
-        let (bytes, _) = arbiter::pool::stamp(&key).map_err(|source| FillError::Read {
+        let stamp = arbiter::pool::stamp(&key).map_err(|source| FillError::Read {
             path: key.clone(),
             source,
         })?;
-        let cell = self.reserve(&key, bytes, evict)?;
+        let cell = self.reserve(&key, stamp, evict)?;
         let threads = self.settings.threads;
         let fill_path = key.clone();
         let settle_key = key.clone();
@@ -229,24 +229,26 @@ impl Pool {
         }
     }
 
-    /// The entry for `key`, with room set aside for `bytes`: a current one as it is, a stale
-    /// one (the file changed) dropped, a new one made after evicting the least recently used
-    /// filled entries when `evict` allows.
+    /// The entry for `key`, whose file has `stamp` (its size and mtime) now, with room set
+    /// aside for its bytes: a current one as it is, a stale one (the file changed) dropped,
+    /// a new one made after evicting the least recently used filled entries when `evict`
+    /// allows.
     fn reserve(
         &self,
         key: &Path,
-        bytes: u64,
+        stamp: (u64, i64),
         evict: bool,
     ) -> Result<Arc<OnceCell<Arc<Filled>>>, Refusal> {
+        let (bytes, _) = stamp;
         let budget = self.settings.budget;
         let mut state = self.lock();
         state.clock += 1;
         let now = state.clock;
-        let stamp = arbiter::pool::stamp(key).ok();
         if let Some(entry) = state.entries.get_mut(key) {
-            let current = entry.cell.get().is_none_or(|filled| {
-                stamp == Some((filled.grant().file_len, filled.grant().mtime_ns))
-            });
+            let current = entry
+                .cell
+                .get()
+                .is_none_or(|filled| stamp == (filled.grant().file_len, filled.grant().mtime_ns));
             if current {
                 entry.used = now;
                 let cell = Arc::clone(&entry.cell);
